@@ -1,0 +1,1 @@
+"""astroPT as a HuggingFace Transformers model."""
