@@ -66,7 +66,7 @@ def load_metric(name: str, **kwargs: Any):
     return evaluate.load(metric_path(name), **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_metric(name: str):
     # compute(predictions=..., references=...) leaves no state behind, so one instance per process is enough.
     return load_metric(name)
@@ -131,7 +131,9 @@ def encode_labels(*label_arrays: Any) -> tuple[list[np.ndarray], np.ndarray]:
     return [part.astype(np.int64) for part in np.split(codes, splits)], classes
 
 
-def compute_classification_metrics(pred_labels: Any, true_labels: Any, f1_average: str = "macro") -> dict[str, float]:
+def compute_classification_metrics(
+    pred_labels: Any, true_labels: Any, f1_average: str = "macro"
+) -> dict[str, float]:
     """Accuracy and F1 of predicted labels (ints or strings).
 
     Returns {"accuracy": ..., f"f1_{f1_average}": ...}; `f1_average` is "macro" (default),
