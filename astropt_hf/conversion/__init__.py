@@ -1,0 +1,28 @@
+"""Bring upstream astroPT checkpoints (`ckpt.pt`, v1 / v2.x / v3 layouts) across, safely and checked.
+
+Not part of the remote code: nothing here is needed to load a converted model.
+"""
+
+from .safe_unpickle import UnsafeCheckpointError, load_upstream_checkpoint
+from .upstream_config import ConfigMapping, map_upstream_config
+from .upstream_formats import (
+    FORMAT_DESCRIPTIONS,
+    UpstreamWeights,
+    detect_upstream_format,
+    read_upstream_weights,
+    rename_to_astropt_hf,
+    strip_compile_prefix,
+)
+
+__all__ = [
+    "FORMAT_DESCRIPTIONS",
+    "ConfigMapping",
+    "UnsafeCheckpointError",
+    "UpstreamWeights",
+    "detect_upstream_format",
+    "load_upstream_checkpoint",
+    "map_upstream_config",
+    "read_upstream_weights",
+    "rename_to_astropt_hf",
+    "strip_compile_prefix",
+]

@@ -1,0 +1,168 @@
+"""An independent, functional re-implementation of upstream astroPT's input pipeline and forward pass.
+
+It runs straight off the ORIGINAL upstream state dict (upstream names, any of the v1/v2/v3 layouts), and
+shares no code with `modeling_astropt.py`, so agreement between the two is evidence that the weight
+renaming and the config flags are right. Written from the layouts and upstream's documented behaviour;
+no upstream code is imported.
+
+Upstream's pipeline for one image file:
+    np.array(pil_image).swapaxes(0, 2)              -> (C, W, H): the patch grid is the image's transpose
+    "c (h p1) (w p2) -> (h w) (p1 p2 c)"           -> patches in raster order of that grid
+    (x - mean) / (unbiased std + 1e-8), per patch   -> standardised patch vectors
+    spiral order                                     -> the sequence
+    model input = the sequence without its last patch, positions 0..T-2
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .upstream_formats import FORMAT_V1, FORMAT_V2
+
+
+def upstream_spiral_order(grid: int) -> torch.Tensor:
+    """Raster indices of a `grid` x `grid` patch grid in upstream's spiral sequence order.
+
+    Upstream ranks cells by walking the grid clockwise from the top-left corner, ring by ring inwards,
+    and then reverses that walk, so the sequence starts at the centre and winds outwards.
+    """
+    top, left, bottom, right = 0, 0, grid - 1, grid - 1
+    walk: list[int] = []
+    while top <= bottom and left <= right:
+        walk += [top * grid + col for col in range(left, right + 1)]
+        walk += [row * grid + right for row in range(top + 1, bottom + 1)]
+        if top < bottom:
+            walk += [bottom * grid + col for col in range(right - 1, left - 1, -1)]
+        if left < right:
+            walk += [row * grid + left for row in range(bottom - 1, top, -1)]
+        top, left, bottom, right = top + 1, left + 1, bottom - 1, right - 1
+    return torch.tensor(walk[::-1], dtype=torch.long)
+
+
+def upstream_patch_sequence(pixel_values: torch.Tensor, patch_size: int, spiral: bool = True) -> torch.Tensor:
+    """Upstream's full patch sequence (B, T, P) for images given as our `pixel_values` (B, C, H, W).
+
+    `pixel_values` is the image in its natural orientation; upstream reads it transposed, (C, W, H).
+    Scaling (e.g. /255) does not matter beyond the 1e-8 in the normalisation.
+    """
+    batch, channels, height, width = pixel_values.shape
+    upstream_view = pixel_values.to(torch.float32).transpose(-1, -2)  # (B, C, W, H)
+    rows, cols = width // patch_size, height // patch_size
+    patches = (
+        upstream_view.reshape(batch, channels, rows, patch_size, cols, patch_size)
+        .permute(0, 2, 4, 3, 5, 1)  # b h w p1 p2 c
+        .reshape(batch, rows * cols, patch_size * patch_size * channels)
+    )
+    std, mean = torch.std_mean(patches, dim=-1, keepdim=True)  # unbiased, as torch.std_mean defaults
+    patches = (patches - mean) / (std + 1e-8)
+    if spiral:
+        if rows != cols:
+            raise ValueError(f"spiral order needs a square patch grid, got {rows} x {cols}")
+        patches = patches[:, upstream_spiral_order(rows)]
+    return patches
+
+
+@dataclass
+class ReferenceOutputs:
+    """Next-patch predictions (B, T, P) and the output of every block (before the final LayerNorm)."""
+
+    predictions: torch.Tensor
+    block_outputs: list[torch.Tensor]
+
+
+def _linear(state: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, state[f"{name}.weight"].float(), _maybe(state, f"{name}.bias"))
+
+
+def _maybe(state: dict[str, torch.Tensor], key: str) -> torch.Tensor | None:
+    return state[key].float() if key in state else None
+
+
+def _layer_norm(state: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+    weight = state[f"{name}.weight"].float()
+    return F.layer_norm(x, weight.shape, weight, _maybe(state, f"{name}.bias"), 1e-5)
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    # the tanh approximation upstream (and GPT-2) use, written out
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def _causal_attention(state: dict[str, torch.Tensor], name: str, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    batch, length, width = x.shape
+    head_dim = width // num_heads
+    q, k, v = _linear(state, f"{name}.c_attn", x).split(width, dim=-1)
+    q, k, v = (t.view(batch, length, num_heads, head_dim).transpose(1, 2) for t in (q, k, v))
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)
+    future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    out = (weights @ v).transpose(1, 2).reshape(batch, length, width)
+    return _linear(state, f"{name}.c_proj", out)
+
+
+def _modality_prefixes(fmt: str) -> tuple[str, str, str]:
+    if fmt == FORMAT_V2:
+        return "transformer.wte.images", "transformer.wpe.images.wpe.weight", "lm_head.images"
+    return "encoders.images", "embedders.images.wpe.weight", "decoders.images"
+
+
+def _mirrored_mlp(state: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+    """v2/v3 tokeniser or decoder: "aim" (c_fc, GELU, c_proj) or "affine" (c_fc only)."""
+    x = _linear(state, f"{name}.c_fc", x)
+    if f"{name}.c_proj.weight" in state:
+        x = _linear(state, f"{name}.c_proj", _gelu_tanh(x))
+    return x
+
+
+@torch.no_grad()
+def upstream_reference_forward(
+    state_dict: dict[str, torch.Tensor], fmt: str, num_heads: int, inputs: torch.Tensor
+) -> ReferenceOutputs:
+    """Upstream's forward for `inputs` (B, T, P): predictions for every position and all block outputs.
+
+    `state_dict` uses upstream names without the `_orig_mod.` prefix; `fmt` is "v1", "v2" or "v3".
+    """
+    state = state_dict
+    x = inputs.to(torch.float32)
+    positions = torch.arange(x.shape[1], device=x.device)
+    if fmt == FORMAT_V1:
+        tokens = F.relu(_linear(state, "transformer.wte.2", F.relu(_linear(state, "transformer.wte.0", x))))
+        position_table = state["transformer.wpe.weight"].float()
+    else:
+        encoder, position_key, _ = _modality_prefixes(fmt)
+        tokens = _mirrored_mlp(state, encoder, x)
+        position_table = state[position_key].float()
+    hidden = tokens + position_table[positions]
+
+    block_outputs = []
+    num_layers = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("transformer.h."))
+    for index in range(num_layers):
+        name = f"transformer.h.{index}"
+        hidden = hidden + _causal_attention(state, f"{name}.attn", _layer_norm(state, f"{name}.ln_1", hidden), num_heads)
+        mlp_in = _layer_norm(state, f"{name}.ln_2", hidden)
+        hidden = hidden + _linear(state, f"{name}.mlp.c_proj", _gelu_tanh(_linear(state, f"{name}.mlp.c_fc", mlp_in)))
+        block_outputs.append(hidden)
+    hidden = _layer_norm(state, "transformer.ln_f", hidden)
+
+    if fmt == FORMAT_V1:
+        head = F.relu(_linear(state, "lm_head.0", hidden))
+        head = F.relu(_linear(state, "lm_head.2", head))
+        predictions = _linear(state, "lm_head.4", head)
+    else:
+        predictions = _mirrored_mlp(state, _modality_prefixes(fmt)[2], hidden)
+    return ReferenceOutputs(predictions=predictions, block_outputs=block_outputs)
+
+
+def upstream_embedding(outputs: ReferenceOutputs, fmt: str) -> torch.Tensor:
+    """Upstream's default image embedding: the mean over positions of the layer its `get_embeddings` uses.
+
+    v1 returns the last block's output; v2 and later `draw_from_centre`, the output of block n_layer // 2.
+    Neither applies the final LayerNorm.
+    """
+    blocks = outputs.block_outputs
+    chosen = blocks[-1] if fmt == FORMAT_V1 else blocks[len(blocks) // 2]
+    return chosen.mean(dim=1)

@@ -1,0 +1,208 @@
+"""Turn an upstream checkpoint's `model_args` (and modality registry) into `AstroPTConfig` arguments.
+
+Everything upstream did implicitly is written into the config here, so a converted model reproduces
+upstream's numbers from a plain image: spiral order, per-patch standardisation (unbiased std + 1e-8),
+the transposed (C, W, H) reading of images, the Huber loss, and the layer upstream drew embeddings from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .upstream_formats import FORMAT_V1, FORMAT_V2, IMAGE_MODALITY, UpstreamWeights
+
+# Upstream's tokeniser names -> our `patch_embedding` values.
+PATCH_EMBEDDING_FOR_TOKENISER = {"relu_mlp": "relu_mlp", "aim": "gelu_mlp", "affine": "linear"}
+
+V1_RELEASE_IMAGE_SIZE = 512  # DESI Legacy Survey grz cutouts of the May 2024 release
+V2_0_RELEASE_IMAGE_SIZE = 256  # the `image_crop` column that astroPT v2.0 trained on
+
+
+@dataclass
+class ConfigMapping:
+    """The `AstroPTConfig` keyword arguments for a checkpoint, and where the less obvious ones came from."""
+
+    config_kwargs: dict[str, Any]
+    image_size_source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _field(model_args: dict, name: str, source: str, expected_from_weights: int | None = None):
+    """`model_args[name]`, cross-checked against the value the tensor shapes imply."""
+    value = model_args.get(name, expected_from_weights)
+    if value is None:
+        raise ValueError(f"{source}: model_args lacks {name!r} and it cannot be read off the weights")
+    if expected_from_weights is not None and value != expected_from_weights:
+        raise ValueError(
+            f"{source}: model_args[{name!r}]={value!r} disagrees with the weights, which imply {expected_from_weights}"
+        )
+    return value
+
+
+def _image_modality_config(checkpoint: dict, model_args: dict) -> Any | None:
+    """The `images` ModalityConfig stand-in from the pickled registry or from `model_args['modalities']`."""
+    registry = checkpoint.get("modality_registry")
+    modalities = getattr(registry, "modalities", None)
+    if isinstance(modalities, dict):
+        names = sorted(modalities)
+        if names != [IMAGE_MODALITY]:
+            return names  # caller reports the unsupported modalities
+        return modalities[IMAGE_MODALITY]
+    for entry in model_args.get("modalities") or []:
+        if getattr(entry, "name", None) == IMAGE_MODALITY:
+            return entry
+    return None
+
+
+def _looks_like_v2_0_release(weights: UpstreamWeights, patch_size: int, num_channels: int) -> bool:
+    """Heuristic for the `Smith42/astroPT_v2.0` checkpoints, which do not record their image size.
+
+    Upstream's v2 training script defaults (used for that release) are: aim tokeniser, 16 px patches, three
+    bands, block_size 1024, no biases, on 256 px crops; a v2-layout checkpoint with exactly that shape is
+    taken to be from the release. `--image_size` overrides this.
+    """
+    return (
+        weights.format == FORMAT_V2
+        and weights.tokeniser == "aim"
+        and patch_size == 16
+        and num_channels == 3
+        and weights.block_size == 1024
+        and not weights.use_bias
+    )
+
+
+def _fits_block(image_size: int, patch_size: int, block_size: int) -> bool:
+    """Whether an image of this size can be fed: upstream feeds all patches but the last one."""
+    return image_size % patch_size == 0 and (image_size // patch_size) ** 2 - 1 <= block_size
+
+
+def choose_image_size(
+    weights: UpstreamWeights,
+    training_config: dict,
+    patch_size: int,
+    num_channels: int,
+    requested: int | None,
+    source: str,
+) -> tuple[int, str]:
+    """The image size to record in the config, and a short phrase saying where it came from."""
+    if requested is not None:
+        if not _fits_block(requested, patch_size, weights.block_size):
+            raise ValueError(
+                f"{source}: --image_size={requested} does not fit: it must be a multiple of patch_size={patch_size} "
+                f"with at most block_size+1={weights.block_size + 1} patches"
+            )
+        return requested, "given with --image_size"
+    if weights.format == FORMAT_V1:
+        return V1_RELEASE_IMAGE_SIZE, "v1 release default (512 px DESI cutouts)"
+    recorded = training_config.get("image_size")
+    if isinstance(recorded, int) and _fits_block(recorded, patch_size, weights.block_size):
+        return recorded, "the training config stored in the checkpoint (config['image_size'])"
+    if _looks_like_v2_0_release(weights, patch_size, num_channels):
+        return V2_0_RELEASE_IMAGE_SIZE, "v2.0 release default (256 px crops; detected from its shape)"
+    # Upstream feeds T-1 of an image's T patches, so block_size may be T or T-1: the largest square grid
+    # with at most block_size + 1 patches.
+    grid = math.isqrt(weights.block_size + 1)
+    return grid * patch_size, "sqrt(block_size + 1) * patch_size"
+
+
+def map_upstream_config(
+    checkpoint: dict, weights: UpstreamWeights, image_size: int | None = None, source: str = "checkpoint"
+) -> ConfigMapping:
+    """`AstroPTConfig` keyword arguments that reproduce the upstream model in `checkpoint`."""
+    model_args = checkpoint.get("model_args")
+    if not isinstance(model_args, dict):
+        raise ValueError(f"{source}: expected a dict under 'model_args', found {type(model_args).__name__}")
+    training_config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    notes: list[str] = []
+
+    num_layers = _field(model_args, "n_layer", source, weights.num_layers)
+    hidden_size = _field(model_args, "n_embd", source, weights.hidden_size)
+    num_heads = _field(model_args, "n_head", source)
+    block_size = _field(model_args, "block_size", source, weights.block_size)
+    if hidden_size % num_heads:
+        raise ValueError(f"{source}: model_args n_embd={hidden_size} is not divisible by n_head={num_heads}")
+    if "bias" in model_args and bool(model_args["bias"]) != weights.use_bias:
+        raise ValueError(
+            f"{source}: model_args['bias']={model_args['bias']!r} disagrees with the weights "
+            f"(LayerNorm biases {'present' if weights.use_bias else 'absent'})"
+        )
+    if weights.format != FORMAT_V1:
+        declared = model_args.get("tokeniser", "aim")
+        if declared != weights.tokeniser:
+            raise ValueError(
+                f"{source}: model_args['tokeniser']={declared!r} disagrees with the weights, which hold an "
+                f"{weights.tokeniser!r} tokeniser"
+            )
+    attn_type = model_args.get("attn_type", "causal")
+    if attn_type != "causal":
+        raise ValueError(f"{source}: not supported: model_args['attn_type']={attn_type!r}; expected 'causal'")
+    if model_args.get("backbone", "native") != "native":
+        raise ValueError(f"{source}: not supported: model_args['backbone']={model_args['backbone']!r} (LLM backbone)")
+
+    # Patch geometry: v1 keeps it in model_args, later versions in the images ModalityConfig.
+    if weights.format == FORMAT_V1:
+        patch_size = model_args.get("patch_size", 16)
+        num_channels = model_args.get("n_chan", weights.patch_dim // patch_size**2)
+    else:
+        modality = _image_modality_config(checkpoint, model_args)
+        if isinstance(modality, list):
+            raise ValueError(f"{source}: not supported: modalities {modality} in the modality registry")
+        if modality is not None:
+            patch_size = modality.patch_size
+            if getattr(modality, "embed_pos", True) is False:
+                raise ValueError(f"{source}: not supported: images modality with embed_pos=False")
+        else:
+            patch_size = None
+            notes.append("no images ModalityConfig found; patch size inferred from the weights and n_chan")
+        num_channels = model_args.get("n_chan")
+        if patch_size is None:
+            if num_channels is None:
+                raise ValueError(f"{source}: neither a modality registry nor model_args['n_chan'] is present")
+            patch_size = math.isqrt(weights.patch_dim // num_channels)
+        if num_channels is None or num_channels * patch_size**2 != weights.patch_dim:
+            # GPTConfig.n_chan defaults to 1 upstream and v2 scripts do not always pass it; trust the weights.
+            inferred = weights.patch_dim // patch_size**2
+            if num_channels is not None:
+                notes.append(f"model_args n_chan={num_channels} ignored; the weights hold {inferred} bands")
+            num_channels = inferred
+    if num_channels * patch_size**2 != weights.patch_dim:
+        raise ValueError(
+            f"{source}: patch_size={patch_size} and n_chan={num_channels} give patches of "
+            f"{num_channels * patch_size**2} values, but the tokeniser takes {weights.patch_dim}"
+        )
+
+    chosen_size, size_source = choose_image_size(
+        weights, training_config, patch_size, num_channels, image_size, source
+    )
+    dropout = float(model_args.get("dropout", 0.0) or 0.0)
+    spiral = training_config.get("spiral", True)
+    config_kwargs = {
+        "image_size": chosen_size,
+        "patch_size": patch_size,
+        "num_channels": num_channels,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "intermediate_size": weights.intermediate_size,
+        "max_position_embeddings": block_size,
+        "layer_norm_eps": 1e-5,
+        "hidden_dropout_prob": dropout,
+        "attention_probs_dropout_prob": dropout,
+        "use_bias": weights.use_bias,
+        "patch_embedding": PATCH_EMBEDDING_FOR_TOKENISER[weights.tokeniser],
+        "patch_order": "spiral" if spiral else "raster",
+        "patch_norm": "per_patch",
+        "patch_norm_eps": 1e-8,
+        "transpose_patch_grid": True,
+        "loss": "huber",
+        "huber_delta": 1.0,
+        "pooling": "mean",
+        # v1's get_embeddings returns the last block's output (no final LayerNorm); v2 and later draw
+        # from the centre: the output of block n_layer // 2.
+        "embedding_layer": num_layers - 1 if weights.format == FORMAT_V1 else "middle",
+    }
+    if not spiral:
+        notes.append("the training config says spiral=False: patches in raster order")
+    return ConfigMapping(config_kwargs=config_kwargs, image_size_source=size_source, notes=notes)

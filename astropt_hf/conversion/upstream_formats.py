@@ -1,0 +1,230 @@
+"""Recognise the layout of an upstream astroPT state dict and rename its weights to ours.
+
+Upstream has used three layouts (all nanoGPT-style blocks `transformer.h.{i}.*` and `transformer.ln_f`):
+
+* **v1** (May 2024 release): `transformer.wte.{0,2}` (Linear-ReLU-Linear-ReLU tokeniser),
+  `transformer.wpe.weight`, `lm_head.{0,2,4}` (Linear-ReLU-Linear-ReLU-Linear head).
+* **v2** (PyPI `astropt` 2.0.x): modality-keyed `transformer.wte.{mod}.c_fc/c_proj`,
+  `transformer.wpe.{mod}.wpe.weight`, `lm_head.{mod}.c_fc/c_proj` ("aim": Linear-GELU-Linear, or
+  "affine": a single `c_fc` Linear).
+* **v3** (current upstream `main`): the modality modules moved out of `transformer`:
+  `encoders.{mod}.*`, `embedders.{mod}.wpe.weight`, `decoders.{mod}.*`.
+
+Any of them may carry the `_orig_mod.` prefix that `torch.compile` adds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+COMPILE_PREFIX = "_orig_mod."
+IMAGE_MODALITY = "images"
+
+FORMAT_V1 = "v1"
+FORMAT_V2 = "v2"
+FORMAT_V3 = "v3"
+FORMAT_DESCRIPTIONS = {
+    FORMAT_V1: "v1 (original 2024 release: transformer.wte.0/2, lm_head.0/2/4)",
+    FORMAT_V2: "v2.x (PyPI astropt 2.0.x: transformer.wte.images, transformer.wpe.images, lm_head.images)",
+    FORMAT_V3: "v3 (current upstream: encoders.images, embedders.images, decoders.images)",
+}
+
+# --- key renaming rules: (upstream pattern, our name template) --------------------------------------
+_BLOCK_RULES = [
+    (r"transformer\.h\.(\d+)\.ln_1\.(weight|bias)", r"astropt.layers.\1.layernorm_before.\2"),
+    (r"transformer\.h\.(\d+)\.attn\.c_attn\.(weight|bias)", r"astropt.layers.\1.attention.qkv.\2"),
+    (r"transformer\.h\.(\d+)\.attn\.c_proj\.(weight|bias)", r"astropt.layers.\1.attention.out_proj.\2"),
+    (r"transformer\.h\.(\d+)\.ln_2\.(weight|bias)", r"astropt.layers.\1.layernorm_after.\2"),
+    (r"transformer\.h\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"astropt.layers.\1.mlp.fc1.\2"),
+    (r"transformer\.h\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"astropt.layers.\1.mlp.fc2.\2"),
+    (r"transformer\.ln_f\.(weight|bias)", r"astropt.layernorm.\1"),
+]
+_PATCH_EMBED = "astropt.embeddings.patch_embeddings.mlp"
+_POSITIONS = "astropt.embeddings.position_embeddings.weight"
+_HEAD = "patch_head.mlp"
+
+
+def _modality_rules(encoder: str, positions: str, decoder: str) -> list[tuple[str, str]]:
+    """Rules for the v2/v3 tokeniser (`c_fc` then optionally `c_proj`) and its mirrored decoder."""
+    return [
+        (rf"{encoder}\.c_fc\.(weight|bias)", rf"{_PATCH_EMBED}.0.\1"),
+        (rf"{encoder}\.c_proj\.(weight|bias)", rf"{_PATCH_EMBED}.2.\1"),
+        (rf"{positions}\.wpe\.weight", _POSITIONS),
+        (rf"{decoder}\.c_fc\.(weight|bias)", rf"{_HEAD}.0.\1"),
+        (rf"{decoder}\.c_proj\.(weight|bias)", rf"{_HEAD}.2.\1"),
+    ]
+
+
+_FORMAT_RULES = {
+    FORMAT_V1: [
+        (r"transformer\.wte\.(0|2)\.(weight|bias)", rf"{_PATCH_EMBED}.\1.\2"),
+        (r"transformer\.wpe\.weight", _POSITIONS),
+        (r"lm_head\.(0|2|4)\.(weight|bias)", rf"{_HEAD}.\1.\2"),
+    ],
+    FORMAT_V2: _modality_rules(r"transformer\.wte\.images", r"transformer\.wpe\.images", r"lm_head\.images"),
+    FORMAT_V3: _modality_rules(r"encoders\.images", r"embedders\.images", r"decoders\.images"),
+}
+
+# Keys that carry no weights we need: the causal-mask buffer that upstream registers when flash attention
+# is unavailable (`attn.bias`, 4-D), and an optional fine-tuning head.
+_DROPPED = [
+    (r"transformer\.h\.\d+\.attn\.bias", "causal mask buffer (rebuilt by the model)"),
+    (r"task_head\..*", "upstream fine-tuning head (not part of the pretrained model)"),
+]
+
+# Where each layout keeps its modality modules: used to list the modalities a checkpoint holds.
+_MODALITY_KEY = {
+    FORMAT_V2: re.compile(r"^(?:transformer\.wte|transformer\.wpe|lm_head)\.([^.]+)\."),
+    FORMAT_V3: re.compile(r"^(?:encoders|embedders|decoders)\.([^.]+)\."),
+}
+
+
+@dataclass
+class UpstreamWeights:
+    """An upstream state dict with its layout recognised and its architecture read off the tensor shapes."""
+
+    format: str
+    state_dict: dict[str, torch.Tensor]  # upstream names, `_orig_mod.` removed
+    had_compile_prefix: bool
+    modalities: list[str]
+    tokeniser: str  # "relu_mlp" (v1), "aim" or "affine"
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    patch_dim: int
+    block_size: int
+    use_bias: bool
+    dropped_keys: dict[str, str] = field(default_factory=dict)  # key -> why it is not converted
+
+    @property
+    def format_description(self) -> str:
+        return FORMAT_DESCRIPTIONS[self.format]
+
+
+def strip_compile_prefix(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+    """Remove the `_orig_mod.` prefix `torch.compile` leaves on keys; also report whether any had it."""
+    had_prefix = any(key.startswith(COMPILE_PREFIX) for key in state_dict)
+    stripped = {key.removeprefix(COMPILE_PREFIX): value for key, value in state_dict.items()}
+    return stripped, had_prefix
+
+
+def detect_upstream_format(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> str:
+    """Return `"v1"`, `"v2"` or `"v3"` for a (prefix-free) upstream state dict; raise `ValueError` otherwise."""
+    keys = set(state_dict)
+    if any(key.startswith(("encoders.", "embedders.", "decoders.")) for key in keys):
+        return FORMAT_V3
+    if "transformer.wte.0.weight" in keys and "lm_head.0.weight" in keys:
+        return FORMAT_V1
+    if any(_MODALITY_KEY[FORMAT_V2].match(key) for key in keys):
+        return FORMAT_V2
+    sample = sorted(keys)[:8]
+    raise ValueError(
+        f"{source}: 'model' is not a recognised upstream astroPT state dict; expected one of the layouts "
+        f"{list(FORMAT_DESCRIPTIONS.values())}, found keys such as {sample}"
+    )
+
+
+def list_modalities(state_dict: dict[str, torch.Tensor], fmt: str) -> list[str]:
+    """Modality names present in the weights (v1 is images-only by construction)."""
+    if fmt == FORMAT_V1:
+        return [IMAGE_MODALITY]
+    names = {match.group(1) for key in state_dict if (match := _MODALITY_KEY[fmt].match(key))}
+    return sorted(names)
+
+
+def _require_key(state_dict: dict[str, torch.Tensor], key: str, source: str) -> torch.Tensor:
+    if key not in state_dict:
+        raise ValueError(f"{source}: the upstream state dict lacks the expected weight {key!r}")
+    return state_dict[key]
+
+
+def read_upstream_weights(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> UpstreamWeights:
+    """Recognise the layout of `state_dict` and read the architecture off its tensor shapes.
+
+    Raises `ValueError` for unknown layouts, for checkpoints whose modalities are anything but a single
+    `images` modality ("not supported: modalities [...]"), for LoRA weights and for continuous
+    (non-embedding) positions.
+    """
+    state_dict, had_prefix = strip_compile_prefix(state_dict)
+    fmt = detect_upstream_format(state_dict, source)
+    modalities = list_modalities(state_dict, fmt)
+    if modalities != [IMAGE_MODALITY]:
+        raise ValueError(
+            f"{source}: not supported: modalities {modalities}. Only checkpoints with a single "
+            f"'{IMAGE_MODALITY}' modality can be converted"
+        )
+    lora_keys = sorted(key for key in state_dict if "lora_" in key)
+    if lora_keys:
+        raise ValueError(
+            f"{source}: not supported: LoRA adapter weights {lora_keys[:4]}; merge them into the base weights "
+            "upstream (e.g. with loralib's merge on model.eval()) and save the merged state dict first"
+        )
+
+    if fmt == FORMAT_V1:
+        first_embed = _require_key(state_dict, "transformer.wte.0.weight", source)
+        positions = _require_key(state_dict, "transformer.wpe.weight", source)
+        tokeniser = "relu_mlp"
+    else:
+        encoder = "transformer.wte.images" if fmt == FORMAT_V2 else "encoders.images"
+        embedder = "transformer.wpe.images" if fmt == FORMAT_V2 else "embedders.images"
+        if f"{embedder}.c_fc.weight" in state_dict:
+            raise ValueError(
+                f"{source}: not supported: the images modality embeds continuous positions "
+                f"({embedder}.c_fc, upstream embed_pos=False); only learned position tables convert"
+            )
+        first_embed = _require_key(state_dict, f"{encoder}.c_fc.weight", source)
+        positions = _require_key(state_dict, f"{embedder}.wpe.weight", source)
+        tokeniser = "aim" if f"{encoder}.c_proj.weight" in state_dict else "affine"
+
+    block_indices = {int(m.group(1)) for key in state_dict if (m := re.match(r"^transformer\.h\.(\d+)\.", key))}
+    if not block_indices or block_indices != set(range(max(block_indices) + 1)):
+        raise ValueError(f"{source}: transformer blocks are missing or not numbered 0..n-1: {sorted(block_indices)}")
+    final_norm = _require_key(state_dict, "transformer.ln_f.weight", source)
+    fc1 = _require_key(state_dict, "transformer.h.0.mlp.c_fc.weight", source)
+
+    weights = UpstreamWeights(
+        format=fmt,
+        state_dict=state_dict,
+        had_compile_prefix=had_prefix,
+        modalities=modalities,
+        tokeniser=tokeniser,
+        num_layers=len(block_indices),
+        hidden_size=int(final_norm.shape[0]),
+        intermediate_size=int(fc1.shape[0]),
+        patch_dim=int(first_embed.shape[1]),
+        block_size=int(positions.shape[0]),
+        use_bias="transformer.h.0.ln_1.bias" in state_dict,
+    )
+    return weights
+
+
+def rename_to_astropt_hf(weights: UpstreamWeights, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Our state dict (names of `AstroPTForPreTraining`) from the upstream weights, as float32 tensors.
+
+    Keys without a counterpart are either dropped with a reason (recorded in `weights.dropped_keys`) or,
+    if unknown, reported in a `ValueError` so nothing is silently lost.
+    """
+    rules = [(re.compile(rf"^{pattern}$"), template) for pattern, template in _BLOCK_RULES + _FORMAT_RULES[weights.format]]
+    dropped = [(re.compile(rf"^{pattern}$"), why) for pattern, why in _DROPPED]
+    renamed: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, tensor in weights.state_dict.items():
+        for pattern, template in rules:
+            if pattern.match(key):
+                renamed[pattern.sub(template, key)] = tensor.detach().to(torch.float32).contiguous()
+                break
+        else:
+            reason = next((why for pattern, why in dropped if pattern.match(key)), None)
+            if reason is None:
+                unknown.append(key)
+            else:
+                weights.dropped_keys[key] = reason
+    if unknown:
+        raise ValueError(
+            f"{source}: the {weights.format} state dict has weights this converter does not know how to map: "
+            f"{sorted(unknown)[:10]}{' ...' if len(unknown) > 10 else ''}"
+        )
+    return renamed
