@@ -3,6 +3,7 @@
 Not part of the remote code: nothing here is needed to load a converted model.
 """
 
+from .convert import ConversionReport, ParityCheckError, check_parity, convert_upstream_checkpoint
 from .safe_unpickle import UnsafeCheckpointError, load_upstream_checkpoint
 from .upstream_config import ConfigMapping, map_upstream_config
 from .upstream_formats import (
@@ -15,6 +16,10 @@ from .upstream_formats import (
 )
 
 __all__ = [
+    "ConversionReport",
+    "ParityCheckError",
+    "check_parity",
+    "convert_upstream_checkpoint",
     "FORMAT_DESCRIPTIONS",
     "ConfigMapping",
     "UnsafeCheckpointError",

@@ -94,7 +94,7 @@ def choose_image_size(
                 f"with at most block_size+1={weights.block_size + 1} patches"
             )
         return requested, "given with --image_size"
-    if weights.format == FORMAT_V1:
+    if weights.format == FORMAT_V1 and _fits_block(V1_RELEASE_IMAGE_SIZE, patch_size, weights.block_size):
         return V1_RELEASE_IMAGE_SIZE, "v1 release default (512 px DESI cutouts)"
     recorded = training_config.get("image_size")
     if isinstance(recorded, int) and _fits_block(recorded, patch_size, weights.block_size):
@@ -198,7 +198,11 @@ def map_upstream_config(
         "transpose_patch_grid": True,
         "loss": "huber",
         "huber_delta": 1.0,
-        "pooling": "mean",
+        # Upstream embeds the model input, i.e. the sequence without its last patch, and averages over it.
+        # Our model runs all T patches; causality makes the first T-1 hidden states identical, so the mean
+        # over the first T-1 positions is exactly upstream's embedding.
+        "pooling": "mean_first_k",
+        "pooling_num_patches": max(1, (chosen_size // patch_size) ** 2 - 1),
         # v1's get_embeddings returns the last block's output (no final LayerNorm); v2 and later draw
         # from the centre: the output of block n_layer // 2.
         "embedding_layer": num_layers - 1 if weights.format == FORMAT_V1 else "middle",

@@ -1,0 +1,227 @@
+"""Convert an upstream astroPT `ckpt.pt` into a Transformers checkpoint directory, checked for parity."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model_card import render_model_card
+from .reference_forward import upstream_embedding, upstream_patch_sequence, upstream_reference_forward
+from .safe_unpickle import load_upstream_checkpoint
+from .upstream_classes import UpstreamRecord
+from .upstream_config import map_upstream_config
+from .upstream_formats import IMAGE_MODALITY, UpstreamWeights, read_upstream_weights, rename_to_astropt_hf
+
+PARITY_TOLERANCE = 1e-4  # fp32; scaled by the size of the reference values when they exceed 1
+
+
+class ParityCheckError(RuntimeError):
+    """The converted model does not reproduce upstream's forward pass."""
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion found and checked; `summary()` gives a printable digest."""
+
+    source: str
+    detected_format: str
+    format_description: str
+    had_compile_prefix: bool
+    num_parameters: int
+    image_size: int
+    image_size_source: str
+    config: dict[str, Any]
+    output_dir: str | None = None
+    dropped_keys: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    parity_checked: bool = False
+    prediction_max_abs_diff: float | None = None
+    embedding_max_abs_diff: float | None = None
+    parity_allowed_diff: float | None = None
+    hub_model_id: str | None = None
+    converter_version: str = ""
+
+    @property
+    def parity_passed(self) -> bool | None:
+        """True/False after a parity check, None when it was skipped."""
+        if not self.parity_checked:
+            return None
+        return max(self.prediction_max_abs_diff, self.embedding_max_abs_diff) <= self.parity_allowed_diff
+
+    def parity_summary(self) -> str:
+        if not self.parity_checked:
+            return "skipped (--no_parity_check)"
+        verdict = "passed" if self.parity_passed else "FAILED"
+        return (
+            f"{verdict}: max |difference| {self.prediction_max_abs_diff:.2e} in next-patch predictions, "
+            f"{self.embedding_max_abs_diff:.2e} in embeddings (allowed {self.parity_allowed_diff:.1e}, fp32)"
+        )
+
+    def summary(self) -> str:
+        lines = [
+            f"source:      {self.source}",
+            f"format:      {self.format_description}" + (" with _orig_mod. prefix" if self.had_compile_prefix else ""),
+            f"parameters:  {self.num_parameters:,}",
+            f"image size:  {self.image_size} px ({self.image_size_source})",
+            f"parity:      {self.parity_summary()}",
+        ]
+        if self.output_dir:
+            lines.append(f"saved to:    {self.output_dir}")
+        if self.hub_model_id:
+            lines.append(f"pushed to:   {self.hub_model_id}")
+        lines += [f"note:        {note}" for note in self.notes]
+        lines += [f"dropped:     {key} ({why})" for key, why in self.dropped_keys.items()]
+        return "\n".join(lines)
+
+
+def _check_registry(checkpoint: dict, source: str) -> None:
+    registry = checkpoint.get("modality_registry")
+    names = registry.names() if isinstance(registry, UpstreamRecord) and hasattr(registry, "names") else None
+    if names is not None and names != [IMAGE_MODALITY]:
+        raise ValueError(
+            f"{source}: not supported: modalities {names}. Only checkpoints with a single "
+            f"'{IMAGE_MODALITY}' modality can be converted"
+        )
+
+
+def _load_weights_into(model: torch.nn.Module, renamed: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load our-named weights strictly; pad the position table if upstream's is one row short."""
+    notes = []
+    key = "astropt.embeddings.position_embeddings.weight"
+    needed = model.config.num_patches
+    if renamed[key].shape[0] < needed:
+        # block_size = T - 1 is enough upstream (it feeds T - 1 patches); our model also runs the last patch,
+        # whose position only affects the prediction past the image. A zero row keeps everything else exact.
+        missing = needed - renamed[key].shape[0]
+        renamed[key] = torch.cat([renamed[key], renamed[key].new_zeros(missing, renamed[key].shape[1])])
+        notes.append(f"position table padded with {missing} zero row(s): block_size was {needed - missing}")
+    result = model.load_state_dict(renamed, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{source}: converted weights do not match AstroPTForPreTraining: missing {result.missing_keys[:6]}, "
+            f"unexpected {result.unexpected_keys[:6]}"
+        )
+    return notes
+
+
+@torch.no_grad()
+def check_parity(
+    model: torch.nn.Module, weights: UpstreamWeights, num_heads: int, num_images: int = 2, seed: int = 0
+) -> tuple[float, float, float]:
+    """Compare the converted model with the independent upstream re-implementation on random images.
+
+    Returns (max |diff| of next-patch predictions, max |diff| of embeddings, allowed difference).
+    """
+    config = model.config
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.rand(
+        num_images, config.num_channels, config.image_size, config.image_size, generator=generator
+    )
+    ours = model(pixel_values=pixel_values).predictions[:, :-1]
+    ours_embedding = model.astropt.get_image_embeddings(pixel_values)
+
+    sequence = upstream_patch_sequence(pixel_values, config.patch_size, spiral=config.patch_order == "spiral")
+    reference = upstream_reference_forward(weights.state_dict, weights.format, num_heads, sequence[:, :-1])
+    reference_embedding = upstream_embedding(reference, weights.format)
+
+    prediction_diff = (ours - reference.predictions).abs().max().item()
+    embedding_diff = (ours_embedding - reference_embedding).abs().max().item()
+    scale = max(1.0, reference.predictions.abs().max().item(), reference_embedding.abs().max().item())
+    return prediction_diff, embedding_diff, PARITY_TOLERANCE * scale
+
+
+def _push_to_hub(output_dir: Path, hub_model_id: str) -> None:
+    from huggingface_hub import create_repo, upload_folder
+
+    create_repo(hub_model_id, exist_ok=True)
+    upload_folder(repo_id=hub_model_id, folder_path=str(output_dir), commit_message="Add astroPT converted from upstream")
+
+
+def convert_upstream_checkpoint(
+    path: str | Path,
+    output_dir: str | Path | None,
+    image_size: int | None = None,
+    push_to_hub: bool = False,
+    hub_model_id: str | None = None,
+    parity_check: bool = True,
+) -> ConversionReport:
+    """Convert an upstream astroPT checkpoint (v1, v2.x or v3 layout) to a Transformers checkpoint.
+
+    Loads `path` without running code from it, maps weights and settings onto `AstroPTForPreTraining`,
+    checks that the result reproduces upstream's forward pass (unless `parity_check=False`), and writes
+    to `output_dir`: the model (safetensors, with the remote-code files), an `AstroPTImageProcessor`,
+    a model card (README.md) and `conversion_report.json`. With `push_to_hub`, uploads the directory to
+    `hub_model_id`. `output_dir=None` converts and checks without writing.
+
+    Raises:
+        UnsafeCheckpointError: the file's pickle asks for code outside the allowlist.
+        ValueError: unknown layout, unsupported modalities, or inconsistent settings (the message says which).
+        ParityCheckError: the converted model's outputs differ from upstream's beyond fp32 tolerance.
+    """
+    from .. import AstroPTConfig, AstroPTForPreTraining, AstroPTImageProcessor, __version__
+
+    path = Path(path)
+    source = path.name
+    if push_to_hub and not hub_model_id:
+        raise ValueError("push_to_hub=True needs hub_model_id (e.g. 'your-name/astropt-089M')")
+    if push_to_hub and output_dir is None:
+        raise ValueError("push_to_hub=True needs an output_dir to stage the files in")
+
+    checkpoint = load_upstream_checkpoint(path)
+    state_dict = checkpoint.get("model")
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{source}: expected a state dict under 'model', found {type(state_dict).__name__}")
+    _check_registry(checkpoint, source)
+    weights = read_upstream_weights(state_dict, source)
+    mapping = map_upstream_config(checkpoint, weights, image_size=image_size, source=source)
+    num_patches = (mapping.config_kwargs["image_size"] // mapping.config_kwargs["patch_size"]) ** 2
+    config_kwargs = dict(mapping.config_kwargs)
+    config_kwargs["max_position_embeddings"] = max(config_kwargs["max_position_embeddings"], num_patches)
+    config = AstroPTConfig(**config_kwargs)
+
+    model = AstroPTForPreTraining(config)
+    notes = list(mapping.notes)
+    notes += _load_weights_into(model, rename_to_astropt_hf(weights, source), source)
+    model.eval()
+
+    report = ConversionReport(
+        source=str(path),
+        detected_format=weights.format,
+        format_description=weights.format_description,
+        had_compile_prefix=weights.had_compile_prefix,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        image_size=config.image_size,
+        image_size_source=mapping.image_size_source,
+        config=config_kwargs,
+        dropped_keys=dict(weights.dropped_keys),
+        notes=notes,
+        converter_version=__version__,
+    )
+    if parity_check:
+        prediction_diff, embedding_diff, allowed = check_parity(model, weights, config.num_attention_heads)
+        report.parity_checked = True
+        report.prediction_max_abs_diff, report.embedding_max_abs_diff = prediction_diff, embedding_diff
+        report.parity_allowed_diff = allowed
+        if not report.parity_passed:
+            raise ParityCheckError(f"{source}: converted model does not reproduce upstream: {report.parity_summary()}")
+
+    if output_dir is None:
+        return report
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report.output_dir = str(output_dir)
+    report.hub_model_id = hub_model_id if push_to_hub else None
+    model.save_pretrained(output_dir)
+    AstroPTImageProcessor(image_size=config.image_size, num_channels=config.num_channels).save_pretrained(output_dir)
+    card_repo_id = hub_model_id or str(output_dir)
+    (output_dir / "README.md").write_text(render_model_card(report, card_repo_id))
+    # the card and report travel to the hub: record the file name, not this machine's path
+    public_report = {**asdict(report), "source": path.name, "output_dir": None}
+    (output_dir / "conversion_report.json").write_text(json.dumps(public_report, indent=2, default=str) + "\n")
+    if push_to_hub:
+        _push_to_hub(output_dir, hub_model_id)
+    return report
