@@ -372,13 +372,14 @@ class AstroPTModel(AstroPTPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ):
-        """Run the first `num_blocks` blocks (all by default, then the final LayerNorm) on a patch sequence.
+        """Run the first `num_blocks` blocks on a patch sequence (by default all of them, then the final
+        LayerNorm; an explicit `num_blocks` returns that block's raw output).
 
         Returns (hidden, all_hidden_states or None, attentions or None). Stopping early is what makes
         middle-block embeddings cheap: upstream runs every block even when it keeps the middle one.
         """
-        num_layers = len(self.layers)
-        num_blocks = num_layers if num_blocks is None else num_blocks
+        final_layernorm = num_blocks is None
+        num_blocks = len(self.layers) if num_blocks is None else num_blocks
         hidden = self.embeddings(patches, position_offset)
         all_hidden = [hidden] if output_hidden_states else None
         attentions = [] if output_attentions else None
@@ -392,7 +393,7 @@ class AstroPTModel(AstroPTPreTrainedModel):
                 all_hidden.append(hidden)
             if attentions is not None:
                 attentions.append(weights)
-        if num_blocks == num_layers:
+        if final_layernorm:
             hidden = self.layernorm(hidden)
         return hidden, (tuple(all_hidden) if all_hidden is not None else None), (
             tuple(attentions) if attentions is not None else None

@@ -1,0 +1,103 @@
+"""Checkpoints load as remote code in a fresh process that cannot import astropt_hf."""
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import torch
+from PIL import Image
+
+from astropt_hf import AstroPTForPreTraining, AstroPTImageProcessor
+
+REMOTE_FILES = {"configuration_astropt.py", "modeling_astropt.py", "image_processing_astropt.py"}
+
+# Runs in a fresh interpreter: importing astropt_hf must fail there, so every class comes from the
+# checkpoint's own copy of the remote code.
+LOADER = textwrap.dedent(
+    """
+    import builtins, json, sys
+    import numpy as np, torch
+    real_import = builtins.__import__
+    def guarded_import(name, *args, **kwargs):
+        if name == "astropt_hf" or name.startswith("astropt_hf."):
+            raise ImportError("astropt_hf is not installed here")
+        return real_import(name, *args, **kwargs)
+    builtins.__import__ = guarded_import
+    try:
+        import astropt_hf  # noqa
+        raise SystemExit("astropt_hf was importable")
+    except ImportError:
+        pass
+    from PIL import Image
+    from transformers import (AutoImageProcessor, AutoModel, AutoModelForImageClassification,
+                              AutoModelForPreTraining, pipeline)
+    checkpoint, image_path, out_path = sys.argv[1:4]
+    processor = AutoImageProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    pixel_values = processor(Image.open(image_path), return_tensors="pt")["pixel_values"]
+    pretraining = AutoModelForPreTraining.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    backbone = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    classifier = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True, num_labels=2)
+    extractor = pipeline("image-feature-extraction", model=checkpoint, trust_remote_code=True)
+    features = np.asarray(extractor(Image.open(image_path)))
+    with torch.no_grad():
+        result = {
+            "modules": [type(m).__module__ for m in (processor, pretraining, backbone, classifier)],
+            "classes": [type(m).__name__ for m in (processor, pretraining, backbone, classifier)],
+            "pixel_values": pixel_values.tolist(),
+            "predictions": pretraining(pixel_values).predictions.tolist(),
+            "embedding": backbone(pixel_values).pooler_output.tolist(),
+            "features_shape": list(features.shape),
+        }
+    json.dump(result, open(out_path, "w"))
+    """
+)
+
+
+def test_checkpoint_loads_in_fresh_process_without_astropt_hf(tmp_path, tiny_config):
+    model = AstroPTForPreTraining(tiny_config()).eval()
+    processor = AstroPTImageProcessor(image_size=16, num_channels=3)
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    files = {p.name for p in checkpoint.iterdir()}
+    assert REMOTE_FILES | {"config.json", "model.safetensors", "preprocessor_config.json"} <= files
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForPreTraining", "AutoModelForImageClassification"}
+    assert "AutoImageProcessor" in json.loads((checkpoint / "preprocessor_config.json").read_text())["auto_map"]
+    for name in REMOTE_FILES:  # self-contained: no absolute import of our package
+        assert not re.search(r"^\s*(from|import)\s+astropt_hf", (checkpoint / name).read_text(), re.M), name
+
+    image_path = tmp_path / "galaxy.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(image_path)
+    out_path = tmp_path / "result.json"
+    script = tmp_path / "load.py"
+    script.write_text(LOADER)
+    env_python = sys.executable
+    completed = subprocess.run(
+        [env_python, str(script), str(checkpoint), str(image_path), str(out_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out_path.read_text())
+    assert all(module.startswith("transformers_modules.") for module in result["modules"]), result["modules"]
+    assert result["classes"] == [
+        "AstroPTImageProcessor", "AstroPTForPreTraining", "AstroPTModel", "AstroPTForImageClassification"
+    ]
+    pixel_values = processor(Image.open(image_path), return_tensors="pt")["pixel_values"]
+    assert torch.equal(torch.tensor(result["pixel_values"]), pixel_values)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(result["predictions"]), model(pixel_values).predictions, rtol=0, atol=0)
+        torch.testing.assert_close(
+            torch.tensor(result["embedding"]), model.astropt(pixel_values).pooler_output, rtol=0, atol=0
+        )
+    assert result["features_shape"] == [1, 16, 32]  # (1, T, D)
+
+
+def test_model_save_alone_writes_a_matching_processor(tmp_path, tiny_config):
+    AstroPTForPreTraining(tiny_config(num_channels=1, image_size=8)).save_pretrained(tmp_path)
+    processor = AstroPTImageProcessor.from_pretrained(tmp_path)
+    assert (processor.image_size, processor.num_channels) == (8, 1)
+    assert REMOTE_FILES <= {p.name for p in tmp_path.iterdir()}
