@@ -1,0 +1,459 @@
+"""Synthetic DESI-like galaxies rendered with GalSim: the built-in, offline pretraining set.
+
+Each galaxy is a de Vaucouleurs bulge (Sersic n=4) plus an exponential disk, sharing one axis
+ratio and position angle. The bulge shines with an elliptical-galaxy spectrum (CWW E) and the
+disk with a star-forming one (CWW Scd); both spectra ship with GalSim. The galaxy is placed at a
+redshift in a flat LambdaCDM cosmology (H0=70, Om0=0.3), so its apparent magnitudes follow from
+its rest-frame luminosity, the distance modulus and the redshifted spectra (K-corrections come
+out of the integration through the bandpasses, not from a fit). It is drawn through the g, r, z
+bandpasses at the Legacy Surveys pixel scale of 0.262"/pixel, convolved with a Moffat PSF per band
+and given Gaussian sky noise.
+
+Pixel units are **nanomaggies** (flux of an AB magnitude m is 10**(-0.4 (m - 22.5))), on a
+sky-subtracted background, as in Legacy Surveys cutouts: an image summed over its pixels gives the
+band's flux (minus what falls outside the stamp), and blank sky is zero-mean noise with the
+per-pixel standard deviations in ``SKY_NOISE_NMGY`` (roughly DECaLS DR8 depths).
+
+The population is magnitude limited to about r < 19.5 (like DESI BGS / Galaxy Zoo DESI), so
+brighter galaxies reach higher redshift (Malmquist bias), sizes follow a size-luminosity relation
+and shrink on the sky with distance, and colours depend on redshift and bulge fraction: linear
+probes of an embedding have something to find.
+
+Every galaxy is generated from its own seed, ``SeedSequence([seed, split_code, index])``, so the
+set is identical whatever the number of worker processes or the order of generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the generator's output changes, so stale caches are not reused.
+GENERATOR_VERSION = 1
+
+BANDS: tuple[str, ...] = ("g", "r", "z")
+PIXEL_SCALE = 0.262  # arcsec / pixel, DESI Legacy Imaging Surveys
+#: Moffat (beta=3.5) PSF full width at half maximum per band, arcsec (typical DECaLS seeing).
+PSF_FWHM = {"g": 1.35, "r": 1.25, "z": 1.15}
+PSF_MOFFAT_BETA = 3.5
+#: Per-pixel sky noise standard deviation per band, nanomaggies.
+SKY_NOISE_NMGY = {"g": 0.005, "r": 0.007, "z": 0.017}
+NANOMAGGY_ZEROPOINT = 22.5  # AB magnitude of 1 nanomaggy
+
+BULGE_SED_FILE = "CWW_E_ext.sed"  # early type
+DISK_SED_FILE = "CWW_Scd_ext.sed"  # star forming
+BANDPASS_FILES = {"g": "LSST_g.dat", "r": "LSST_r.dat", "z": "LSST_z.dat"}  # GalSim ships no DECam curves
+
+# Population model. Redshifts follow p(z) ~ z^2 exp(-(z/z0)^1.5), the classic shape of a
+# magnitude-limited survey; absolute magnitudes are a normal truncated at the survey limit.
+REDSHIFT_SCALE = 0.1
+REDSHIFT_RANGE = (0.03, 0.8)
+MAGNITUDE_LIMIT_R = 19.5
+ABS_MAG_MEAN, ABS_MAG_SIGMA = -20.6, 1.0
+HUBBLE_CONSTANT, OMEGA_MATTER = 70.0, 0.3
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+
+#: Names of the per-galaxy truth columns, in the order they are stored.
+TRUTH_COLUMNS: tuple[str, ...] = (
+    "redshift",
+    "mag_g",
+    "mag_r",
+    "mag_z",
+    "g_r",
+    "r_z",
+    "bulge_fraction",
+    "half_light_radius",
+    "axis_ratio",
+    "position_angle",
+)
+
+# Demo defaults: small enough that generation takes well under a minute on 2 CPU cores.
+DEFAULT_IMAGE_SIZE = 32
+DEFAULT_NUM_TRAIN = 3000
+DEFAULT_NUM_VALIDATION = 256
+DEFAULT_NUM_TEST = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class GalaxyParams:
+    """Intrinsic properties of one synthetic galaxy (what the renderer needs, nothing observed).
+
+    Attributes:
+        redshift: cosmological redshift.
+        abs_mag_r: rest-frame absolute AB magnitude in the r band.
+        bulge_fraction: bulge share of the rest-frame r-band luminosity (B/T), in [0, 1].
+        disk_radius_kpc: half-light radius of the exponential disk, proper kpc.
+        bulge_radius_kpc: half-light radius of the de Vaucouleurs bulge, proper kpc.
+        axis_ratio: minor/major axis ratio b/a shared by bulge and disk, in (0, 1].
+        position_angle: major-axis angle in degrees, [0, 180), counter-clockwise from the +x axis.
+        offset_x, offset_y: sub-pixel shift of the centre from the stamp centre, pixels.
+    """
+
+    redshift: float
+    abs_mag_r: float
+    bulge_fraction: float
+    disk_radius_kpc: float
+    bulge_radius_kpc: float
+    axis_ratio: float
+    position_angle: float
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+
+
+def galaxy_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random generator of one galaxy: independent of every other galaxy and of run order."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_CODES[split], int(index)]))
+
+
+def sample_galaxy_params(rng: np.random.Generator) -> GalaxyParams:
+    """Draw one galaxy from the population model (see the module docstring)."""
+    from scipy.stats import norm
+
+    # z = z0 * y^(2/3) with y ~ Gamma(2) gives p(z) ~ z^2 exp(-(z/z0)^1.5).
+    redshift = float(np.clip(REDSHIFT_SCALE * rng.gamma(2.0) ** (2.0 / 3.0), *REDSHIFT_RANGE))
+    bulge_fraction = float(rng.beta(0.8, 1.2))
+    # Bulge-dominated galaxies are brighter on average; the survey limit truncates the faint end
+    # (ignoring the K-correction, so the limit is approximate). Sampled by inverse CDF: no loop.
+    mean = ABS_MAG_MEAN - 0.6 * bulge_fraction
+    faintest = MAGNITUDE_LIMIT_R - _distance_modulus(redshift)
+    upper = norm.cdf((faintest - mean) / ABS_MAG_SIGMA)
+    abs_mag_r = float(mean + ABS_MAG_SIGMA * norm.ppf(max(rng.uniform() * upper, 1e-300)))
+    # Size-luminosity relation (R ~ L^0.5) with 0.15 dex scatter; bulges are more compact.
+    disk_radius_kpc = float(4.0 * 10 ** (-0.2 * (abs_mag_r + 21.0) + rng.normal(0.0, 0.15)))
+    bulge_radius_kpc = disk_radius_kpc * (0.3 + 0.5 * bulge_fraction)
+    # Disks can be seen edge-on; bulge-dominated systems stay rounder.
+    flattest = 0.15 + 0.45 * bulge_fraction
+    axis_ratio = float(1.0 - (1.0 - flattest) * rng.uniform())
+    position_angle = float(rng.uniform(0.0, 180.0))
+    offset_x, offset_y = (float(v) for v in rng.uniform(-0.5, 0.5, size=2))
+    return GalaxyParams(
+        redshift=redshift,
+        abs_mag_r=abs_mag_r,
+        bulge_fraction=bulge_fraction,
+        disk_radius_kpc=disk_radius_kpc,
+        bulge_radius_kpc=bulge_radius_kpc,
+        axis_ratio=axis_ratio,
+        position_angle=position_angle,
+        offset_x=offset_x,
+        offset_y=offset_y,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _cosmology():
+    from astropy.cosmology import FlatLambdaCDM
+
+    return FlatLambdaCDM(H0=HUBBLE_CONSTANT, Om0=OMEGA_MATTER)
+
+
+def _distance_modulus(redshift: float) -> float:
+    return float(_cosmology().distmod(redshift).value)
+
+
+def _arcsec_per_kpc(redshift: float) -> float:
+    return float(_cosmology().arcsec_per_kpc_proper(redshift).value)
+
+
+@functools.lru_cache(maxsize=1)
+def _bandpasses() -> dict:
+    import galsim
+
+    return {b: galsim.Bandpass(BANDPASS_FILES[b], wave_type="nm").withZeropoint("AB") for b in BANDS}
+
+
+@functools.lru_cache(maxsize=1)
+def _rest_frame_seds() -> tuple:
+    """Bulge and disk SEDs, each scaled to absolute magnitude 0 in the rest-frame r band."""
+    import galsim
+
+    r_band = _bandpasses()["r"]
+    seds = []
+    for name in (BULGE_SED_FILE, DISK_SED_FILE):
+        sed = galsim.SED(name, wave_type="Ang", flux_type="flambda")
+        seds.append(sed.withMagnitude(0.0, r_band))
+    return tuple(seds)
+
+
+def component_fluxes(params: GalaxyParams) -> dict[str, tuple[float, float]]:
+    """Observed (bulge, disk) fluxes in nanomaggies per band.
+
+    GalSim's ``SED.atRedshift`` keeps the photon spectrum's shape, which in f_nu terms is
+    (1+z) L_nu(nu (1+z)): exactly the observed spectrum up to the inverse-square dimming, so the
+    apparent magnitude is the redshifted SED's magnitude plus the distance modulus.
+    """
+    bulge_sed, disk_sed = _rest_frame_seds()
+    dist_mod = _distance_modulus(params.redshift)
+    # Luminosity split in the rest-frame r band; a share of zero contributes no flux.
+    shares = (params.bulge_fraction, 1.0 - params.bulge_fraction)
+    fluxes: dict[str, list[float]] = {b: [] for b in BANDS}
+    for sed, share in zip((bulge_sed, disk_sed), shares):
+        shifted = sed.atRedshift(params.redshift)
+        for band, bandpass in _bandpasses().items():
+            if share <= 0.0:
+                fluxes[band].append(0.0)
+                continue
+            mag = shifted.calculateMagnitude(bandpass) + params.abs_mag_r - 2.5 * np.log10(share) + dist_mod
+            fluxes[band].append(10 ** (-0.4 * (mag - NANOMAGGY_ZEROPOINT)))
+    return {band: (pair[0], pair[1]) for band, pair in fluxes.items()}
+
+
+def _composite_half_light_radius(
+    bulge_flux: float, disk_flux: float, bulge_hlr: float, disk_hlr: float
+) -> float:
+    """Radius enclosing half the light of a de Vaucouleurs + exponential sum (same units as input)."""
+    from scipy.optimize import brentq
+    from scipy.special import gammainc, gammaincinv
+
+    total = bulge_flux + disk_flux
+    if disk_flux <= 0.0 or bulge_flux <= 0.0:
+        return bulge_hlr if disk_flux <= 0.0 else disk_hlr
+    b4, b1 = gammaincinv(8.0, 0.5), gammaincinv(2.0, 0.5)
+
+    def excess(radius: float) -> float:
+        bulge = bulge_flux * gammainc(8.0, b4 * (radius / bulge_hlr) ** 0.25)
+        disk = disk_flux * gammainc(2.0, b1 * radius / disk_hlr)
+        return (bulge + disk) / total - 0.5
+
+    return float(brentq(excess, min(bulge_hlr, disk_hlr), max(bulge_hlr, disk_hlr), xtol=1e-6))
+
+
+def render_galaxy(
+    params: GalaxyParams, image_size: int = DEFAULT_IMAGE_SIZE, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Draw one galaxy in g, r, z and compute its truth.
+
+    Args:
+        params: the galaxy's intrinsic properties.
+        image_size: side of the square stamp in pixels.
+        rng: source of the sky noise; ``None`` draws the noiseless model.
+
+    Returns:
+        ``(image, truth)``: image is float32 (3, image_size, image_size) in nanomaggies; truth maps
+        each name in ``TRUTH_COLUMNS`` to a float. Magnitudes are the model's total AB magnitudes;
+        ``half_light_radius`` is the circularised (sqrt(a*b)) half-light radius of the PSF-free
+        model in the r band, arcsec; ``position_angle`` is in degrees.
+    """
+    import galsim
+
+    fluxes = component_fluxes(params)
+    scale = _arcsec_per_kpc(params.redshift)
+    bulge_hlr, disk_hlr = params.bulge_radius_kpc * scale, params.disk_radius_kpc * scale
+    gsparams = galsim.GSParams(folding_threshold=1e-2)  # 2x faster for big galaxies, ~1e-6 change
+    bulge = galsim.DeVaucouleurs(half_light_radius=bulge_hlr, gsparams=gsparams)
+    disk = galsim.Exponential(half_light_radius=disk_hlr, gsparams=gsparams)
+    shear = galsim.Shear(q=params.axis_ratio, beta=params.position_angle * galsim.degrees)
+
+    image = np.empty((len(BANDS), image_size, image_size), dtype=np.float32)
+    for i, band in enumerate(BANDS):
+        bulge_flux, disk_flux = fluxes[band]
+        galaxy = (bulge.withFlux(bulge_flux) + disk.withFlux(disk_flux)).shear(shear)
+        psf = galsim.Moffat(beta=PSF_MOFFAT_BETA, fwhm=PSF_FWHM[band], gsparams=gsparams)
+        drawn = galsim.Convolve(galaxy, psf).drawImage(
+            nx=image_size, ny=image_size, scale=PIXEL_SCALE, offset=(params.offset_x, params.offset_y)
+        )
+        image[i] = drawn.array
+        if rng is not None:
+            image[i] += rng.normal(0.0, SKY_NOISE_NMGY[band], size=(image_size, image_size)).astype(
+                np.float32
+            )
+
+    # Colours are differences of the stored float32 magnitudes, so g_r == mag_g - mag_r exactly.
+    mags = {b: np.float32(NANOMAGGY_ZEROPOINT - 2.5 * np.log10(sum(fluxes[b]))) for b in BANDS}
+    truth = {
+        "redshift": params.redshift,
+        "mag_g": float(mags["g"]),
+        "mag_r": float(mags["r"]),
+        "mag_z": float(mags["z"]),
+        "g_r": float(mags["g"] - mags["r"]),
+        "r_z": float(mags["r"] - mags["z"]),
+        "bulge_fraction": params.bulge_fraction,
+        "half_light_radius": _composite_half_light_radius(*fluxes["r"], bulge_hlr, disk_hlr),
+        "axis_ratio": params.axis_ratio,
+        "position_angle": params.position_angle,
+    }
+    return image, truth
+
+
+def make_galaxy_row(seed: int, split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE) -> dict:
+    """One dataset row (``image``, ``id`` and the truth columns) for galaxy ``index`` of ``split``."""
+    rng = galaxy_rng(seed, split, index)
+    params = sample_galaxy_params(rng)
+    image, truth = render_galaxy(params, image_size, rng)
+    return {"image": image, "id": f"synthetic-s{seed}-{split}-{index:07d}", **truth}
+
+
+def synthetic_features(image_size: int):
+    """The ``datasets.Features`` of the synthetic set."""
+    import datasets
+
+    features = {
+        "image": datasets.Array3D(shape=(len(BANDS), image_size, image_size), dtype="float32"),
+        "id": datasets.Value("string"),
+    }
+    features.update({name: datasets.Value("float32") for name in TRUTH_COLUMNS})
+    return datasets.Features(features)
+
+
+def _generate_rows(tasks: list[tuple[int, str, int, int, int]]) -> Iterator[dict]:
+    """Yield rows for chunks ``(seed, split, start, stop, image_size)``; datasets shards the list."""
+    for seed, split, start, stop, image_size in tasks:
+        for index in range(start, stop):
+            yield make_galaxy_row(seed, split, index, image_size)
+
+
+def synthetic_cache_name(
+    num_train: int, num_validation: int, num_test: int, image_size: int, seed: int
+) -> str:
+    """Folder name that identifies a synthetic set by everything that changes its content."""
+    return (
+        f"galsim-v{GENERATOR_VERSION}-{image_size}px-train{num_train}-val{num_validation}"
+        f"-test{num_test}-seed{seed}"
+    )
+
+
+def default_cache_root() -> Path:
+    """``$ASTROPT_HF_CACHE/synthetic`` if set, else ``~/.cache/astropt_hf/synthetic``."""
+    root = os.environ.get("ASTROPT_HF_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "astropt_hf"
+    return base / "synthetic"
+
+
+def load_synthetic_galaxies(
+    num_train: int = DEFAULT_NUM_TRAIN,
+    num_validation: int = DEFAULT_NUM_VALIDATION,
+    num_test: int = DEFAULT_NUM_TEST,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+):
+    """Load the synthetic galaxy set, generating and caching it on first use.
+
+    Args:
+        num_train, num_validation, num_test: galaxies per split.
+        image_size: stamp side in pixels (0.262"/pixel).
+        seed: master seed; galaxy i of a split is the same for any ``num_*`` and ``num_proc``.
+        cache_dir: folder that holds generated sets (one subfolder per parameter set); default
+            ``$ASTROPT_HF_CACHE/synthetic`` or ``~/.cache/astropt_hf/synthetic``.
+        num_proc: generation processes; ``None`` uses up to 2 cores per 1000 galaxies, at most all.
+
+    Returns:
+        ``datasets.DatasetDict`` with ``train``, ``validation`` and ``test`` splits; columns
+        ``image`` (float32 Array3D (3, H, W), nanomaggies, bands g, r, z), ``id`` and ``TRUTH_COLUMNS``.
+
+    The set is written to a temporary folder beside its final place and renamed into place when
+    complete, so an interrupted generation never leaves a half set, and processes racing to
+    generate the same set (e.g. all ranks of a distributed run) end up reading one complete copy.
+    """
+    import datasets
+
+    for name, value in (("num_train", num_train), ("num_validation", num_validation), ("num_test", num_test)):
+        if int(value) < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if int(image_size) < 4:
+        raise ValueError(f"image_size must be >= 4 pixels, got {image_size}")
+
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    target = root / synthetic_cache_name(num_train, num_validation, num_test, image_size, seed)
+    if not (target / "dataset_dict.json").is_file():
+        _generate_to(
+            target,
+            {"train": num_train, "validation": num_validation, "test": num_test},
+            image_size,
+            seed,
+            num_proc,
+        )
+    return datasets.load_from_disk(str(target))
+
+
+def _generate_to(
+    target: Path, sizes: dict[str, int], image_size: int, seed: int, num_proc: int | None
+) -> None:
+    import datasets
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(sizes.values())
+    if num_proc is None:
+        num_proc = max(1, min(os.cpu_count() or 1, 1 + total // 500))
+    logger.info(
+        "Generating %d synthetic galaxies (%d px) into %s with %d process(es)",
+        total,
+        image_size,
+        target,
+        num_proc,
+    )
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        splits = {}
+        for split, count in sizes.items():
+            # Small enough chunks that every process gets work, large enough to amortise overhead.
+            chunk = max(1, min(32, -(-count // (4 * num_proc))))
+            tasks = [(seed, split, s, min(s + chunk, count), image_size) for s in range(0, count, chunk)]
+            procs = max(1, min(num_proc, len(tasks)))
+            if count == 0:
+                splits[split] = datasets.Dataset.from_dict(
+                    {name: [] for name in synthetic_features(image_size)},
+                    features=synthetic_features(image_size),
+                )
+                continue
+            splits[split] = datasets.Dataset.from_generator(
+                _generate_rows,
+                features=synthetic_features(image_size),
+                gen_kwargs={"tasks": tasks},
+                num_proc=procs if procs > 1 else None,
+                cache_dir=str(work / "build"),
+                split=datasets.NamedSplit(split),
+                fingerprint=f"{target.name}-{split}",
+            )
+        dataset = datasets.DatasetDict(splits)
+        # An empty split must still get one (empty) shard, or load_from_disk fails on it.
+        bytes_per_row = 4 * (len(BANDS) * image_size**2 + len(TRUTH_COLUMNS)) + 32
+        num_shards = {
+            split: max(1, -(-count * bytes_per_row // 500_000_000)) for split, count in sizes.items()
+        }
+        dataset.save_to_disk(str(work / "data"), num_shards=num_shards)
+        seconds = time.perf_counter() - started
+        info = {
+            "generator_version": GENERATOR_VERSION,
+            "seed": seed,
+            "image_size": image_size,
+            "split_sizes": sizes,
+            "bands": list(BANDS),
+            "pixel_scale_arcsec": PIXEL_SCALE,
+            "pixel_unit": "nanomaggy",
+            "sky_noise_nmgy": SKY_NOISE_NMGY,
+            "psf_fwhm_arcsec": PSF_FWHM,
+            "generation_seconds": round(seconds, 2),
+            "num_proc": num_proc,
+        }
+        (work / "data" / "synthetic_info.json").write_text(json.dumps(info, indent=2))
+        del dataset, splits  # release the memory maps of the build folder before deleting it
+        try:
+            os.rename(work / "data", target)
+        except OSError:
+            # Another process finished the same set first; theirs is complete, keep it.
+            if not (target / "dataset_dict.json").is_file():
+                raise
+        logger.info(
+            "Generated %d synthetic galaxies in %.1f s (%.1f ms each)",
+            total,
+            seconds,
+            1000 * seconds / max(total, 1),
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

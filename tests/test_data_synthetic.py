@@ -1,0 +1,154 @@
+"""The synthetic GalSim galaxy set: schema, determinism, caching, atomic writes, physical sense."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from astropt_hf.data import synthetic
+from astropt_hf.data.synthetic import (
+    BANDS,
+    SKY_NOISE_NMGY,
+    TRUTH_COLUMNS,
+    galaxy_rng,
+    load_synthetic_galaxies,
+    make_galaxy_row,
+    render_galaxy,
+    sample_galaxy_params,
+)
+
+TINY = dict(num_train=8, num_validation=4, num_test=4, image_size=24)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_synthetic_galaxies(**TINY, seed=0, cache_dir=tiny_dir, num_proc=1)
+
+
+def _images(split) -> np.ndarray:
+    return np.asarray(split.with_format("numpy")[:]["image"])
+
+
+def test_schema_shapes_and_dtypes(tiny):
+    assert set(tiny) == {"train", "validation", "test"}
+    assert [len(tiny[s]) for s in ("train", "validation", "test")] == [8, 4, 4]
+    train = tiny["train"]
+    assert train.column_names == ["image", "id", *TRUTH_COLUMNS]
+    assert train.features["image"].shape == (len(BANDS), 24, 24)
+    images = _images(train)
+    assert images.shape == (8, 3, 24, 24) and images.dtype == np.float32
+    assert np.isfinite(images).all()
+    ids = [i for s in ("train", "validation", "test") for i in tiny[s]["id"]]
+    assert len(set(ids)) == 16
+    for name in TRUTH_COLUMNS:
+        assert train.features[name].dtype == "float32"
+
+
+def test_same_seed_same_data_different_seed_different_data(tiny, tmp_path):
+    again = load_synthetic_galaxies(**TINY, seed=0, cache_dir=tmp_path / "again", num_proc=2)
+    other = load_synthetic_galaxies(**TINY, seed=1, cache_dir=tmp_path / "other", num_proc=1)
+    for split in ("train", "validation", "test"):
+        # Two worker processes give the same rows in the same order as one.
+        np.testing.assert_array_equal(_images(tiny[split]), _images(again[split]))
+        assert list(tiny[split]["redshift"]) == list(again[split]["redshift"])
+        assert not np.allclose(_images(tiny[split]), _images(other[split]))
+    assert list(tiny["train"]["redshift"]) != list(other["train"]["redshift"])
+
+
+def test_each_galaxy_is_independent_of_the_set_size(tiny):
+    # Galaxy 5 of train is rendered from its own seed, whatever else is generated.
+    row = make_galaxy_row(0, "train", 5, image_size=24)
+    stored = tiny["train"].with_format("numpy")[5]
+    np.testing.assert_array_equal(row["image"], stored["image"])
+    assert row["id"] == stored["id"]
+
+
+def test_second_call_reads_the_cache(tiny, tiny_dir, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the cached set was generated again")
+
+    monkeypatch.setattr(synthetic, "_generate_to", fail)
+    cached = load_synthetic_galaxies(**TINY, seed=0, cache_dir=tiny_dir)
+    np.testing.assert_array_equal(_images(cached["train"]), _images(tiny["train"]))
+    folders = [p for p in tiny_dir.iterdir()]
+    assert len(folders) == 1  # no temporary folders left behind
+    info = json.loads((folders[0] / "synthetic_info.json").read_text())
+    assert info["split_sizes"] == {"train": 8, "validation": 4, "test": 4}
+    assert info["pixel_unit"] == "nanomaggy"
+
+
+def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = synthetic.make_galaxy_row
+
+    def dies_after_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "make_galaxy_row", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        load_synthetic_galaxies(
+            num_train=6, num_validation=0, num_test=0, image_size=16, cache_dir=tmp_path, num_proc=1
+        )
+    assert list(tmp_path.iterdir()) == []  # neither a half set nor a temporary folder
+
+    monkeypatch.setattr(synthetic, "make_galaxy_row", real)
+    complete = load_synthetic_galaxies(
+        num_train=6, num_validation=0, num_test=0, image_size=16, cache_dir=tmp_path
+    )
+    assert len(complete["train"]) == 6 and len(complete["validation"]) == 0
+
+
+def test_colours_are_magnitude_differences(tiny):
+    for split in tiny.values():
+        table = split.remove_columns(["image"]).with_format("numpy")[:]
+        np.testing.assert_array_equal(table["g_r"], table["mag_g"] - table["mag_r"])
+        np.testing.assert_array_equal(table["r_z"], table["mag_r"] - table["mag_z"])
+        assert ((table["bulge_fraction"] >= 0) & (table["bulge_fraction"] <= 1)).all()
+        assert ((table["axis_ratio"] > 0) & (table["axis_ratio"] <= 1)).all()
+        assert ((table["position_angle"] >= 0) & (table["position_angle"] < 180)).all()
+        assert (table["half_light_radius"] > 0).all()
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_same_galaxy_further_away_is_fainter_redder_and_smaller(index):
+    params = sample_galaxy_params(galaxy_rng(3, "train", index))
+    _, near = render_galaxy(dataclasses.replace(params, redshift=0.1), image_size=16)
+    _, far = render_galaxy(dataclasses.replace(params, redshift=0.3), image_size=16)
+    assert far["mag_r"] > near["mag_r"] + 2.0  # distance modulus alone adds ~2.5 mag
+    assert far["g_r"] > near["g_r"]
+    assert far["half_light_radius"] < near["half_light_radius"]
+
+
+def test_bulges_are_redder_than_disks():
+    params = sample_galaxy_params(galaxy_rng(0, "test", 0))
+    _, disky = render_galaxy(dataclasses.replace(params, bulge_fraction=0.05), image_size=16)
+    _, bulgy = render_galaxy(dataclasses.replace(params, bulge_fraction=0.95), image_size=16)
+    assert bulgy["g_r"] > disky["g_r"] + 0.2
+    assert bulgy["r_z"] > disky["r_z"]
+
+
+def test_pixels_are_nanomaggies_with_the_documented_sky_noise():
+    params = sample_galaxy_params(galaxy_rng(0, "train", 1))
+    compact = dataclasses.replace(params, disk_radius_kpc=1.0, bulge_radius_kpc=0.5, redshift=0.2)
+    clean, truth = render_galaxy(compact, image_size=64)
+    noisy, _ = render_galaxy(compact, image_size=64, rng=np.random.default_rng(0))
+    for i, band in enumerate(BANDS):
+        expected_flux = 10 ** (-0.4 * (truth[f"mag_{band}"] - 22.5))
+        assert clean[i].sum() == pytest.approx(expected_flux, rel=0.03)
+        assert (noisy[i] - clean[i]).std() == pytest.approx(SKY_NOISE_NMGY[band], rel=0.1)
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="num_train"):
+        load_synthetic_galaxies(num_train=-1, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="image_size"):
+        load_synthetic_galaxies(image_size=2, cache_dir=tmp_path)
