@@ -191,5 +191,7 @@ def test_metrics_load_offline_by_path_without_writing_into_the_repo(tmp_path):
     assert len(completed.stdout.strip().splitlines()) == len(AVAILABLE_METRICS)
     after = sorted(p.relative_to(METRICS_DIR) for p in METRICS_DIR.rglob("*") if "__pycache__" not in p.parts)
     assert after == before
+    # Nothing lands in the working directory either: only the two caches we pointed evaluate at.
+    assert {p.name for p in tmp_path.iterdir()} <= {"hf_home", "modules"}
     # evaluate copied the scripts into its module cache, which is where they should go.
     assert any(Path(tmp_path / "modules").rglob("r2.py"))
