@@ -214,7 +214,7 @@ def test_v1_parity(tmp_path, geometry, prefix):
 
 # --- v2 / v3: the PyPI astropt model as the reference ------------------------------------------------------
 def build_astropt_v2(tokeniser, bias, patch_size=4, n_chan=3, block_size=64, extra_modalities=()):
-    astropt_model = pytest.importorskip("astropt.model")
+    astropt_model = pytest.importorskip("astropt.model", exc_type=ImportError)
     modalities = [astropt_model.ModalityConfig(name="images", input_size=patch_size**2 * n_chan, pos_input_size=1,
                                                patch_size=patch_size, embed_pos=True)]
     modalities += list(extra_modalities)
@@ -263,7 +263,7 @@ def test_v2_v3_parity_against_pypi_astropt(tmp_path, fmt, tokeniser, bias, prefi
 
 
 def test_multi_modality_checkpoint_is_refused(tmp_path):
-    astropt_model = pytest.importorskip("astropt.model")
+    astropt_model = pytest.importorskip("astropt.model", exc_type=ImportError)
     spectra = astropt_model.ModalityConfig(name="spectra", input_size=8, pos_input_size=1, patch_size=8, embed_pos=True)
     upstream, model_args, registry = build_astropt_v2("aim", False, extra_modalities=[spectra])
     torch.save({"model": upstream.state_dict(), "model_args": model_args, "modality_registry": registry},

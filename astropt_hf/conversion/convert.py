@@ -57,7 +57,7 @@ class ConversionReport:
             return "skipped (--no_parity_check)"
         verdict = "passed" if self.parity_passed else "FAILED"
         return (
-            f"{verdict}: max |difference| {self.prediction_max_abs_diff:.2e} in next-patch predictions, "
+            f"{verdict}: max abs difference {self.prediction_max_abs_diff:.2e} in next-patch predictions, "
             f"{self.embedding_max_abs_diff:.2e} in embeddings (allowed {self.parity_allowed_diff:.1e}, fp32)"
         )
 
@@ -172,6 +172,7 @@ def convert_upstream_checkpoint(
         raise ValueError("push_to_hub=True needs an output_dir to stage the files in")
 
     checkpoint = load_upstream_checkpoint(path)
+    checkpoint.pop("optimizer", None)  # not converted; let it go (it is memory-mapped, never read)
     state_dict = checkpoint.get("model")
     if not isinstance(state_dict, dict):
         raise ValueError(f"{source}: expected a state dict under 'model', found {type(state_dict).__name__}")

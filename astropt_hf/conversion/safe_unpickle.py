@@ -175,13 +175,16 @@ def load_upstream_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"upstream checkpoint {path} does not exist")
     _refuse_torchscript(path)
+    # Memory-map zip checkpoints: tensors we never touch (the optimizer state, twice the model's size for
+    # AdamW) are then never read into RAM.
+    mmap = zipfile.is_zipfile(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         # torch's hardened unpickler refuses unknown globals; retry with our allowlist, which also knows
         # upstream's config classes and names the offending global if there is one.
         checkpoint = torch.load(
-            path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module(path.name)
+            path, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=_restricted_pickle_module(path.name)
         )
     if not isinstance(checkpoint, dict):
         raise ValueError(

@@ -98,7 +98,7 @@ def choose_image_size(
         return V1_RELEASE_IMAGE_SIZE, "v1 release default (512 px DESI cutouts)"
     recorded = training_config.get("image_size")
     if isinstance(recorded, int) and _fits_block(recorded, patch_size, weights.block_size):
-        return recorded, "the training config stored in the checkpoint (config['image_size'])"
+        return recorded, "config['image_size'] saved in the checkpoint"
     if _looks_like_v2_0_release(weights, patch_size, num_channels):
         return V2_0_RELEASE_IMAGE_SIZE, "v2.0 release default (256 px crops; detected from its shape)"
     # Upstream feeds T-1 of an image's T patches, so block_size may be T or T-1: the largest square grid
