@@ -26,7 +26,8 @@ class GalaxyCollator:
 
     Returns (from ``__call__``) a dict with ``pixel_values`` (float32, (B, C, H, W), B may be 0),
     ``ids`` (list of the kept items' ids), one entry per ``keep_columns`` name (a tensor when the
-    values are numbers or equal-shaped arrays, else a list), and ``num_skipped`` (int).
+    values are numbers or equal-shaped arrays, floats as torch's default float dtype, else a list),
+    and ``num_skipped`` (int).
 
     Args:
         image_processor: an ``AstroPTImageProcessor`` (anything with the same call signature and
@@ -130,4 +131,6 @@ def _to_tensor_if_possible(values: list[Any]) -> Any:
         return values
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         return values
-    return torch.from_numpy(np.ascontiguousarray(array))
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    # Rows arrive as Python floats (float64 in numpy); follow torch's default float dtype instead.
+    return tensor.to(torch.get_default_dtype()) if tensor.is_floating_point() else tensor

@@ -111,7 +111,6 @@ def load_galaxy_dataset(
     id_column = _pick_column(
         columns, id_column or default_columns[1], ID_COLUMN_CANDIDATES, "id", spec, required=False
     )
-    dataset = _raw_image_column(dataset, image_column)
     catalogue = tuple(c for c in columns if c not in (image_column, id_column))
     return GalaxySource(dataset, image_column, id_column, catalogue, f"{origin} [{split}]")
 
@@ -160,6 +159,12 @@ def _resolve_spec(spec: str, streaming: bool, cache_dir) -> tuple[dict, str]:
         ), f"{len(matches)} data file(s) {spec}"
     if glob.has_magic(spec):
         raise ValueError(f"the pattern {spec!r} matches no files")
+    looks_like_path = spec.startswith((os.sep, ".", "~")) or path.suffix.lower() in (
+        *DATA_FILE_SUFFIXES,
+        *IMAGE_SUFFIXES,
+    )
+    if looks_like_path:
+        raise ValueError(f"dataset spec {spec!r} looks like a path, but no such file or folder exists")
     try:
         return _builder_splits(spec, None, streaming, cache_dir), f"datasets hub id {spec}"
     except Exception as err:
@@ -255,15 +260,16 @@ def _select_split(splits: dict, split: str, spec: str, streaming: bool):
                 available.setdefault(canonical, name)
         available.setdefault(name, name)
 
+    def load(name: str):
+        return _keep_images_encoded(splits[name]())
+
     if split == "all":
-        parts = [splits[name]() for name in splits]
+        parts = [load(name) for name in splits]
         return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if split in available and (split != "train" or "validation" in available):
-        return splits[available[split]]()
+        return load(available[split])
     if split in ("train", "validation") and "validation" not in available and "train" in available:
-        return _carve(
-            splits[available["train"]](), want_validation=(split == "validation"), streaming=streaming
-        )
+        return _carve(load(available["train"]), want_validation=(split == "validation"), streaming=streaming)
     raise ValueError(f"{spec!r} has no split {split!r}; available splits: {sorted(splits)} (or 'all')")
 
 
@@ -325,14 +331,17 @@ def _pick_column(columns, requested, candidates, what: str, spec: str, required:
     return found
 
 
-def _raw_image_column(dataset, image_column: str):
-    """Keep encoded images encoded, so decoding failures surface in the collator, per sample."""
+def _keep_images_encoded(dataset):
+    """Cast every ``datasets.Image`` column to ``decode=False``: a corrupt image then fails in the
+    collator, per sample, instead of inside the dataset (and carving never decodes images)."""
     import datasets
 
     features = dataset.features
-    if features is not None and isinstance(features.get(image_column), datasets.Image):
-        if features[image_column].decode:
-            dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    if features is None:
+        return dataset
+    for name, feature in features.items():
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Image(decode=False))
     return dataset
 
 
