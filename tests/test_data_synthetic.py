@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def test_second_call_reads_the_cache(tiny, tiny_dir, monkeypatch):
     monkeypatch.setattr(synthetic, "_generate_to", fail)
     cached = load_synthetic_galaxies(**TINY, seed=0, cache_dir=tiny_dir)
     np.testing.assert_array_equal(_images(cached["train"]), _images(tiny["train"]))
-    folders = [p for p in tiny_dir.iterdir()]
+    folders = [p for p in tiny_dir.iterdir() if p.is_dir()]
     assert len(folders) == 1  # no temporary folders left behind
     info = json.loads((folders[0] / "synthetic_info.json").read_text())
     assert info["split_sizes"] == {"train": 8, "validation": 4, "test": 4}
@@ -98,7 +99,7 @@ def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
         load_synthetic_galaxies(
             num_train=6, num_validation=0, num_test=0, image_size=16, cache_dir=tmp_path, num_proc=1
         )
-    assert list(tmp_path.iterdir()) == []  # neither a half set nor a temporary folder
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == []  # neither a half set nor a temporary folder
 
     monkeypatch.setattr(synthetic, "make_galaxy_row", real)
     complete = load_synthetic_galaxies(
@@ -152,3 +153,28 @@ def test_bad_arguments_are_rejected(tmp_path):
         load_synthetic_galaxies(num_train=-1, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="image_size"):
         load_synthetic_galaxies(image_size=2, cache_dir=tmp_path)
+
+
+def test_concurrent_requests_generate_once(tmp_path, monkeypatch):
+    calls = []
+    real = synthetic._generate_to
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "_generate_to", counting)
+    results = [None, None]
+
+    def load(slot):
+        results[slot] = load_synthetic_galaxies(
+            num_train=4, num_validation=0, num_test=0, image_size=16, cache_dir=tmp_path, num_proc=1
+        )
+
+    threads = [threading.Thread(target=load, args=(slot,)) for slot in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    np.testing.assert_array_equal(_images(results[0]["train"]), _images(results[1]["train"]))

@@ -356,8 +356,9 @@ def load_synthetic_galaxies(
         ``image`` (float32 Array3D (3, H, W), nanomaggies, bands g, r, z), ``id`` and ``TRUTH_COLUMNS``.
 
     The set is written to a temporary folder beside its final place and renamed into place when
-    complete, so an interrupted generation never leaves a half set, and processes racing to
-    generate the same set (e.g. all ranks of a distributed run) end up reading one complete copy.
+    complete, so an interrupted generation never leaves a half set. A lock file beside it makes
+    processes that ask for the same set at once (e.g. all ranks of a distributed run) wait for one
+    generation instead of each generating it.
     """
     import datasets
 
@@ -370,13 +371,20 @@ def load_synthetic_galaxies(
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     target = root / synthetic_cache_name(num_train, num_validation, num_test, image_size, seed)
     if not (target / "dataset_dict.json").is_file():
-        _generate_to(
-            target,
-            {"train": num_train, "validation": num_validation, "test": num_test},
-            image_size,
-            seed,
-            num_proc,
-        )
+        from filelock import FileLock
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # One process generates while the others (e.g. the other ranks of a distributed run) wait;
+        # the OS releases the lock if its holder dies.
+        with FileLock(str(target.parent / f".{target.name}.lock")):
+            if not (target / "dataset_dict.json").is_file():
+                _generate_to(
+                    target,
+                    {"train": num_train, "validation": num_validation, "test": num_test},
+                    image_size,
+                    seed,
+                    num_proc,
+                )
     return datasets.load_from_disk(str(target))
 
 
