@@ -294,6 +294,9 @@ def test_synthetic_spec_carries_truth_into_batches(tmp_path):
         image_size=16,
     )
     assert source.catalogue_columns == TRUTH_COLUMNS
+    first = source.dataset[0]  # pixel arrays come as numpy (fast), ids and truth as Python values
+    assert isinstance(first["image"], np.ndarray) and first["image"].shape == (3, 16, 16)
+    assert isinstance(first["id"], str) and isinstance(first["redshift"], float)
     processor = AstroPTImageProcessor(image_size=16, num_channels=3)
     batch = GalaxyCollator(
         processor, source.image_column, source.id_column, keep_columns=("redshift", "mag_r")
@@ -311,6 +314,9 @@ def test_synthetic_spec_carries_truth_into_batches(tmp_path):
         num_test=1,
         image_size=16,
     )
+    streamed_batch = GalaxyCollator(processor, stream.image_column, stream.id_column)(list(stream.dataset))
+    assert streamed_batch["pixel_values"].shape == (1, 3, 16, 16)
+    assert all(type(item) is str for item in streamed_batch["ids"])
     assert [row["id"] for row in stream.dataset] == list(
         load_galaxy_dataset(
             "synthetic",

@@ -97,7 +97,8 @@ class GalaxyCollator:
 
     def _item_name(self, example: dict, position: int) -> Any:
         if self.id_column is not None and example.get(self.id_column) is not None:
-            return example[self.id_column]
+            item = example[self.id_column]
+            return item.item() if isinstance(item, np.generic) else item  # numpy-formatted streams
         value = example.get(self.image_column)
         if isinstance(value, str):
             return value

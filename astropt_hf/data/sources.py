@@ -47,7 +47,8 @@ class GalaxySource:
 
     Attributes:
         dataset: a ``datasets.Dataset`` (map-style) or ``datasets.IterableDataset`` (streaming).
-        image_column: column holding the image (raw; decode with ``decode_image``).
+        image_column: column holding the image, undecoded (decode with ``decode_image``); pixel
+            arrays (Array3D, Sequence) come as numpy arrays.
         id_column: column holding a per-item id, or ``None`` if the source has none.
         catalogue_columns: every other column (e.g. the synthetic truth), in dataset order.
         origin: human-readable description of what was loaded, for logs.
@@ -111,6 +112,7 @@ def load_galaxy_dataset(
     id_column = _pick_column(
         columns, id_column or default_columns[1], ID_COLUMN_CANDIDATES, "id", spec, required=False
     )
+    dataset = _arrays_as_numpy(dataset, image_column)
     catalogue = tuple(c for c in columns if c not in (image_column, id_column))
     return GalaxySource(dataset, image_column, id_column, catalogue, f"{origin} [{split}]")
 
@@ -343,6 +345,21 @@ def _keep_images_encoded(dataset):
         if isinstance(feature, datasets.Image) and feature.decode:
             dataset = dataset.cast_column(name, datasets.Image(decode=False))
     return dataset
+
+
+def _arrays_as_numpy(dataset, image_column: str):
+    """Pixel arrays stored as arrow lists (Array3D, Sequence) are read straight into numpy, which is
+    several times faster than building nested Python lists; other columns keep Python types."""
+    import datasets
+
+    features = dataset.features
+    feature = None if features is None else features.get(image_column)
+    array_types = (datasets.Array2D, datasets.Array3D, datasets.Array4D, datasets.Sequence, datasets.List)
+    if not isinstance(feature, array_types):
+        return dataset
+    if _is_iterable(dataset):  # streams format all columns at once; ids become numpy strings
+        return dataset.with_format("numpy")
+    return dataset.with_format("numpy", columns=[image_column], output_all_columns=True)
 
 
 def _stream_shards(length: int) -> int:
