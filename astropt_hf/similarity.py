@@ -21,8 +21,11 @@ BACKENDS = ("exact", "faiss_flat", "faiss_hnsw")
 __all__ = [
     "BACKENDS",
     "CosineIndex",
+    "Neighbours",
     "benchmark_knn",
     "exact_cosine_knn",
+    "find_neighbours",
+    "neighbour_images",
     "normalise_rows",
     "require_faiss",
 ]
@@ -210,3 +213,110 @@ def benchmark_knn(
             )
             del index
     return rows
+
+
+# --------------------------------------------------------------------------- search in an embeddings file
+
+
+@dataclass
+class Neighbours:
+    """Result of `find_neighbours`: the query first, then its neighbours, most similar first.
+
+    `positions` index the embeddings table, `rows` are dataset rows (-1 when unknown), `ids` the ids.
+    """
+
+    positions: np.ndarray
+    ids: list[str]
+    rows: list[int]
+    scores: np.ndarray
+    model: str
+
+
+def find_neighbours(
+    table, k: int, query_index: int | None = None, query_id: str | None = None, backend: str = "exact"
+) -> Neighbours:
+    """The `k` galaxies of an `EmbeddingTable` most similar to one of its rows (given by position or id).
+
+    The query itself is always returned first (similarity 1), even if the catalogue holds an exact
+    duplicate of it, and is never counted among the `k`.
+    """
+    if (query_index is None) == (query_id is None):
+        raise ValueError("give exactly one of query_index or query_id")
+    if query_id is not None:
+        matches = np.flatnonzero(table.ids.astype(str) == str(query_id))
+        if matches.size == 0:
+            raise ValueError(f"id {query_id!r} is not in the embeddings file ({len(table)} rows)")
+        query_index = int(matches[0])
+    if not -len(table) <= query_index < len(table):
+        raise IndexError(f"query_index {query_index} is out of range for {len(table)} rows")
+    query_index %= len(table)
+    index = CosineIndex.build(table.embeddings, backend)
+    found, scores = index.search(index.vectors[query_index], k + 1)
+    others = [(int(p), float(s)) for p, s in zip(found[0], scores[0]) if p != query_index][:k]
+    positions = np.array([query_index] + [p for p, _ in others], dtype=np.int64)
+    rows = table.columns.get("row")
+    return Neighbours(
+        positions=positions,
+        ids=[str(table.ids[p]) for p in positions],
+        rows=[int(rows[p]) if rows is not None else -1 for p in positions],
+        scores=np.array([1.0] + [s for _, s in others], dtype=np.float32),
+        model=str(table.metadata.get("model", "")),
+    )
+
+
+def _fetch_images(dataset, image_column: str, id_column: str | None, ids: list[str], rows: list[int]) -> list:
+    """Raw images for `ids`: by row number when it still holds that id, else by scanning the ids."""
+    import datasets
+
+    from astropt_hf.embeddings import with_numpy_images
+
+    wanted = {row_id: None for row_id in ids}
+    if not isinstance(dataset, datasets.IterableDataset):
+        view = with_numpy_images(dataset, image_column)
+        for row_id, row in zip(ids, rows):
+            if 0 <= row < len(dataset):
+                example = view[row]
+                if id_column is None or str(example[id_column]) == row_id:
+                    wanted[row_id] = example[image_column]
+        missing = [row_id for row_id, image in wanted.items() if image is None]
+        if missing and id_column is not None:
+            position = {str(v): i for i, v in enumerate(dataset[id_column])}
+            for row_id in missing:
+                if row_id in position:
+                    wanted[row_id] = view[position[row_id]][image_column]
+    else:
+        for number, example in enumerate(dataset):
+            key = str(example[id_column]) if id_column else str(number)
+            if key in wanted and wanted[key] is None:
+                wanted[key] = example[image_column]
+            if all(image is not None for image in wanted.values()):
+                break
+    missing = [row_id for row_id, image in wanted.items() if image is None]
+    if missing:
+        raise ValueError(f"ids {missing[:5]} of the embeddings file are not in the dataset; is it the same dataset?")
+    return [wanted[row_id] for row_id in ids]
+
+
+def neighbour_images(result: Neighbours, dataset_spec: dict, output, processor=None):
+    """Draw the query and its neighbours (images from the dataset `dataset_spec` describes) into a PNG.
+
+    Images are shown as the model saw them: decoded by the data layer and passed through the model's
+    image processor (loaded from the embeddings file's model unless given), then colour-stretched.
+    """
+    from transformers import AutoImageProcessor
+
+    import astropt_hf  # noqa: F401  (Auto classes for local folders)
+    from astropt_hf.data import decode_image
+    from astropt_hf.dataset_args import open_dataset
+    from astropt_hf.plotting import plot_neighbours
+
+    source = open_dataset(dataset_spec)
+    raw = _fetch_images(source.dataset, source.image_column, source.id_column, result.ids, result.rows)
+    if processor is None:
+        processor = AutoImageProcessor.from_pretrained(result.model, trust_remote_code=True)
+    images = processor([decode_image(image, source=row_id) for image, row_id in zip(raw, result.ids)],
+                       return_tensors="np")["pixel_values"]  # fmt: skip
+    return plot_neighbours(
+        images[0], images[1:], result.scores[1:], output,
+        query_title=f"query\n{result.ids[0]}", neighbour_titles=result.ids[1:],
+    )  # fmt: skip

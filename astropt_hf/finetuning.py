@@ -1,0 +1,485 @@
+"""Fine-tune a pretrained astroPT for one catalogue column with `transformers.Trainer`.
+
+`AstroPTForImageClassification` (a linear head on the pooled embedding) is loaded from any astroPT
+checkpoint and trained in one of three modes:
+
+* ``frozen``: only the head learns (a linear probe trained by SGD on the same rows as the others);
+* ``full``: every weight learns;
+* ``lora``: low-rank adapters on the attention and MLP projections plus the head (needs peft, an
+  optional extra); the adapters are merged into the weights before saving.
+
+A float column is a regression (``num_labels=1``, ``problem_type="regression"``); any other column is
+a classification. Regression targets are standardised for training (mean and std of the training
+rows), and the saved head is rescaled so the checkpoint predicts the target in its own units; the
+statistics are kept in ``config.regression_target`` and the model card. Metrics come from the metric
+modules shipped in `astropt_hf.metrics` (R², MAE, and σ_NMAD / outlier fraction for redshifts;
+accuracy and F1 for labels), always in the target's own units.
+
+The output folder loads with ``AutoModelForImageClassification.from_pretrained(dir,
+trust_remote_code=True)`` and ``AutoImageProcessor``, and holds ``README.md`` (model card from
+``model_cards/finetuned.md``), ``finetune_results.json`` and, for regressions, ``pred_vs_true.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import string
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+MODES = ("frozen", "full", "lora")
+TASKS = ("regression", "classification")
+DEFAULT_LEARNING_RATES = {"frozen": 3e-3, "full": 3e-4, "lora": 1e-3}
+LORA_TARGET_MODULES = ("qkv", "out_proj", "fc1", "fc2")
+TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_cards" / "finetuned.md"
+
+__all__ = [
+    "MODES",
+    "FinetuneResult",
+    "LabelCollator",
+    "RegressionTarget",
+    "finetune",
+    "infer_target_task",
+    "render_finetuned_card",
+]
+
+
+@dataclass(frozen=True)
+class RegressionTarget:
+    """Standardisation of a continuous target: the model trains on (y - mean) / std."""
+
+    name: str
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, name: str, values: Any) -> RegressionTarget:
+        array = np.asarray(values, dtype=np.float64)
+        array = array[np.isfinite(array)]
+        if array.size < 2:
+            raise ValueError(f"target {name!r}: need at least 2 finite training values; got {array.size}")
+        std = float(array.std())
+        return cls(name=name, mean=float(array.mean()), std=std if std > 0 else 1.0)
+
+    def standardise(self, values: Any) -> np.ndarray:
+        return (np.asarray(values, dtype=np.float64) - self.mean) / self.std
+
+    def restore(self, values: Any) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64) * self.std + self.mean
+
+
+def infer_target_task(dataset, target: str) -> str:
+    """ "regression" for a float column, "classification" for integer, boolean, string or ClassLabel."""
+    from datasets import ClassLabel, Value
+
+    if target not in dataset.column_names:
+        raise ValueError(f"dataset has no column {target!r}; columns are {dataset.column_names}")
+    feature = dataset.features[target]
+    if isinstance(feature, ClassLabel):
+        return "classification"
+    if isinstance(feature, Value):
+        return "regression" if feature.dtype.startswith("float") else "classification"
+    raise ValueError(f"column {target!r} has type {feature}; expected a scalar column (number, string or label)")
+
+
+class LabelCollator:
+    """Rows -> {"pixel_values", "labels"}: images through the data layer's `GalaxyCollator`, labels encoded.
+
+    Regression labels are standardised floats (B,); classification labels are class indices (B,). An
+    image the data layer cannot read is skipped together with its label.
+    """
+
+    def __init__(
+        self,
+        processor,
+        image_column: str,
+        target: str,
+        regression: RegressionTarget | None = None,
+        label2id: dict[str, int] | None = None,
+    ):
+        from astropt_hf.data import GalaxyCollator
+
+        self.images = GalaxyCollator(processor, image_column=image_column, keep_columns=[target])
+        self.target = target
+        self.regression = regression
+        self.label2id = label2id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.images(rows)
+        values = batch[self.target]
+        values = values.tolist() if isinstance(values, torch.Tensor) else list(values)
+        if self.regression is not None:
+            labels = torch.as_tensor(self.regression.standardise(values), dtype=torch.float32)
+        else:
+            labels = torch.as_tensor([self.label2id[_label_key(v)] for v in values], dtype=torch.long)
+        return {"pixel_values": batch["pixel_values"], "labels": labels}
+
+
+def _label_key(value: Any) -> str:
+    """Labels are matched as strings so ints, numpy ints and strings from different splits agree."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return str(value)
+
+
+@dataclass
+class FinetuneResult:
+    """What `finetune` produced: the saved folder, the task set-up and the final evaluation."""
+
+    output_dir: Path
+    target: str
+    task: str
+    mode: str
+    metrics: dict[str, float]
+    num_trainable_parameters: int
+    num_parameters: int
+    train_seconds: float
+    max_steps: int
+    learning_rate: float
+    regression_target: dict[str, float] | None = None
+    id2label: dict[int, str] | None = None
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["output_dir"] = str(self.output_dir)
+        return data
+
+
+def _drop_missing(dataset, target: str, task: str, what: str):
+    """Rows whose target is missing cannot be trained or scored on: drop them and say how many."""
+    values = dataset[target]
+    if task == "regression":
+        keep = [i for i, v in enumerate(values) if v is not None and math.isfinite(float(v))]
+    else:
+        keep = [i for i, v in enumerate(values) if v is not None]
+    if len(keep) < len(values):
+        logger.warning("%s: dropped %d of %d rows with a missing %r", what, len(values) - len(keep), len(values), target)
+        dataset = dataset.select(keep)
+    if len(dataset) == 0:
+        raise ValueError(f"{what}: no rows with a {target!r} value")
+    return dataset
+
+
+def _apply_mode(model, mode: str, lora_r: int, lora_alpha: int, lora_dropout: float):
+    if mode == "frozen":
+        model.astropt.requires_grad_(False)
+        return model
+    if mode == "full":
+        return model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ImportError(
+            "mode='lora' needs peft, an optional extra: pip install 'astropt-hf[peft]' (or peft); "
+            "or use mode='full' or mode='frozen'"
+        ) from error
+    config = LoraConfig(
+        r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=list(LORA_TARGET_MODULES),
+        modules_to_save=["classifier"],
+    )
+    return get_peft_model(model, config)
+
+
+def _count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def _compute_metrics_fn(task: str, regression: RegressionTarget | None, photo_z: bool):
+    """Trainer `compute_metrics` through the shipped metric modules, in the target's own units."""
+    from transformers import EvalPrediction
+
+    from astropt_hf.metrics import make_trainer_compute_metrics
+
+    inner = make_trainer_compute_metrics(task, photo_z=photo_z)
+    if regression is None:
+        return inner
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        predictions = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        restored = EvalPrediction(
+            predictions=regression.restore(np.asarray(predictions).reshape(-1)),
+            label_ids=regression.restore(np.asarray(prediction.label_ids).reshape(-1)),
+        )
+        return inner(restored)
+
+    return compute_metrics
+
+
+def _bake_standardisation(model, regression: RegressionTarget) -> None:
+    """Rescale the head so the model outputs the target in its own units: y = std * (W e + b) + mean."""
+    head = model.classifier
+    with torch.no_grad():
+        head.weight.mul_(regression.std)
+        head.bias.mul_(regression.std).add_(regression.mean)
+
+
+def _training_arguments(output_dir: Path, **kwargs):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir / "trainer_state"),
+        save_strategy="no",
+        eval_strategy="steps",
+        report_to=kwargs.pop("report_to"),
+        remove_unused_columns=False,  # the collator needs the raw image and target columns
+        label_names=["labels"],
+        lr_scheduler_type="cosine",
+        **kwargs,
+    )
+
+
+def finetune(
+    model_name_or_path: str | os.PathLike,
+    train_dataset,
+    eval_dataset,
+    target: str,
+    output_dir: str | os.PathLike,
+    mode: str = "full",
+    task: str | None = None,
+    max_steps: int = 500,
+    learning_rate: float | None = None,
+    batch_size: int = 32,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.05,
+    eval_steps: int | None = None,
+    logging_steps: int = 10,
+    seed: int = 0,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.0,
+    image_column: str = "image",
+    bf16: bool = False,
+    dataloader_num_workers: int = 0,
+    report_to: str | list[str] = "none",
+    photo_z: bool | None = None,
+    dataset_description: str = "",
+    trust_remote_code: bool = True,
+) -> FinetuneResult:
+    """Fine-tune astroPT on `target` and save a checkpoint, its processor, metrics and a model card.
+
+    Args:
+        model_name_or_path: a pretrained astroPT folder or hub id (any head; the backbone is used).
+        train_dataset, eval_dataset: map-style datasets with `image_column` and `target`.
+        mode: "frozen", "full" or "lora" (see the module docstring).
+        task: "regression" or "classification"; default: inferred from the column type.
+        learning_rate: default per mode (`DEFAULT_LEARNING_RATES`).
+        eval_steps: evaluate every this many steps (default: 5 times per run).
+        photo_z: report σ_NMAD and the outlier fraction; default: when the target looks like a redshift.
+        dataset_description: one line for the model card (where the rows came from).
+    Returns:
+        `FinetuneResult` with the final evaluation metrics (also written to finetune_results.json).
+    """
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, set_seed
+
+    import astropt_hf  # noqa: F401  (Auto classes for local folders)
+    from astropt_hf.embeddings import with_numpy_images
+    from astropt_hf.probing import is_redshift_like
+
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not valid; expected one of {list(MODES)}")
+    task = task or infer_target_task(train_dataset, target)
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not valid; expected one of {list(TASKS)}")
+    if eval_dataset is not None and target not in eval_dataset.column_names:
+        raise ValueError(f"evaluation dataset has no column {target!r}; columns are {eval_dataset.column_names}")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1; got {max_steps}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(seed)
+    learning_rate = learning_rate if learning_rate is not None else DEFAULT_LEARNING_RATES[mode]
+    photo_z = is_redshift_like(target) if photo_z is None else photo_z
+
+    train_dataset = _drop_missing(train_dataset.select_columns([image_column, target]), target, task, "train")
+    eval_dataset = _drop_missing(eval_dataset.select_columns([image_column, target]), target, task, "eval")
+    train_dataset = with_numpy_images(train_dataset, image_column)
+    eval_dataset = with_numpy_images(eval_dataset, image_column)
+
+    regression = id2label = None
+    model_kwargs: dict[str, Any] = {}
+    if task == "regression":
+        regression = RegressionTarget.fit(target, train_dataset[target])
+        model_kwargs.update(num_labels=1, problem_type="regression")
+    else:
+        classes = sorted({_label_key(v) for split in (train_dataset, eval_dataset) for v in split[target]})
+        if len(classes) < 2:
+            raise ValueError(f"classification of {target!r} needs at least 2 classes; got {classes}")
+        id2label = dict(enumerate(classes))
+        model_kwargs.update(
+            num_labels=len(classes),
+            problem_type="single_label_classification",
+            id2label=id2label,
+            label2id={label: index for index, label in id2label.items()},
+        )
+
+    processor = AutoImageProcessor.from_pretrained(str(model_name_or_path), trust_remote_code=trust_remote_code)
+    model = AutoModelForImageClassification.from_pretrained(
+        str(model_name_or_path), trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **model_kwargs
+    )
+    model = _apply_mode(model, mode, lora_r, lora_alpha, lora_dropout)
+    trainable, total = _count_parameters(model)
+    logger.info("fine-tuning %s (%s, %s): %d of %d parameters trainable", target, task, mode, trainable, total)
+
+    collator = LabelCollator(
+        processor, image_column, target, regression,
+        {label: index for index, label in id2label.items()} if id2label else None,
+    )  # fmt: skip
+    arguments = _training_arguments(
+        output_dir,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=max(batch_size, 64),
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup_steps=int(round(warmup_ratio * max_steps)),
+        eval_steps=eval_steps or max(1, max_steps // 5),
+        logging_steps=logging_steps,
+        seed=seed,
+        bf16=bf16,
+        dataloader_num_workers=dataloader_num_workers,
+        report_to=report_to,
+    )
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        compute_metrics=_compute_metrics_fn(task, regression, photo_z and task == "regression"),
+    )
+    started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - started
+    final = trainer.predict(eval_dataset, metric_key_prefix="eval")
+    metrics = {key: float(value) for key, value in final.metrics.items() if isinstance(value, (int, float))}
+
+    # Save a plain AstroPTForImageClassification: adapters merged, head in the target's units.
+    model = trainer.model
+    if mode == "lora":
+        model = model.merge_and_unload()
+    if regression is not None:
+        _bake_standardisation(model, regression)
+        model.config.regression_target = asdict(regression)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)  # a frozen backbone is a training choice, not part of the checkpoint
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+
+    result = FinetuneResult(
+        output_dir=output_dir,
+        target=target,
+        task=task,
+        mode=mode,
+        metrics=metrics,
+        num_trainable_parameters=trainable,
+        num_parameters=total,
+        train_seconds=train_seconds,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        regression_target=asdict(regression) if regression is not None else None,
+        id2label=id2label,
+        log_history=list(trainer.state.log_history),
+    )
+    (output_dir / "finetune_results.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if regression is not None:
+        from astropt_hf.plotting import plot_pred_vs_true
+
+        predictions = regression.restore(np.asarray(final.predictions).reshape(-1))
+        truth = regression.restore(np.asarray(final.label_ids).reshape(-1))
+        plot_pred_vs_true(predictions, truth, target, output_dir / "pred_vs_true.png", photo_z=photo_z)
+    card = render_finetuned_card(result, str(model_name_or_path), model.config, dataset_description)
+    (output_dir / "README.md").write_text(card)
+    _remove_trainer_scratch(output_dir)
+    return result
+
+
+def _remove_trainer_scratch(output_dir: Path) -> None:
+    scratch = output_dir / "trainer_state"
+    if scratch.is_dir() and not any(scratch.iterdir()):
+        scratch.rmdir()
+
+
+# --------------------------------------------------------------------------- model card
+
+_FALLBACK_TEMPLATE = """---
+library_name: transformers
+pipeline_tag: image-classification
+base_model: $base_model
+tags:
+- astronomy
+- astropt
+---
+
+# astroPT fine-tuned for `$target`
+
+$task ($mode fine-tuning of `$base_model`), $max_steps steps. Evaluation:
+
+$metrics_table
+"""
+
+
+def _metrics_table(metrics: dict[str, float]) -> str:
+    rows = [
+        (key.removeprefix("eval_"), value)
+        for key, value in metrics.items()
+        if key.startswith("eval_") and not key.endswith(("runtime", "per_second"))
+    ]
+    lines = ["| metric | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value:.4g} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def render_finetuned_card(result: FinetuneResult, base_model: str, config, dataset_description: str = "") -> str:
+    """README.md for a fine-tuned checkpoint, from `model_cards/finetuned.md` (a `string.Template`)."""
+    template = TEMPLATE_PATH.read_text() if TEMPLATE_PATH.is_file() else _FALLBACK_TEMPLATE
+    if result.task == "regression":
+        stats = result.regression_target or {}
+        output_note = (
+            f"The head outputs `{result.target}` in its own units. Training used standardised targets "
+            f"(mean {stats.get('mean', float('nan')):.6g}, std {stats.get('std', float('nan')):.6g} over the "
+            "training rows, also stored as `config.regression_target`); the head was rescaled before saving, "
+            "so `eval loss` below is the MSE in standardised units and the other metrics are in the target's units."
+        )
+        usage = "prediction = model(pixel_values=pixel_values).logits[:, 0]"
+    else:
+        labels = ", ".join(f"{index}: `{label}`" for index, label in (result.id2label or {}).items())
+        output_note = f"Classes (`config.id2label`): {labels}."
+        usage = "labels = [model.config.id2label[i] for i in model(pixel_values=pixel_values).logits.argmax(-1).tolist()]"
+    values = {
+        "target": result.target,
+        "task": result.task,
+        "mode": result.mode,
+        "base_model": base_model,
+        "max_steps": result.max_steps,
+        "learning_rate": f"{result.learning_rate:g}",
+        "trainable_parameters": f"{result.num_trainable_parameters:,}",
+        "num_parameters": f"{result.num_parameters:,}",
+        "train_minutes": f"{result.train_seconds / 60:.1f}",
+        "metrics_table": _metrics_table(result.metrics),
+        "output_note": output_note,
+        "usage": usage,
+        "dataset": dataset_description or "not recorded",
+        "image_size": config.image_size,
+        "num_channels": config.num_channels,
+        "hidden_size": config.hidden_size,
+        "num_layers": config.num_hidden_layers,
+        "pooling": config.pooling,
+        "embedding_layer": config.embedding_layer,
+        "metrics_json": json.dumps(result.metrics, indent=2, sort_keys=True),
+    }
+    return string.Template(template).safe_substitute(values)

@@ -1,0 +1,200 @@
+"""The linear-probe workflow: astroPT embeddings against two baselines, on the same rows, to JSON and plots.
+
+For a model and a dataset with catalogue columns this computes three feature sets for the same rows:
+
+* ``astropt``: the pretrained model's embeddings (or ones extracted earlier, read from Parquet);
+* ``random_init``: a randomly initialised model of the same architecture, embedded the same way, which
+  shows what the architecture alone gives (random projections of patches are not nothing);
+* ``pixel_pca``: PCA of the pixels the model is fed (the processor's output), with as many dimensions
+  as the embedding;
+
+then probes every target from every feature set with the same cross-validation folds
+(`astropt_hf.probing.run_probe_suite`) and writes ``probe_results.json``, a grouped bar chart and
+predicted-vs-true hexbins (`astropt_hf.plotting`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from astropt_hf.embeddings import compute_embeddings, load_backbone, pixel_batches, read_embeddings
+
+logger = logging.getLogger(__name__)
+
+FEATURE_SETS = ("astropt", "random_init", "pixel_pca")
+
+__all__ = ["FEATURE_SETS", "ProbeWorkflowResult", "collect_pixels", "random_init_like", "run_linear_probes"]
+
+
+@dataclass
+class ProbeWorkflowResult:
+    """Paths written and the suite's results (`suite.results` is what probe_results.json holds)."""
+
+    suite: Any
+    json_path: Path
+    bar_chart: Path
+    hexbin_paths: dict[str, Path]
+
+    def summary_table(self) -> str:
+        """Markdown table: one row per target, one column per feature set, the main score in each cell."""
+        per_target = self.suite.results["targets"]
+        feature_names = list(next(iter(per_target.values())))
+        lines = ["| target | metric | " + " | ".join(feature_names) + " |", "|---" * (len(feature_names) + 2) + "|"]
+        for target, by_feature in per_target.items():
+            metric = "r2" if "r2" in by_feature[feature_names[0]] else "accuracy"
+            cells = " | ".join(f"{by_feature[name][metric]:.3f}" for name in feature_names)
+            lines.append(f"| {target} | {metric} | {cells} |")
+        return "\n".join(lines)
+
+
+def random_init_like(model, seed: int = 0):
+    """A freshly initialised model with the same config (same class, same architecture)."""
+    torch.manual_seed(seed)
+    fresh = type(model)(model.config)
+    return fresh.to(next(model.parameters()).device).eval()
+
+
+def collect_pixels(dataset, processor, image_column: str = "image", batch_size: int = 256) -> np.ndarray:
+    """The processor's pixel values for every row, flattened: (N, C * H * W) float32.
+
+    Rows whose image cannot be decoded are NaN (like `compute_embeddings`), so rows stay aligned.
+    """
+    result = None
+    for batch in pixel_batches(dataset, processor, image_column, None, batch_size, num_workers=0):
+        flat = batch["pixel_values"].reshape(len(batch["rows"]), -1).numpy()
+        if result is None:
+            result = np.full((len(dataset), flat.shape[1]), np.nan, dtype=np.float32)
+        result[batch["rows"]] = flat
+    if result is None:
+        raise ValueError("no image in the dataset could be decoded")
+    return result
+
+
+def _aligned_embeddings(path: str | os.PathLike, dataset, id_column: str | None) -> np.ndarray:
+    """Embeddings from Parquet reordered to the dataset's rows (matched by id); every row must be there."""
+    table = read_embeddings(path, columns=[])
+    dataset_ids = [str(v) for v in dataset[id_column]] if id_column else [str(i) for i in range(len(dataset))]
+    position = {str(row_id): index for index, row_id in enumerate(table.ids)}
+    missing = [row_id for row_id in dataset_ids if row_id not in position]
+    if missing:
+        raise ValueError(
+            f"{path}: {len(missing)} of {len(dataset_ids)} dataset ids have no embedding (first: {missing[:3]}); "
+            "extract them first or probe the same split"
+        )
+    return table.embeddings[[position[row_id] for row_id in dataset_ids]]
+
+
+def run_linear_probes(
+    model_name_or_path: str | os.PathLike,
+    dataset,
+    targets: Sequence[str],
+    output_dir: str | os.PathLike,
+    embeddings_path: str | os.PathLike | None = None,
+    baselines: Sequence[str] = ("random_init", "pixel_pca"),
+    batch_size: int = 64,
+    layer: str | int | None = None,
+    pooling: str | None = None,
+    pooling_num_patches: int | None = None,
+    bf16: bool = False,
+    n_folds: int = 5,
+    seed: int = 0,
+    robust_normalisation: bool = False,
+    target_clip: float | None = None,
+    image_column: str = "image",
+    id_column: str | None = "id",
+    device: str | None = None,
+    progress: bool = True,
+):
+    """Probe `targets` from astroPT embeddings and the baselines; write JSON and figures to `output_dir`.
+
+    Args:
+        dataset: a map-style dataset with the image column and the target columns.
+        targets: column names; float columns get ridge probes, others logistic ones.
+        embeddings_path: reuse astroPT embeddings extracted by `extract_embeddings` (matched by id).
+        baselines: any of "random_init", "pixel_pca".
+        layer, pooling, pooling_num_patches, bf16: embedding choices, also used for the random model.
+        robust_normalisation, target_clip: upstream-style robust target normalisation for ridge probes.
+    Returns:
+        `ProbeWorkflowResult`.
+    """
+    from astropt_hf.plotting import plot_pred_vs_true_grid, plot_probe_bars
+    from astropt_hf.probing import run_probe_suite
+
+    unknown = [b for b in baselines if b not in FEATURE_SETS[1:]]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; expected any of {list(FEATURE_SETS[1:])}")
+    missing = [t for t in targets if t not in dataset.column_names]
+    if missing or not targets:
+        raise ValueError(f"targets {missing or list(targets)} are not columns of the dataset: {dataset.column_names}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    embed = dict(batch_size=batch_size, layer=layer, pooling=pooling, pooling_num_patches=pooling_num_patches,
+                 bf16=bf16, image_column=image_column, progress=progress)  # fmt: skip
+
+    model, processor = load_backbone(model_name_or_path, device=device)
+    features: dict[str, np.ndarray] = {}
+    if embeddings_path is not None:
+        features["astropt"] = _aligned_embeddings(embeddings_path, dataset, id_column)
+        if features["astropt"].shape[1] != model.config.hidden_size:
+            raise ValueError(
+                f"{embeddings_path}: embeddings have {features['astropt'].shape[1]} dimensions; "
+                f"the model {model_name_or_path} has hidden_size={model.config.hidden_size}"
+            )
+    else:
+        features["astropt"] = compute_embeddings(model, dataset, processor, **embed)
+    if "random_init" in baselines:
+        features["random_init"] = compute_embeddings(random_init_like(model, seed), dataset, processor, **embed)
+    pixels = collect_pixels(dataset, processor, image_column) if "pixel_pca" in baselines else None
+
+    target_values = {name: np.asarray(dataset[name]) for name in targets}
+    readable = np.all([np.isfinite(f).all(axis=1) for f in features.values()], axis=0)
+    if pixels is not None:
+        readable &= np.isfinite(pixels).all(axis=1)
+    if not readable.all():
+        logger.warning("probing without %d rows whose image could not be read", int((~readable).sum()))
+        features = {name: f[readable] for name, f in features.items()}
+        target_values = {name: values[readable] for name, values in target_values.items()}
+    if pixels is not None:
+        from astropt_hf.probing import pixel_pca_features
+
+        features["pixel_pca"] = pixel_pca_features(
+            pixels[readable], n_components=features["astropt"].shape[1], seed=seed
+        )
+    suite = run_probe_suite(
+        features, target_values, n_folds=n_folds, seed=seed,
+        robust_normalisation=robust_normalisation, target_clip=target_clip,
+    )  # fmt: skip
+    suite.results["settings"].update(
+        {
+            "model": str(model_name_or_path),
+            "num_rows": int(readable.sum()),
+            "layer": str(model.config.embedding_layer if layer is None else layer),
+            "pooling": pooling or model.config.pooling,
+            "pooling_num_patches": pooling_num_patches or model.config.pooling_num_patches,
+            "embeddings_file": str(embeddings_path) if embeddings_path is not None else None,
+            "pixel_pca_input": "processor pixel values (what the model is fed)",
+        }
+    )
+    json_path = suite.save_json(output_dir / "probe_results.json")
+    bar_chart = plot_probe_bars(
+        suite, output_dir / "probe_bars.png", metric=("r2", "accuracy"), feature_order=list(features),
+        title=f"Linear probes ({n_folds}-fold CV, {len(dataset)} galaxies)",
+    )  # fmt: skip
+    hexbins = {}
+    for feature_name in features:
+        entries = {target: probes[feature_name] for target, probes in suite.probes.items()}
+        try:
+            hexbins[feature_name] = plot_pred_vs_true_grid(
+                entries, output_dir / f"pred_vs_true_{feature_name}.png", title=f"{feature_name} linear probes"
+            )
+        except ValueError:  # only classification targets: nothing to hexbin
+            pass
+    return ProbeWorkflowResult(suite=suite, json_path=json_path, bar_chart=bar_chart, hexbin_paths=hexbins)

@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Cosine nearest neighbours of a galaxy in an embeddings file, drawn as a PNG.
+
+    python scripts/similarity_search.py --embeddings emb.parquet --query_index 0 --k 8 --output neighbours.png
+    python scripts/similarity_search.py --embeddings emb.parquet --query_id synthetic-s0-test-0000007 --k 8 \\
+        --output n.png --backend faiss_hnsw          # graph index for large catalogues (pip install faiss-cpu)
+    python scripts/similarity_search.py --benchmark --benchmark_sizes 1000,10000,100000   # where faiss pays
+
+The images come from the dataset recorded in the embeddings file (override with --dataset/--split ...).
+The printed list starts with the query itself (rank 0, similarity 1); the PNG shows the query and its
+k nearest other galaxies.
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+from astropt_hf.dataset_args import add_dataset_arguments, dataset_spec
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embeddings", help="Parquet file from extract_embeddings.py")
+    query = parser.add_mutually_exclusive_group()
+    query.add_argument("--query_index", type=int, help="row of the embeddings file to search from")
+    query.add_argument("--query_id", help="id of the galaxy to search from")
+    parser.add_argument("--k", type=int, default=8, help="neighbours to find (besides the query)")
+    parser.add_argument("--output", help="PNG to write")
+    parser.add_argument("--backend", choices=("exact", "faiss_flat", "faiss_hnsw"), default="exact")
+    add_dataset_arguments(parser, default_split=None, default_dataset=None)
+    bench = parser.add_argument_group("benchmark")
+    bench.add_argument("--benchmark", action="store_true", help="time the backends instead of searching")
+    bench.add_argument("--benchmark_sizes", default="1000,10000,100000,1000000")
+    bench.add_argument("--benchmark_dim", type=int, default=128)
+    bench.add_argument("--benchmark_queries", type=int, default=200)
+    bench.add_argument("--benchmark_output", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    if not args.benchmark:
+        missing = [flag for flag, value in (("--embeddings", args.embeddings), ("--output", args.output)) if not value]
+        if args.query_index is None and args.query_id is None:
+            missing.append("--query_index or --query_id")
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
+
+
+def run_benchmark(args) -> int:
+    from astropt_hf.similarity import benchmark_knn
+
+    sizes = [int(size) for size in args.benchmark_sizes.split(",")]
+    rows = benchmark_knn(sizes=sizes, dim=args.benchmark_dim, num_queries=args.benchmark_queries)
+    print("| catalogue | backend | build s | one query ms | batched ms/query | recall@10 |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['size']:,} | {row['backend']} | {row['build_seconds']:.3f} | {1e3 * row['query_seconds']:.3f} "
+              f"| {1e3 * row['batched_query_seconds']:.4f} | {row['recall_at_10']:.3f} |")
+    if args.benchmark_output:
+        with open(args.benchmark_output, "w") as handle:
+            json.dump(rows, handle, indent=2)
+    return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    args = parse_args(argv)
+    if args.benchmark:
+        return run_benchmark(args)
+    from astropt_hf.embeddings import read_embeddings
+    from astropt_hf.similarity import find_neighbours, neighbour_images
+
+    table = read_embeddings(args.embeddings, columns=["row"])
+    spec = dict(table.metadata.get("dataset") or {})
+    if args.dataset is not None:
+        spec = dataset_spec(args, image_size=(spec.get("synthetic") or {}).get("image_size"))
+    elif args.split is not None:
+        spec["split"] = args.split
+    if not spec:
+        sys.exit(f"similarity_search.py: {args.embeddings} records no dataset; pass --dataset (and --split)")
+    result = find_neighbours(table, args.k, query_index=args.query_index, query_id=args.query_id, backend=args.backend)
+    for rank, (row_id, score) in enumerate(zip(result.ids, result.scores)):
+        print(f"{rank:3d}  {score:.4f}  {row_id}" + ("  (query)" if rank == 0 else ""))
+    path = neighbour_images(result, spec, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
