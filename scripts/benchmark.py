@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Benchmark astropt_hf against upstream astroPT on the same work, and print a markdown table.
+
+    python scripts/benchmark.py --quick                    # smoke test, tiny shapes, < 1 minute
+    python scripts/benchmark.py --output results.json      # full CPU run at the upstream 5M shape
+    python scripts/benchmark.py --device cuda --output results_cuda.json   # GPU run, adds 89M bf16 + MFU
+
+Needs upstream's model: pip install --no-deps astropt==2.0.9 loralib einops
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from astropt_hf.benchmarking import MEASURES, markdown_table, run_benchmark, settings_for, write_json
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one repeat: a smoke test")
+    parser.add_argument("--output", help="write the rows, machine and settings as JSON here")
+    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(MEASURES)}")
+    parser.add_argument("--repeats", type=int, help="repeats of the fast measures (default: per device)")
+    parser.add_argument("--slow-repeats", type=int, help="repeats of embeddings and completion")
+    parser.add_argument("--embed-batch", type=int, help="embedding batch (issue: 32; CPU default: 8)")
+    parser.add_argument("--train-batch", type=int, help="train-step batch (default: 4)")
+    parser.add_argument("--large-batch", type=int, help="batch of the GPU 89M bf16 train step (default: 16)")
+    parser.add_argument("--peak-tflops", type=float, help="accelerator bf16 dense peak for MFU (default H200: 989)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in {
+            "repeats": args.repeats,
+            "slow_repeats": args.slow_repeats,
+            "embed_batch": args.embed_batch,
+            "train_batch": args.train_batch,
+            "large_batch": args.large_batch,
+            "peak_flops": args.peak_tflops * 1e12 if args.peak_tflops else None,
+        }.items()
+        if value is not None
+    }
+    if args.only:
+        overrides["measures"] = tuple(name.strip() for name in args.only.split(",") if name.strip())
+    run = run_benchmark(settings_for(args.device, quick=args.quick, **overrides))
+    print(f"Machine: {run.machine.one_line()}")
+    ceilings = ", ".join(f"{k} {v['flops_per_s'] / 1e9:,.1f} GFLOP/s" for k, v in run.ceilings.items())
+    print(f"Matmul ceiling (measured): {ceilings}; total time {run.elapsed_s:.0f} s\n")
+    print(markdown_table(run.rows))
+    if args.output:
+        write_json(args.output, run.payload())
+        print(f"wrote {args.output}")
+    return 1 if any(row.status == "error" for row in run.rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
