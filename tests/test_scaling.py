@@ -174,3 +174,97 @@ def test_read_validation_curve(tmp_path):
     path.write_text('{"step": 1, "val_loss": 0.9}\nnot json\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2"):
         read_validation_curve(path)
+
+
+# --------------------------------------------------------------------------- the sweep end to end
+
+
+def tiny_sweep_argv(cache_dir, max_steps: int = 8) -> list[str]:
+    """Pretraining settings for a sweep that runs in seconds: 16px galaxies, 16 patches, a few steps."""
+    return [
+        "--max_steps", str(max_steps), "--image_size", "16", "--patch_size", "4",
+        "--batch_size", "8", "--eval_steps", "4", "--eval_batches", "1", "--log_steps", "2",
+        "--warmup_steps", "1", "--save_steps", "4", "--save_total_limit", "2", "--num_plot_images", "0",
+        "--synthetic_num_train", "48", "--synthetic_num_validation", "16", "--synthetic_num_test", "40",
+        "--data_cache_dir", str(cache_dir),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A two-size sweep with probes, run once for the tests below."""
+    from astropt_hf.scaling import SweepOptions, run_scaling_sweep
+
+    root = tmp_path_factory.mktemp("sweep")
+    options = SweepOptions(
+        sizes=parse_sizes("1x2x8,2x2x32"), output_dir=root / "out",
+        pretrain_argv=tiny_sweep_argv(root / "cache"), probe_targets=["mag_r"],
+    )  # fmt: skip
+    lines: list[str] = []
+    result = run_scaling_sweep(options, log=lines.append)
+    return options, result, lines
+
+
+@pytest.mark.slow
+def test_sweep_writes_scaling_outputs(finished_sweep):
+    options, result, lines = finished_sweep
+    out = options.output_dir
+    stored = json.loads((out / "scaling.json").read_text())
+    assert set(stored) == {"sizes", "fit"}
+    assert [s["name"] for s in stored["sizes"]] == ["1x2x8", "2x2x32"]
+    for size, spec in zip(stored["sizes"], options.sizes):
+        summary = json.loads((out / "sizes" / spec.name / "summary.json").read_text())
+        assert size["final_val_loss"] == summary["final_val_loss"] > 0
+        assert size["steps"] == 8
+        config = AstroPTConfig(image_size=16, patch_size=4, **spec.model_overrides())
+        assert size["params"] == size["params_non_embedding"] == count_parameters(config)["non_embedding"]
+        assert size["params_total"] == summary["num_parameters"]
+        assert set(size["probe"]["mag_r"]) == {"astropt", "random_init", "pixel_pca"}
+        assert (out / "sizes" / spec.name / "probes" / "probe_results.json").is_file()
+    # Same data, schedule and budget for every size.
+    assert len({s["tokens_seen"] for s in stored["sizes"]}) == 1
+    assert stored["fit"]["model"] == "power_law" and stored["fit"]["num_points"] == 2
+    for name in ("scaling.png", "probe_scaling.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert "2x2x32" in (out / "scaling.md").read_text()
+    size_lines = [line for line in lines if line.startswith("[")]
+    assert len(size_lines) == 2 and all("trained" in line and "final val loss" in line for line in size_lines)
+
+
+@pytest.mark.slow
+def test_sweep_resumes_half_trained_size_and_reuses_finished_ones(finished_sweep):
+    import shutil
+
+    from astropt_hf.scaling import SweepOptions, run_scaling_sweep
+
+    options, result, _ = finished_sweep
+    big = options.output_dir / "sizes" / "2x2x32"
+    before = {s["name"]: s["final_val_loss"] for s in result["sizes"]}
+    # Make the bigger size look killed after its step-4 checkpoint: no summary, no step-8 checkpoint.
+    (big / "summary.json").unlink()
+    shutil.rmtree(big / "checkpoint-8")
+    small_summary = (options.output_dir / "sizes" / "1x2x8" / "summary.json").stat().st_mtime_ns
+    lines: list[str] = []
+    again = run_scaling_sweep(SweepOptions(**{**options.__dict__, "probe_targets": []}), log=lines.append)
+    assert (options.output_dir / "sizes" / "1x2x8" / "summary.json").stat().st_mtime_ns == small_summary
+    assert "reused" in lines[0] and "trained" in lines[1]
+    resumed = json.loads((big / "summary.json").read_text())
+    assert resumed["resumed_from"].endswith("checkpoint-4")
+    after = {s["name"]: s["final_val_loss"] for s in again["sizes"]}
+    assert after == pytest.approx(before, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sweep_refuses_changed_settings_and_size_keys(finished_sweep):
+    from astropt_hf.scaling import SweepOptions, validate_sweep_options
+
+    options, _, _ = finished_sweep
+    cache = options.output_dir.parent / "cache"
+    changed = SweepOptions(sizes=options.sizes, output_dir=options.output_dir,
+                           pretrain_argv=tiny_sweep_argv(cache, max_steps=12))
+    with pytest.raises(ValueError, match=r"max_steps: 8 -> 12"):
+        validate_sweep_options(changed)
+    clash = SweepOptions(sizes=options.sizes, output_dir=options.output_dir,
+                         pretrain_argv=[*tiny_sweep_argv(cache), "--hidden_size", "64"])
+    with pytest.raises(ValueError, match="--hidden_size"):
+        validate_sweep_options(clash)

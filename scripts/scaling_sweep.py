@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Scaling sweep: train a ladder of astroPT sizes on the same data, schedule and token budget, fit
+L(N) = L_inf + (N_c / N)^alpha, and plot validation loss (and optionally probe scores) against size.
+
+    python scripts/scaling_sweep.py --sizes 1x2x16,1x2x32,2x2x32,2x4x64,3x4x96 --max_steps 200 \\
+        --output_dir runs/scaling
+    accelerate launch scripts/scaling_sweep.py --sizes astropt-001M,astropt-005M,astropt-012M \\
+        --config scripts/configs/astropt-001M.yaml --dataset Smith42/galaxies --max_steps 20000 \\
+        --output_dir runs/scaling-desi --probe_targets mag_r,redshift
+
+Sizes are preset names (astropt-001M ... astropt-2100M) or shapes LAYERSxHEADSxWIDTH. Every other
+`--key value` is a pretraining setting shared by all sizes (see `scripts/pretrain.py --help`). Writes
+OUTPUT_DIR/scaling.json, scaling.png, scaling.md (and probe_scaling.png with --probe_targets); each size
+trains in OUTPUT_DIR/sizes/<name>. Run it again to resume: finished sizes are reused, a half-trained one
+continues from its latest checkpoint, and new sizes can be added to the ladder.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from astropt_hf.scaling import (
+    PARAM_COUNTS,
+    SweepOptions,
+    parse_sizes,
+    run_scaling_sweep,
+    validate_sweep_options,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--sizes", required=True, help="comma-separated preset names or LAYERSxHEADSxWIDTH shapes")
+    parser.add_argument("--output_dir", required=True, help="sweep folder")
+    parser.add_argument("--probe_targets", default="",
+                        help="comma-separated catalogue columns to linear-probe on every size (e.g. redshift,mag_r)")
+    parser.add_argument("--probe_split", default="test", choices=("train", "validation", "test", "all"),
+                        help="split the probes read (default: test, held out from pretraining)")
+    parser.add_argument("--probe_batch_size", type=int, default=64)
+    parser.add_argument("--param_count", default="non_embedding", choices=PARAM_COUNTS,
+                        help="parameter count for the fit and plots (both are recorded); default non_embedding")
+    parser.add_argument("--preset_learning_rates", action="store_true",
+                        help="preset names use their upstream peak learning rate instead of the shared one")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    parser = build_parser()
+    own, pretrain_argv = parser.parse_known_args(argv)
+    from astropt_hf.training import ConfigError
+
+    try:
+        options = SweepOptions(
+            sizes=parse_sizes(own.sizes),
+            output_dir=Path(own.output_dir),
+            pretrain_argv=pretrain_argv,
+            probe_targets=[t.strip() for t in own.probe_targets.split(",") if t.strip()],
+            probe_split=own.probe_split,
+            param_count=own.param_count,
+            preset_learning_rates=own.preset_learning_rates,
+            probe_batch_size=own.probe_batch_size,
+        )
+        validate_sweep_options(options)  # every size's settings, before any training
+    except (ConfigError, ValueError) as err:
+        print(f"scaling_sweep.py: error: {err}", file=sys.stderr)
+        return 2
+    run_scaling_sweep(options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
