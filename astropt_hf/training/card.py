@@ -1,0 +1,116 @@
+"""The model card (`README.md`) written next to the final checkpoint, from `model_cards/pretrained.md`."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+_TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "pretrained.md"
+
+# Used when the package is installed without the repository's model_cards/ folder.
+_FALLBACK_TEMPLATE = """---
+library_name: transformers
+tags:
+- astronomy
+- astropt
+- custom_code
+---
+
+# {{model_name}}
+
+An astroPT model ({{num_parameters}} parameters, {{num_hidden_layers}} layers, width {{hidden_size}}) trained for
+{{steps}} steps ({{tokens_seen}} tokens) on {{dataset}}. Final training loss {{final_train_loss}}, validation
+loss {{final_val_loss}}.
+
+```python
+from transformers import AutoModel
+model = AutoModel.from_pretrained("{{repo_id}}", trust_remote_code=True)
+```
+"""
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def render_card(values: dict[str, Any], template: str | None = None) -> str:
+    """Fill `{{name}}` placeholders; a placeholder without a value is an error (a stale template)."""
+    if template is None:
+        template = _TEMPLATE_PATH.read_text() if _TEMPLATE_PATH.is_file() else _FALLBACK_TEMPLATE
+    missing = sorted({m for m in _PLACEHOLDER.findall(template) if m not in values})
+    if missing:
+        raise KeyError(f"model card template needs values for {missing}")
+    return _PLACEHOLDER.sub(lambda m: _format(values[m.group(1)]), template)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
+
+
+def card_values(args, config, summary: dict[str, Any], repo_id: str) -> dict[str, Any]:
+    """Placeholder values from the run's arguments, model config and summary."""
+    is_synthetic = args.dataset.strip().lower() == "synthetic"
+    dataset = (
+        f"the built-in synthetic DESI-like galaxies (GalSim, grz, {args.synthetic_num_train} training images)"
+        if is_synthetic
+        else f"`{args.dataset}`"
+    )
+    limitations = (
+        "Trained on *synthetic* galaxies for a demonstration: its embeddings describe simulated bulge+disk "
+        "profiles, not real survey images. Use it to check a pipeline, not for science."
+        if is_synthetic
+        else "Representations reflect the training survey's depth, bands, seeing and selection; check them on "
+        "your own data (e.g. with linear probes) before relying on them."
+    )
+    return {
+        "model_name": Path(repo_id).name or "astroPT",
+        "repo_id": repo_id,
+        "num_parameters": summary.get("num_parameters", 0),
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "hidden_size": config.hidden_size,
+        "num_channels": config.num_channels,
+        "image_size": config.image_size,
+        "patch_size": config.patch_size,
+        "num_patches": config.num_patches,
+        "patch_order": config.patch_order,
+        "patch_norm": config.patch_norm.replace("_", "-"),
+        "patch_embedding": config.patch_embedding,
+        "loss": "Huber" if config.loss == "huber" else "MSE",
+        "dataset": dataset,
+        "steps": summary.get("steps", 0),
+        "tokens_seen": summary.get("tokens_seen", 0),
+        "images_seen": summary.get("images_seen", 0),
+        "tokens_per_step": summary.get("tokens_per_step", 0),
+        "learning_rate": args.learning_rate,
+        "min_lr": args.resolved_min_lr(),
+        "warmup_steps": args.warmup_steps,
+        "final_train_loss": summary.get("final_train_loss"),
+        "final_val_loss": summary.get("final_val_loss"),
+        "first_val_loss": summary.get("first_val_loss"),
+        "skipped_samples": summary.get("skipped_samples", 0),
+        "num_processes": summary.get("num_processes", 1),
+        "mixed_precision": summary.get("mixed_precision", "no"),
+        "wall_time": _duration(summary.get("wall_seconds", 0.0)),
+        "limitations": limitations,
+    }
+
+
+def write_model_card(path: str | os.PathLike, args, config, summary: dict[str, Any], repo_id: str) -> Path:
+    """Render the card and write it to `path` (usually `output_dir/README.md`)."""
+    path = Path(path)
+    path.write_text(render_card(card_values(args, config, summary, repo_id)))
+    return path
+
+
+__all__ = ["card_values", "render_card", "write_model_card"]

@@ -1,0 +1,227 @@
+"""Resumable checkpoints that are either complete or invisible.
+
+A checkpoint is written into `checkpoint-<step>.tmp`, finished with a marker file, and only then renamed
+to `checkpoint-<step>` (`os.replace`, atomic on one filesystem). A run killed mid-save leaves at most a
+`.tmp` folder, which `find_latest_checkpoint` never picks and the next run deletes. Folders are named by
+step, so the newest complete one is the one with the highest step and a marker.
+
+Contents: `Accelerator.save_state` (model as safetensors, optimizer, scheduler, RNG per process; loaded
+back with `weights_only=True`), `trainer_state.json` (counters, loss history), and one
+`data_state_<rank>.json` per process (where its data stream stands). No pickled Python objects of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TMP_SUFFIX = ".tmp"
+COMPLETE_MARKER = "checkpoint_complete.json"
+TRAINER_STATE_NAME = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """Step of a `checkpoint-<step>` folder name, or None for any other name (including `.tmp`)."""
+    match = _CHECKPOINT_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    """A checkpoint folder whose save finished (marker written last, before the rename)."""
+    path = Path(path)
+    return checkpoint_step(path) is not None and (path / COMPLETE_MARKER).is_file()
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest (lowest step) first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and is_complete_checkpoint(p)]
+    return sorted(found, key=lambda p: checkpoint_step(p))
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """`'latest'` -> newest complete checkpoint in `output_dir` (None if there is none yet, so that a
+    restarted job starts afresh); a path -> that checkpoint, which must be complete."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        return find_latest_checkpoint(output_dir)
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        raise FileNotFoundError(f"resume_from_checkpoint={str(path)!r}: no such folder")
+    if not (path / COMPLETE_MARKER).is_file():
+        raise ValueError(
+            f"resume_from_checkpoint={str(path)!r} is not a complete checkpoint (no {COMPLETE_MARKER}); "
+            "it may be from a save that was interrupted"
+        )
+    return path
+
+
+def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete leftovers of interrupted saves (`checkpoint-<step>.tmp`). Main process only."""
+    output_dir = Path(output_dir)
+    removed = []
+    if not output_dir.is_dir():
+        return removed
+    for path in output_dir.iterdir():
+        if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and path.name.endswith(TMP_SUFFIX):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            logger.warning("Removed incomplete checkpoint %s (an interrupted save)", path)
+    return removed
+
+
+def rotate_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the `keep` newest complete checkpoints; returns what was deleted."""
+    checkpoints = list_checkpoints(output_dir)
+    doomed = checkpoints[: max(0, len(checkpoints) - keep)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def save_checkpoint(
+    accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    trainer_state: dict,
+    data_state: dict,
+    total_limit: int,
+) -> Path:
+    """Save a resumable checkpoint atomically; every process must call this.
+
+    Args:
+        accelerator: the run's `Accelerator` (its prepared model/optimizer/scheduler are saved).
+        step: optimizer steps done; names the folder.
+        trainer_state: JSON-able counters shared by all processes (written by the main process).
+        data_state: JSON-able position of this process's data stream.
+        total_limit: complete checkpoints to keep after this one is in place.
+    """
+    output_dir = Path(output_dir)
+    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = output_dir / f"{CHECKPOINT_PREFIX}{step}{TMP_SUFFIX}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    _write_json(tmp / f"data_state_{accelerator.process_index}.json", data_state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_json(tmp / TRAINER_STATE_NAME, trainer_state)
+        _write_json(tmp / COMPLETE_MARKER, {"step": step, "num_processes": accelerator.num_processes,
+                                            "saved_at": time.time()})
+        _fsync_dir(tmp)
+        if final.exists():  # a checkpoint of the same step from an earlier, interrupted attempt
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(output_dir)
+        rotate_checkpoints(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: str | os.PathLike) -> tuple[dict, dict]:
+    """Restore model, optimizer, scheduler and RNG; returns (trainer_state, this process's data_state)."""
+    path = Path(path)
+    marker = json.loads((path / COMPLETE_MARKER).read_text())
+    if marker.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
+        raise ValueError(
+            f"checkpoint {path} was saved by {marker['num_processes']} processes; this run has "
+            f"{accelerator.num_processes}. Exact resume needs the same number of processes (the data "
+            "position and RNG are per process)."
+        )
+    accelerator.load_state(str(path))
+    trainer_state = json.loads((path / TRAINER_STATE_NAME).read_text())
+    data_state = json.loads((path / f"data_state_{accelerator.process_index}.json").read_text())
+    return trainer_state, data_state
+
+
+class StopSignal:
+    """Turns SIGTERM (and SIGINT, if asked) into a flag the loop checks between steps.
+
+    The loop then saves a checkpoint and exits cleanly instead of dying mid-step. A second SIGINT
+    while the flag is set falls back to the default handler (Ctrl-C twice still stops at once).
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self.received: int | None = None
+        self._signals = signals
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.received = signum
+        logger.warning("Received %s: will save a checkpoint and stop after this step", signal.Signals(signum).name)
+
+    def __enter__(self) -> StopSignal:
+        for signum in self._signals:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "StopSignal",
+    "checkpoint_step",
+    "find_latest_checkpoint",
+    "is_complete_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "remove_incomplete_checkpoints",
+    "resolve_resume_path",
+    "rotate_checkpoints",
+    "save_checkpoint",
+]

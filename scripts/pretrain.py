@@ -1,0 +1,31 @@
+#!/usr/bin/env python
+"""Pretrain astroPT.
+
+    accelerate launch scripts/pretrain.py                      # the demo: synthetic galaxies, a few minutes on CPU
+    accelerate launch scripts/pretrain.py --config scripts/configs/astropt-089M.yaml --dataset Smith42/galaxies
+    accelerate launch scripts/pretrain.py --max_steps 50 --hidden_size 64 --learning_rate 3e-4
+    accelerate launch scripts/pretrain.py --output_dir runs/x --resume_from_checkpoint latest
+
+Every key of a YAML preset can be overridden as `--key value`; `--help` lists them all.
+"""
+
+import logging
+import sys
+
+from astropt_hf.training import ConfigError, parse_pretrain_args, run_pretraining
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("astropt_hf").setLevel(logging.INFO)
+    try:
+        args = parse_pretrain_args(argv)
+        run_pretraining(args)
+    except ConfigError as err:
+        print(f"pretrain.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
