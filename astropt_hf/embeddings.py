@@ -43,7 +43,6 @@ __all__ = [
     "compute_embeddings",
     "embed_pixel_batch",
     "pixel_batches",
-    "with_numpy_images",
     "extract_embeddings",
     "load_backbone",
     "read_embeddings",
@@ -120,18 +119,6 @@ def _is_iterable_dataset(dataset) -> bool:
     return isinstance(dataset, datasets.IterableDataset)
 
 
-def with_numpy_images(dataset, image_column: str):
-    """The dataset with array images (e.g. the synthetic set's Array3D) read as numpy, not nested lists;
-    other image kinds (files, encoded bytes) are left as they are for the data layer to decode."""
-    import datasets
-
-    array_features = (datasets.Array2D, datasets.Array3D, datasets.Array4D, datasets.List, datasets.Sequence)
-    feature = (dataset.features or {}).get(image_column)
-    if isinstance(feature, array_features):
-        return dataset.with_format("numpy", columns=[image_column], output_all_columns=True)
-    return dataset
-
-
 class _Rows:
     """Map-style rows `indices` of a dataset as a torch dataset of example dicts, fetched a batch at a time.
 
@@ -139,8 +126,8 @@ class _Rows:
     row number, so batches can be matched back to rows even when the collator skips a bad image.
     """
 
-    def __init__(self, dataset, indices: Sequence[int], image_column: str, id_column: str | None):
-        self.dataset = with_numpy_images(dataset, image_column)
+    def __init__(self, dataset, indices: Sequence[int], id_column: str | None):
+        self.dataset = dataset
         self.indices = list(indices)
         self.id_column = id_column
 
@@ -237,7 +224,7 @@ def pixel_batches(
         if world > 1:
             stream = split_dataset_by_node(stream, rank=rank, world_size=world)
         return DataLoader(stream, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
-    rows = _Rows(dataset, range(len(dataset)) if indices is None else indices, image_column, id_column)
+    rows = _Rows(dataset, range(len(dataset)) if indices is None else indices, id_column)
     return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
 
 

@@ -134,7 +134,11 @@ def _label_key(value: Any) -> str:
 
 @dataclass
 class FinetuneResult:
-    """What `finetune` produced: the saved folder, the task set-up and the final evaluation."""
+    """What `finetune` produced: the saved folder, the task set-up and the final evaluation.
+
+    `eval_predictions` are the evaluation rows' predictions (target units for regressions, class
+    indices into `id2label` for classifications), as the saved checkpoint reproduces them.
+    """
 
     output_dir: Path
     target: str
@@ -149,10 +153,12 @@ class FinetuneResult:
     regression_target: dict[str, float] | None = None
     id2label: dict[int, str] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    eval_predictions: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["output_dir"] = str(self.output_dir)
+        data.pop("eval_predictions")
         return data
 
 
@@ -287,7 +293,6 @@ def finetune(
     from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, set_seed
 
     import astropt_hf  # noqa: F401  (Auto classes for local folders)
-    from astropt_hf.embeddings import with_numpy_images
     from astropt_hf.probing import is_redshift_like
 
     if mode not in MODES:
@@ -307,8 +312,6 @@ def finetune(
 
     train_dataset = _drop_missing(train_dataset.select_columns([image_column, target]), target, task, "train")
     eval_dataset = _drop_missing(eval_dataset.select_columns([image_column, target]), target, task, "eval")
-    train_dataset = with_numpy_images(train_dataset, image_column)
-    eval_dataset = with_numpy_images(eval_dataset, image_column)
 
     regression = id2label = None
     model_kwargs: dict[str, Any] = {}
@@ -367,6 +370,11 @@ def finetune(
     train_seconds = time.perf_counter() - started
     final = trainer.predict(eval_dataset, metric_key_prefix="eval")
     metrics = {key: float(value) for key, value in final.metrics.items() if isinstance(value, (int, float))}
+    raw = final.predictions[0] if isinstance(final.predictions, tuple) else final.predictions
+    if regression is not None:
+        eval_predictions = regression.restore(np.asarray(raw).reshape(-1))
+    else:
+        eval_predictions = np.asarray(raw).argmax(axis=-1)
 
     # Save a plain AstroPTForImageClassification: adapters merged, head in the target's units.
     model = trainer.model
@@ -394,14 +402,14 @@ def finetune(
         regression_target=asdict(regression) if regression is not None else None,
         id2label=id2label,
         log_history=list(trainer.state.log_history),
+        eval_predictions=eval_predictions,
     )
     (output_dir / "finetune_results.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if regression is not None:
         from astropt_hf.plotting import plot_pred_vs_true
 
-        predictions = regression.restore(np.asarray(final.predictions).reshape(-1))
         truth = regression.restore(np.asarray(final.label_ids).reshape(-1))
-        plot_pred_vs_true(predictions, truth, target, output_dir / "pred_vs_true.png", photo_z=photo_z)
+        plot_pred_vs_true(eval_predictions, truth, target, output_dir / "pred_vs_true.png", photo_z=photo_z)
     card = render_finetuned_card(result, str(model_name_or_path), model.config, dataset_description)
     (output_dir / "README.md").write_text(card)
     _remove_trainer_scratch(output_dir)

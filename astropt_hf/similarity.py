@@ -268,11 +268,9 @@ def _fetch_images(dataset, image_column: str, id_column: str | None, ids: list[s
     """Raw images for `ids`: by row number when it still holds that id, else by scanning the ids."""
     import datasets
 
-    from astropt_hf.embeddings import with_numpy_images
-
     wanted = {row_id: None for row_id in ids}
     if not isinstance(dataset, datasets.IterableDataset):
-        view = with_numpy_images(dataset, image_column)
+        view = dataset
         for row_id, row in zip(ids, rows):
             if 0 <= row < len(dataset):
                 example = view[row]

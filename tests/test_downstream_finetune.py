@@ -1,0 +1,134 @@
+"""Fine-tuning under transformers.Trainer: regression and classification heads, frozen/full/LoRA modes,
+checkpoints that reload (as remote code) with the same predictions, and the model card."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from downstream_helpers import PYTHON, dataset_flags, load_script, run_script, save_tiny_model, tiny_split
+from safetensors.torch import load_file
+
+from astropt_hf.finetuning import finetune
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("model"), patch_norm="per_image")
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return tiny_split("train"), tiny_split("test")
+
+
+def _reloaded_predictions(folder, dataset) -> np.ndarray:
+    """Logits of the saved checkpoint on `dataset`, loaded as remote code in a fresh process
+    (no astropt_hf import, so the Auto classes come from the files next to the weights)."""
+    code = (
+        "import json, sys, numpy as np, torch\n"
+        "from transformers import AutoImageProcessor, AutoModelForImageClassification\n"
+        "folder, images = sys.argv[1], np.load(sys.argv[2])\n"
+        "model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()\n"
+        "processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)\n"
+        "assert 'astropt_hf' not in sys.modules, 'loaded the installed package instead of remote code'\n"
+        "with torch.no_grad():\n"
+        "    logits = model(pixel_values=processor(list(images), return_tensors='pt')['pixel_values']).logits\n"
+        "print(json.dumps(logits.tolist()))\n"
+    )
+    images_path = folder / "eval_images.npy"
+    np.save(images_path, np.stack(dataset[:]["image"]))
+    result = run_script(PYTHON, "-c", code, str(folder), str(images_path))
+    return np.asarray(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_full_regression_cli_saves_a_reloadable_checkpoint_in_target_units(tiny_model, splits, tmp_path, capsys):
+    output = tmp_path / "ft"
+    script = load_script("finetune")
+    assert script.main(["--model", str(tiny_model), "--target", "redshift", "--output_dir", str(output),
+                        "--max_steps", "8", "--batch_size", "8", "--eval_steps", "4", "--logging_steps", "2",
+                        *dataset_flags()]) == 0  # fmt: skip
+    assert "eval_r2" in capsys.readouterr().out
+    results = json.loads((output / "finetune_results.json").read_text())
+    assert results["task"] == "regression" and results["mode"] == "full"
+    for key in ("eval_loss", "eval_r2", "eval_mae", "eval_sigma_nmad", "eval_outlier_fraction"):
+        assert np.isfinite(results["metrics"][key]), key
+    # evaluations during training were logged with their loss
+    assert sum("eval_loss" in entry for entry in results["log_history"]) >= 2
+    config = json.loads((output / "config.json").read_text())
+    assert config["problem_type"] == "regression" and len(config["id2label"]) == 1
+    truth = np.asarray(splits[0].dataset["redshift"], dtype=np.float64)
+    assert config["regression_target"]["mean"] == pytest.approx(truth.mean())
+    assert config["auto_map"]["AutoModelForImageClassification"].startswith("modeling_astropt")
+    card = (output / "README.md").read_text()
+    assert "redshift" in card and f"{results['metrics']['eval_r2']:.4g}" in card and "$" not in card.split("```")[0]
+    assert (output / "pred_vs_true.png").stat().st_size > 0
+
+    # The reloaded checkpoint predicts in redshift units: its R² equals the reported one.
+    from astropt_hf.metrics import compute_regression_metrics
+
+    test = splits[1].dataset
+    predictions = _reloaded_predictions(output, test)[:, 0]
+    reloaded = compute_regression_metrics(predictions, np.asarray(test["redshift"]), photo_z=True)
+    assert reloaded["r2"] == pytest.approx(results["metrics"]["eval_r2"], abs=1e-4)
+    assert reloaded["mae"] == pytest.approx(results["metrics"]["eval_mae"], rel=1e-4)
+
+
+def _reloaded_in_process(folder, dataset) -> np.ndarray:
+    """Logits of the saved checkpoint through the Auto classes, in this process (cheaper than remote code)."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    processor = AutoImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        return model(pixel_values=processor(list(dataset[:]["image"]), return_tensors="pt")["pixel_values"]).logits.numpy()
+
+
+def _morphology(split):
+    """A string label column for classification: bulge- or disk-dominated."""
+    labels = ["bulge" if b > 0.5 else "disk" for b in split.dataset["bulge_fraction"]]
+    return split.dataset.add_column("morphology", labels)
+
+
+def test_frozen_classification_trains_only_the_head(tiny_model, splits, tmp_path):
+    train, test = (_morphology(split) for split in splits)
+    result = finetune(tiny_model, train, test, "morphology", tmp_path / "cls", mode="frozen", max_steps=6,
+                      batch_size=8, logging_steps=2)  # fmt: skip
+    assert result.task == "classification" and set(result.id2label.values()) == {"bulge", "disk"}
+    assert {"eval_loss", "eval_accuracy", "eval_f1_macro"} <= set(result.metrics)
+    assert result.num_trainable_parameters == 32 * 2 + 2  # the linear head only
+    saved = load_file(tmp_path / "cls" / "model.safetensors")
+    base = load_file(tiny_model / "model.safetensors")
+    for name, tensor in saved.items():
+        if name.startswith("astropt."):
+            torch.testing.assert_close(tensor, base[name], rtol=0, atol=0)  # backbone untouched
+    logits = _reloaded_in_process(tmp_path / "cls", test)
+    np.testing.assert_array_equal(logits.argmax(axis=1), result.eval_predictions)
+    config = json.loads((tmp_path / "cls" / "config.json").read_text())
+    assert config["problem_type"] == "single_label_classification" and config["id2label"] == {"0": "bulge", "1": "disk"}
+
+
+def test_lora_mode_merges_adapters_into_a_plain_checkpoint(tiny_model, splits, tmp_path):
+    pytest.importorskip("peft")
+    train, test = splits
+    result = finetune(tiny_model, train.dataset, test.dataset, "mag_r", tmp_path / "lora", mode="lora", max_steps=6,
+                      batch_size=8, lora_r=2, lora_alpha=4, learning_rate=5e-2)  # fmt: skip
+    assert result.num_trainable_parameters < result.num_parameters / 3
+    saved = load_file(tmp_path / "lora" / "model.safetensors")
+    assert not any("lora" in name or "base_layer" in name for name in saved)
+    base = load_file(tiny_model / "model.safetensors")
+    changed = [n for n in ("astropt.layers.0.attention.qkv.weight", "astropt.layers.1.mlp.fc1.weight")
+               if not torch.equal(saved[n], base[n])]  # fmt: skip
+    assert changed, "merged LoRA updates should change the adapted projections"
+    torch.testing.assert_close(saved["astropt.embeddings.position_embeddings.weight"],
+                               base["astropt.embeddings.position_embeddings.weight"])  # fmt: skip
+    predictions = _reloaded_in_process(tmp_path / "lora", test.dataset)[:, 0]
+    np.testing.assert_allclose(predictions, result.eval_predictions, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_target_and_mode_fail_clearly(tiny_model, splits, tmp_path):
+    train, test = splits
+    with pytest.raises(ValueError, match="no column 'colour'"):
+        finetune(tiny_model, train.dataset, test.dataset, "colour", tmp_path / "x")
+    with pytest.raises(ValueError, match="mode='partial'"):
+        finetune(tiny_model, train.dataset, test.dataset, "redshift", tmp_path / "x", mode="partial")
