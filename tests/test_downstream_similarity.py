@@ -69,3 +69,30 @@ def test_benchmark_reports_every_backend_with_full_recall_for_exact():
     assert [row["backend"] for row in rows] == ["exact", "faiss_flat", "faiss_hnsw"]
     assert rows[0]["recall_at_5"] == 1.0 and rows[1]["recall_at_5"] == 1.0
     assert all(row["query_seconds"] > 0 and row["build_seconds"] >= 0 for row in rows)
+
+
+def test_cli_finds_the_query_first_and_draws_its_neighbours(tmp_path, capsys):
+    from downstream_helpers import dataset_flags, load_script, save_tiny_model
+
+    from astropt_hf.embeddings import read_embeddings
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    output = tmp_path / "emb.parquet"  # the test split: every galaxy distinct, no exact duplicates
+    extract = load_script("extract_embeddings")
+    assert extract.main(["--model", str(model_dir), "--output", str(output), *dataset_flags()]) == 0
+    table = read_embeddings(output)
+    script = load_script("similarity_search")
+    for query in (0, 7, 23):
+        png = tmp_path / f"n{query}.png"
+        assert script.main(["--embeddings", str(output), "--query_index", str(query), "--k", "4", "--output", str(png)]) == 0
+        lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+        assert lines[0][2] == table.ids[query] and float(lines[0][1]) == pytest.approx(1.0)
+        assert len(lines) == 5 and len({line[2] for line in lines}) == 5
+        scores = [float(line[1]) for line in lines[1:]]
+        assert scores == sorted(scores, reverse=True)
+        assert png.stat().st_size > 1000
+    # the same query by id, through the faiss index
+    pytest.importorskip("faiss")
+    assert script.main(["--embeddings", str(output), "--query_id", str(table.ids[7]), "--k", "4", "--backend",
+                        "faiss_flat", "--output", str(tmp_path / "f.png")]) == 0  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[0].split()[2] == table.ids[7]
