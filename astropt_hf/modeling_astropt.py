@@ -222,6 +222,33 @@ def eager_attention(query, key, value, mask, dropout: float, scaling: float, tra
     return torch.matmul(weights, value), weights
 
 
+class AstroPTLayerCache:
+    """One block's keys and values for incremental decoding, preallocated for `max_length` positions: each
+    step writes its keys and values into the next free slots instead of concatenating (copying) the whole
+    history, so a step costs the same at position 600 as at position 1."""
+
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+        self.length = 0
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def append(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, heads, t, head_dim) keys and values after the cached ones; return all keys and values."""
+        start, end = self.length, self.length + key.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"key/value cache holds {self.max_length} positions; {end} were requested")
+        if self.keys is None:
+            shape = (*key.shape[:2], self.max_length, key.shape[-1])
+            self.keys, self.values = key.new_empty(shape), value.new_empty(shape)
+        self.keys[:, :, start:end] = key
+        self.values[:, :, start:end] = value
+        self.length = end
+        if start == 0:  # nothing cached before: attend over the new keys as they are
+            return key, value
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
 class AstroPTAttention(nn.Module):
     """Causal multi-head self-attention with one fused QKV projection and an optional key/value cache."""
 
@@ -238,15 +265,14 @@ class AstroPTAttention(nn.Module):
         self.out_proj._is_residual_projection = True  # GPT-2 scaled init
         self.resid_dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, layer_cache: list | None = None, output_attentions: bool = False):
+    def forward(
+        self, hidden_states, layer_cache: AstroPTLayerCache | None = None, output_attentions: bool = False
+    ):
         batch, length, width = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
         if layer_cache is not None:
-            if layer_cache:
-                key = torch.cat([layer_cache[0], key], dim=2)
-                value = torch.cat([layer_cache[1], value], dim=2)
-            layer_cache[:] = [key, value]
+            key, value = layer_cache.append(key, value)
         key_length = key.shape[2]
         dropout = self.dropout if self.training else 0.0
         implementation = getattr(self.config, "_attn_implementation", None) or "sdpa"
@@ -291,7 +317,9 @@ class AstroPTBlock(nn.Module):
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.use_bias)
         self.mlp = AstroPTMLP(config)
 
-    def forward(self, hidden_states, layer_cache: list | None = None, output_attentions: bool = False):
+    def forward(
+        self, hidden_states, layer_cache: AstroPTLayerCache | None = None, output_attentions: bool = False
+    ):
         attended, weights = self.attention(self.layernorm_before(hidden_states), layer_cache, output_attentions)
         hidden_states = hidden_states + attended
         hidden_states = hidden_states + self.mlp(self.layernorm_after(hidden_states))
@@ -375,7 +403,7 @@ class AstroPTModel(AstroPTPreTrainedModel):
         *,
         num_blocks: int | None = None,
         position_offset: int = 0,
-        cache: list | None = None,
+        cache: list[AstroPTLayerCache] | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ):
@@ -549,27 +577,34 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         as upstream. With `use_cache`, keys and values are kept, so each new patch costs one single-position
         forward instead of re-running the whole sequence.
         """
-        sequence = prompt_patches
         if num_new_patches <= 0:
-            return sequence
-        if prompt_patches.shape[1] + num_new_patches - 1 > self.config.max_position_embeddings:
+            return prompt_patches
+        prompt_length = prompt_patches.shape[1]
+        total = prompt_length + num_new_patches
+        if total - 1 > self.config.max_position_embeddings:
             raise ValueError(
-                f"prompt of {prompt_patches.shape[1]} patches plus {num_new_patches} new ones exceeds "
+                f"prompt of {prompt_length} patches plus {num_new_patches} new ones exceeds "
                 f"max_position_embeddings={self.config.max_position_embeddings}"
             )
-        cache = [[] for _ in self.astropt.layers] if use_cache else None
+        # the last new patch is never fed back, so the cache needs total - 1 positions
+        cache = [AstroPTLayerCache(total - 1) for _ in self.astropt.layers] if use_cache else None
+        sequence = None  # (B, total, P), allocated once the first patch shows the output dtype
         step_input, offset = prompt_patches, 0
-        for _ in range(num_new_patches):
+        for position in range(prompt_length, total):
             hidden, _, _ = self.astropt.run_blocks(step_input, position_offset=offset, cache=cache)
             new_patch = self.patch_head(hidden[:, -1:])
             if temperature > 0:
                 noise = torch.randn(new_patch.shape, generator=generator, device=new_patch.device, dtype=new_patch.dtype)
                 new_patch = new_patch + temperature * noise
-            sequence = torch.cat([sequence, new_patch], dim=1)
+            if sequence is None:  # the dtype a concatenation of prompt and patches would have
+                dtype = torch.promote_types(prompt_patches.dtype, new_patch.dtype)
+                sequence = prompt_patches.new_empty((prompt_patches.shape[0], total, prompt_patches.shape[2]), dtype=dtype)
+                sequence[:, :prompt_length] = prompt_patches
+            sequence[:, position : position + 1] = new_patch  # written in place: no copy of the history
             if use_cache:
-                step_input, offset = new_patch, sequence.shape[1] - 1
+                step_input, offset = new_patch, position
             else:
-                step_input = sequence
+                step_input = sequence[:, : position + 1]
         return sequence
 
 
