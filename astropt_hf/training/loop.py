@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
@@ -168,11 +168,9 @@ def _run(args: PretrainArguments) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     config = args.model_config()
     processor = args.image_processor()
-    accumulation = args.resolved_accumulation(PartialState().num_processes)
     mixed_precision = resolve_mixed_precision(args.mixed_precision)
     trackers = None if args.report_to == "none" else args.report_to
     accelerator = Accelerator(
-        gradient_accumulation_steps=accumulation,
         mixed_precision=mixed_precision,
         log_with=trackers,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
@@ -181,6 +179,9 @@ def _run(args: PretrainArguments) -> dict[str, Any]:
     )
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
+    # Set after creation: the process count is only known once the Accelerator has connected the processes.
+    accumulation = args.resolved_accumulation(world)
+    accelerator.gradient_accumulation_steps = accumulation
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != world:
         raise ConfigError(
