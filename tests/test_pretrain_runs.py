@@ -115,7 +115,7 @@ def test_default_command_line_run_writes_a_loadable_model_and_learns(synthetic_c
     out = tmp_path / "demo"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
-               *tiny_args(synthetic_cache, out, max_steps=40, eval_steps=10)]
+               *tiny_args(synthetic_cache, out, max_steps=40, eval_steps=20)]
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -126,7 +126,7 @@ def test_default_command_line_run_writes_a_loadable_model_and_learns(synthetic_c
                  "summary.json", "loss.png"):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "eval").iterdir()) == [
-        f"predictions-step{s:06d}.png" for s in (10, 20, 30, 40)]
+        f"predictions-step{s:06d}.png" for s in (20, 40)]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 40 and summary["status"] == "completed" and summary["skipped_samples"] == 0
     assert summary["tokens_seen"] == 40 * 8 * 16 and summary["wall_seconds"] > 0
@@ -134,7 +134,7 @@ def test_default_command_line_run_writes_a_loadable_model_and_learns(synthetic_c
     records = read_metrics(out)
     val = [r["val_loss"] for r in records if "val_loss" in r]
     train = [r for r in records if "train_loss" in r]
-    assert len(val) == 4 and len(train) == 40 and all("step" in r for r in records)
+    assert len(val) == 2 and len(train) == 40 and all("step" in r for r in records)
     assert val[-1] < val[0], val
     assert summary["final_val_loss"] == pytest.approx(val[-1]) and summary["first_val_loss"] == pytest.approx(val[0])
     card = (out / "README.md").read_text()
@@ -162,7 +162,7 @@ def test_default_command_line_run_writes_a_loadable_model_and_learns(synthetic_c
 
 # ---------------------------------------------------------------------------------------- exact resume
 
-RESUME_STEPS = 300
+RESUME_STEPS = 200
 
 
 @pytest.fixture(scope="module")

@@ -319,3 +319,26 @@ def test_push_to_hub_fails_early_when_offline(monkeypatch):
 def test_learning_rate_at_is_finite_for_degenerate_schedules():
     assert learning_rate_at(0, 1e-3, 1e-4, 0, 1) == pytest.approx(1e-3)
     assert math.isfinite(learning_rate_at(5, 1e-3, 1e-4, 10, 5))
+
+
+def test_final_save_of_a_compiled_model_has_plain_keys(tiny_config, tmp_path):
+    """torch.compile wraps the model (keys gain '_orig_mod.'); the saved checkpoint must not show it.
+    Wrapping is lazy, so nothing is compiled here."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    from astropt_hf import AstroPTImageProcessor
+    from astropt_hf.training.loop import _reset_accelerate_state, _save_final_model
+
+    config = tiny_config()
+    model = AstroPTForPreTraining(config)
+    try:
+        accelerator = Accelerator(cpu=True)
+        compiled = accelerator.prepare(torch.compile(model))
+        _save_final_model(accelerator, compiled, AstroPTImageProcessor(image_size=16), tmp_path)
+    finally:
+        _reset_accelerate_state()
+    saved = load_file(tmp_path / "model.safetensors")
+    assert set(saved) == set(model.state_dict()) and not any("_orig_mod" in k for k in saved)
+    reloaded = AstroPTForPreTraining.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.patch_head.mlp[0].weight, model.patch_head.mlp[0].weight)

@@ -73,15 +73,19 @@ def predicted_images(accelerator, model, pixel_values: torch.Tensor) -> tuple[to
     model.train(was_training)
     targets = output.target_patches.float()
     predictions = torch.cat([targets[:, :1], output.predictions[:, :-1].float()], dim=1)
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     return unwrapped.patches_to_image(targets).cpu(), unwrapped.patches_to_image(predictions).cpu()
+
+
+def _short(name: str, width: int = 16) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
 def save_prediction_grid(
     inputs: torch.Tensor, predictions: torch.Tensor, path: str | os.PathLike, ids: list, step: int
 ) -> None:
     """PNG of input galaxies (top) and their next-patch predictions (below), bands as RGB with an asinh stretch."""
-    titles = [str(i)[-14:] for i in ids] if ids else None
+    titles = [_short(str(i)) for i in ids] if ids else None
     plot_galaxy_grid(inputs, predictions, path, titles=titles, prediction_label=f"predicted (step {step})")
 
 

@@ -398,7 +398,7 @@ def _run(args: PretrainArguments) -> dict[str, Any]:
     if args.record_sample_ids:
         (debug_dir / f"final-rank{rank}.json").write_text(json.dumps({
             "rank": rank, "num_processes": world, "steps": step,
-            "weights_sha256": _weights_digest(accelerator.unwrap_model(model)),
+            "weights_sha256": _weights_digest(accelerator.unwrap_model(model, keep_torch_compile=False)),
         }))
     if main:
         if metrics.read():
@@ -430,7 +430,9 @@ def _save_final_model(accelerator, model, processor, output_dir: Path) -> None:
     with the remote-code files, so that `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` works."""
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed ZeRO-3
-    unwrapped = accelerator.unwrap_model(model)
+    # torch.compile's wrapper prefixes every key with "_orig_mod."; the checkpoint must not carry it
+    state_dict = {key.removeprefix("_orig_mod."): value for key, value in state_dict.items()}
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if accelerator.is_main_process:
         processor.save_pretrained(output_dir)
     unwrapped.save_pretrained(
