@@ -342,3 +342,40 @@ def test_final_save_of_a_compiled_model_has_plain_keys(tiny_config, tmp_path):
     assert set(saved) == set(model.state_dict()) and not any("_orig_mod" in k for k in saved)
     reloaded = AstroPTForPreTraining.from_pretrained(tmp_path)
     assert torch.equal(reloaded.patch_head.mlp[0].weight, model.patch_head.mlp[0].weight)
+
+
+@pytest.mark.parametrize("streaming, workers", [(False, 0), (True, 0), (True, 2)])
+def test_train_stream_resumes_at_the_same_batch(streaming, workers):
+    """A stream restarted at (epoch, batch) yields exactly what an uninterrupted one yields from there on,
+    across epoch boundaries, for map-style data (seeded sampler) and streaming data (shuffle buffer)."""
+    import datasets
+    import numpy as np
+
+    from astropt_hf import AstroPTImageProcessor
+    from astropt_hf.data import GalaxyCollator, GalaxySource
+    from astropt_hf.training.data_streams import TrainBatchStream
+
+    rng = np.random.default_rng(0)
+    table = datasets.Dataset.from_dict({"image": [rng.random((3, 8, 8), dtype=np.float32) for _ in range(40)],
+                                        "id": [f"g{i:02d}" for i in range(40)]})
+    dataset = table.to_iterable_dataset(num_shards=4) if streaming else table
+    source = GalaxySource(dataset, "image", "id", (), "test")
+    collator = GalaxyCollator(AstroPTImageProcessor(image_size=8), "image", "id")
+
+    def stream(**position):
+        return TrainBatchStream(source, collator, batch_size=4, rank=1, num_replicas=2, seed=3,
+                                shuffle_buffer_size=8, num_workers=workers, **position)
+
+    uninterrupted = stream()
+    reference, states = [], []
+    for _ in range(14):  # about 3 epochs of this rank's 20 items
+        reference.append(next(uninterrupted)["ids"])
+        states.append(uninterrupted.state())
+    assert states[-1]["epoch"] >= 2
+    first_epoch = [ids for ids, state in zip(reference, states) if state["epoch"] == 0]
+    assert len({i for ids in first_epoch for i in ids}) == 4 * len(first_epoch)  # no repeats within an epoch
+    assert reference[0] != reference[len(first_epoch)]  # each epoch has its own order
+    resume_at = 7
+    assert states[resume_at - 1]["batches_in_epoch"] > 0  # a mid-epoch position
+    resumed = stream(**states[resume_at - 1])
+    assert [next(resumed)["ids"] for _ in range(14 - resume_at)] == reference[resume_at:]

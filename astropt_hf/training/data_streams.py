@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..data import GalaxyCollator, GalaxySource, load_galaxy_dataset
+from .arguments import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,29 @@ class ShardedBatchSampler(Sampler[list[int]]):
             yield order[start : start + self.batch_size]
 
 
+_SKIPPED = None  # what _SkipFirstBatches returns for a batch that was consumed before the resume
+
+
+class _SkipFirstBatches:
+    """collate_fn that turns the first `num_batches` batches of an epoch into `_SKIPPED`, undecoded.
+
+    With W DataLoader workers, global batch b comes from worker b % W (the DataLoader's round robin), so
+    each worker skips its own share; each worker holds its own copy of this object and of its counter.
+    """
+
+    def __init__(self, collator, num_batches: int, num_workers: int):
+        self.collator, self.num_batches, self.num_workers = collator, num_batches, max(1, num_workers)
+        self.done = 0
+
+    def __call__(self, examples):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        if self.done < len(range(worker, self.num_batches, self.num_workers)):
+            self.done += 1
+            return _SKIPPED
+        return self.collator(examples)
+
+
 class TrainBatchStream:
     """Endless training batches for this process, restartable at any (epoch, batch) position."""
 
@@ -115,10 +139,12 @@ class TrainBatchStream:
         if self.num_workers > 0:
             common["persistent_workers"] = False
         if self.streaming:
+            # Resuming mid-epoch re-reads the consumed part of the stream but does not decode it: the first
+            # batches come out as markers that __next__ drops. (`IterableDataset.skip` would be cheaper but
+            # does not keep the per-epoch shard order of a shuffled, node-split stream.)
             self._shard.set_epoch(self.epoch)
-            skipped = self.batches_in_epoch * self.batch_size
-            stream = self._shard.skip(skipped) if skipped else self._shard
-            return DataLoader(stream, batch_size=self.batch_size, drop_last=True, **common)
+            common["collate_fn"] = _SkipFirstBatches(self.collator, self.batches_in_epoch, self.num_workers)
+            return DataLoader(self._shard, batch_size=self.batch_size, drop_last=True, **common)
         sampler = ShardedBatchSampler(
             len(self.dataset), self.batch_size, self.num_replicas, self.rank, self.seed, self.epoch,
             start_batch=self.batches_in_epoch,
@@ -134,6 +160,8 @@ class TrainBatchStream:
                 self._iterator = iter(self._loader())
             try:
                 batch = next(self._iterator)
+                while batch is _SKIPPED:
+                    batch = next(self._iterator)
             except StopIteration:
                 if self.batches_in_epoch == 0:
                     raise RuntimeError(
@@ -194,8 +222,11 @@ def load_pretraining_sources(args, accelerator) -> tuple[GalaxySource, GalaxySou
             seed=args.synthetic_seed,
         )
     with accelerator.main_process_first():
-        train = load_galaxy_dataset(args.dataset, split="train", **options)
-        validation = load_galaxy_dataset(args.dataset, split="validation", **options)
+        try:
+            train = load_galaxy_dataset(args.dataset, split="train", **options)
+            validation = load_galaxy_dataset(args.dataset, split="validation", **options)
+        except (ValueError, FileNotFoundError) as err:  # unknown spec, split or column: a settings problem
+            raise ConfigError(f"config key 'dataset' ({args.dataset!r}): {err}") from err
     return _fast_arrays(train), _fast_arrays(validation)
 
 
