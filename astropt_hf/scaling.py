@@ -423,9 +423,19 @@ def _fit_label(fit: Mapping[str, Any]) -> str:
         return f"{number:{fmt}}" + (f" ± {error:{fmt}}" if error is not None else "")
 
     if fit.get("model") == "saturating_power_law":
-        return (f"L = L∞ + (N_c/N)^α\nα = {value('alpha', '.3f')}\nL∞ = {value('L_inf', '.4f')}\n"
+        return (f"L = L∞ + (N_c / N)^α\nα = {value('alpha', '.3f')}\nL∞ = {value('L_inf', '.4f')}\n"
                 f"log10 N_c = {value('log10_N_c', '.2f')}")
-    return f"L = (N_c/N)^α\nα = {value('alpha', '.3f')}\nlog10 N_c = {value('log10_N_c', '.2f')}"
+    return f"L = (N_c / N)^α\nα = {value('alpha', '.3f')}\nlog10 N_c = {value('log10_N_c', '.2f')}"
+
+
+def _plain_log_axis(axis) -> None:
+    """Log scale with plain decimal labels (a loss axis spans less than a decade)."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    axis.set_yscale("log")
+    axis.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    axis.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+    axis.tick_params(axis="y", which="minor", labelsize=7)
 
 
 def plot_scaling(
@@ -462,7 +472,7 @@ def plot_scaling(
                 ax_law.axhline(fit["L_inf"], color="crimson", lw=0.8, ls=":")
             ax_law.legend(fontsize=8, loc="upper right")
     ax_law.set_xscale("log")
-    ax_law.set_yscale("log")
+    _plain_log_axis(ax_law)
     ax_law.set_xlabel(f"parameters ({param_count.replace('_', '-')})")
     ax_law.set_ylabel("final validation loss")
     ax_law.set_title("validation loss against model size")
@@ -473,7 +483,7 @@ def plot_scaling(
             params_text = format_count(size["params"]) if size.get("params") else "?"
             ax_curves.plot(steps, losses, marker=".", color=colour_of[size["name"]],
                            label=f"{size['name']} ({params_text})")
-    ax_curves.set_yscale("log")
+    _plain_log_axis(ax_curves)
     ax_curves.set_xlabel("step")
     ax_curves.set_ylabel("validation loss")
     ax_curves.set_title("validation curves (same data, schedule, tokens)")
@@ -619,7 +629,7 @@ PER_RUN_KEYS = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir")
 # Settings that do not change what a size learns: they may differ when a sweep is resumed.
 NON_RESULT_KEYS = (
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "num_workers", "report_to", "run_name",
-    "save_steps", "save_total_limit", "push_to_hub", "hub_model_id", "hub_private", "record_sample_ids",
+    "log_steps", "save_steps", "save_total_limit", "push_to_hub", "hub_model_id", "hub_private", "record_sample_ids",
     "data_cache_dir", "num_plot_images", "compile", "gradient_checkpointing",
 )
 SETTINGS_FILE = "sweep_settings.json"
@@ -701,11 +711,20 @@ def validate_sweep_options(options: SweepOptions) -> list:
 
 
 def shared_settings(options: SweepOptions) -> dict[str, Any]:
-    """The settings every size shares and that change results (shapes and folders excluded)."""
-    from astropt_hf.training import parse_pretrain_args
+    """The settings every size shares and that change results (shapes and folders excluded). Model and
+    processor keys are recorded with their effective values, so that a changed library default is caught
+    as well as a changed flag."""
+    from astropt_hf.training import known_keys, parse_pretrain_args
 
-    flat = parse_pretrain_args(list(options.pretrain_argv)).to_flat_dict()
-    settings = {k: v for k, v in sorted(flat.items()) if k not in SIZE_KEYS + NON_RESULT_KEYS}
+    arguments = parse_pretrain_args(list(options.pretrain_argv))
+    settings = dict(arguments.to_flat_dict())
+    config, processor = arguments.model_config(), arguments.image_processor()
+    for key, group in known_keys().items():
+        if group == "model":
+            settings[key] = getattr(config, key)
+        elif group == "processor":
+            settings[key] = getattr(processor, key, settings.get(key))
+    settings = {k: v for k, v in sorted(settings.items()) if k not in SIZE_KEYS + NON_RESULT_KEYS}
     settings["preset_learning_rates"] = options.preset_learning_rates
     return _json_safe(settings)
 
