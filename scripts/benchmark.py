@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embed-batch", type=int, help="embedding batch (issue: 32; CPU default: 8)")
     parser.add_argument("--train-batch", type=int, help="train-step batch (default: 4)")
     parser.add_argument("--large-batch", type=int, help="batch of the GPU 89M bf16 train step (default: 16)")
-    parser.add_argument("--peak-tflops", type=float, help="accelerator bf16 dense peak for MFU (default H200: 989)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads for both sides (default: torch's)")
+    parser.add_argument("--peak-tflops", type=float, help="accelerator bf16 dense peak for MFU (default: from the GPU name, H100/H200 989, A100 312)")
     return parser.parse_args(argv)
 
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_batch": args.train_batch,
             "large_batch": args.large_batch,
             "peak_flops": args.peak_tflops * 1e12 if args.peak_tflops else None,
+            "threads": args.threads,
         }.items()
         if value is not None
     }

@@ -1,9 +1,9 @@
 """Peak memory of one train step, each measurement in a fresh process.
 
-What is measured: the peak during the process's first train step (forward, backward, grad clip, AdamW step,
-which creates the optimizer state) minus the memory in use just before it (weights, inputs, libraries).
-That is gradients + AdamW state + activations + temporaries, the part that checkpointing and the
-implementation change.
+What is measured: the peak during one train step (forward, backward, grad clip, AdamW step) minus the memory
+in use just before it (weights, AdamW state, inputs, libraries): activations + gradients + temporaries, the
+part that gradient checkpointing and the implementation change. The AdamW state is created beforehand by
+one optimizer step on zero gradients, so that its one-off allocation does not hide the activations.
 - CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`, minus `memory_allocated` before.
 - CPU: the kernel's resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs just before
   the step) minus VmRSS before it. The child runs with glibc's mmap threshold pinned at 64 KiB so that freed
@@ -46,6 +46,14 @@ def _reset_cpu_peak() -> bool:
         return False
 
 
+def create_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Allocate the optimizer's state (AdamW moments) with one step on zero gradients, then drop the gradients."""
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def measure_in_this_process(spec: dict) -> dict:
     """Peak memory of one train step for `spec` = {impl, shape, batch, precision, device}."""
     from .train_step import OurTrainer, UpstreamTrainer
@@ -68,6 +76,7 @@ def measure_in_this_process(spec: dict) -> dict:
     else:
         trainer = OurTrainer(shape, device, precision, checkpointing=impl == "ours_checkpointing")
         step = lambda: trainer.step(pixels)  # noqa: E731
+    create_optimizer_state(trainer.model, trainer.optimizer)
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -28,7 +28,8 @@ from .shapes import ModelShape
 from .train_step import measure_train_step
 
 MEASURES = ("preprocessing", "input_pipeline", "train", "embeddings", "completion", "memory", "train_large")
-H200_BF16_DENSE_PEAK = 989e12
+# dense bf16 tensor-core peaks (FLOP/s) from the vendors' spec sheets, matched against the device name
+GPU_BF16_DENSE_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
 @dataclass
@@ -45,7 +46,7 @@ class BenchmarkSettings:
     # where bf16 is emulated (CPUs without amx_bf16/avx512_bf16) its matmuls run ~50x slower than fp32,
     # so the bf16 comparison there uses this smaller shape to finish in minutes
     emulated_bf16_shape: ModelShape = field(default_factory=lambda: ModelShape.preset("astropt-005M", image_size=128))
-    emulated_bf16_batch: int = 2
+    emulated_bf16_batch: int = 1
     embed_batch: int = 32
     completion_batch: int = 1
     prompt_patches: int = 512
@@ -60,6 +61,7 @@ class BenchmarkSettings:
     large_shape: ModelShape = field(default_factory=lambda: ModelShape.preset("astropt-089M"))
     large_batch: int = 16
     peak_flops: float | None = None  # the accelerator's dense bf16 peak, for MFU against the spec sheet
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
     measures: tuple[str, ...] = MEASURES
 
     def to_dict(self) -> dict:
@@ -81,11 +83,11 @@ def settings_for(device: str = "cpu", quick: bool = False, **overrides) -> Bench
     elif device.startswith("cuda"):
         base = BenchmarkSettings(
             device=device, repeats=5, slow_repeats=5, warmup_batch=4, embed_batch=32, completion_batch=16,
-            preprocess_images=64, pipeline_images=256, pipeline_batch=32, peak_flops=H200_BF16_DENSE_PEAK,
+            preprocess_images=64, pipeline_images=256, pipeline_batch=32, memory_batch=8,
         )
-    else:  # a full run on a small CPU: issue shapes, ~10 minutes on 2 cores
+    else:  # a full run on a small CPU: issue shapes (embedding batch 8, not 32), ~10 minutes on 2 cores
         base = BenchmarkSettings(
-            device=device, repeats=3, slow_repeats=1, embed_batch=8,
+            device=device, repeats=5, slow_repeats=3, embed_batch=8,
             measures=tuple(m for m in MEASURES if m != "train_large"),
         )
     return dataclasses.replace(base, **overrides)
@@ -133,6 +135,9 @@ class _Runner:
         self.machine = describe_machine(self.device)
         self.default = default_precision(self.machine)
         self.bf16_emulated = self.device == "cpu" and not self.machine.cpu_has_fast_bf16
+        if settings.peak_flops is None and self.device != "cpu":
+            name = self.machine.device_name
+            self.settings.peak_flops = next((v for k, v in GPU_BF16_DENSE_PEAKS.items() if k in name), None)
         self.rows: list[Row] = []
         self.ceilings: dict[str, dict] = {}
         self.train_images_per_s: dict[str, float] = {}
@@ -327,9 +332,9 @@ class _Runner:
                 ours=ours,
                 upstream=upstream,
                 ratio=upstream / ours if ours > 0 else None,
-                note=(f"{what} during a fresh process's first train step minus the memory in use before it "
-                      f"(gradients, AdamW state, activations, temporaries); method: {method}; upstream has no "
-                      "checkpointing") if impl == "ours" else "",
+                note=(f"{what} during one train step in a fresh process minus the memory in use before it "
+                      f"(weights and AdamW state already allocated): activations, gradients and temporaries; "
+                      f"method: {method}; upstream has no checkpointing") if impl == "ours" else "",
                 details={"ours": by_impl[impl], "upstream": by_impl["upstream"]},
             ).judge())
 
@@ -368,6 +373,9 @@ class _Runner:
     def run(self) -> BenchmarkRun:
         start = time.perf_counter()
         torch.manual_seed(0)
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+            self.machine.torch_threads = torch.get_num_threads()
         self.log(f"machine: {self.machine.one_line()}")
         self.ceiling("fp32")
         if not self.bf16_emulated or "train" in self.settings.measures:
