@@ -379,3 +379,15 @@ def test_train_stream_resumes_at_the_same_batch(streaming, workers):
     assert states[resume_at - 1]["batches_in_epoch"] > 0  # a mid-epoch position
     resumed = stream(**states[resume_at - 1])
     assert [next(resumed)["ids"] for _ in range(14 - resume_at)] == reference[resume_at:]
+
+
+def test_missing_tracker_fails_before_training(tmp_path):
+    from accelerate.utils import is_wandb_available
+
+    if is_wandb_available():
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ConfigError, match="wandb"):
+        from astropt_hf.training import run_pretraining
+
+        run_pretraining({"output_dir": str(tmp_path / "x"), "report_to": "wandb"})
+    assert not (tmp_path / "x").exists()  # nothing was started

@@ -129,6 +129,15 @@ def _first_images(source, collator, count: int) -> dict | None:
     return None
 
 
+def _check_tracker_installed(report_to: str) -> None:
+    """Fail before any work if the chosen tracker's package is missing (Accelerate would skip it quietly)."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    needed = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    if report_to in needed and not needed[report_to]():
+        raise ConfigError(f"config key 'report_to': {report_to!r} is not installed (pip install {report_to})")
+
+
 def _reset_accelerate_state() -> None:
     """Forget this run's Accelerator settings so that another run can start in the same process
     (e.g. a scaling sweep) with a different precision or accumulation. The process group stays."""
@@ -157,6 +166,7 @@ def run_pretraining(args: PretrainArguments | dict) -> dict[str, Any]:
     validate_pretrain_args(args)
     if args.push_to_hub:
         check_push_possible(args.hub_model_id)
+    _check_tracker_installed(args.report_to)
     try:
         return _run(args)
     finally:
