@@ -100,7 +100,7 @@ def card_values(args, config, summary: dict[str, Any], repo_id: str) -> dict[str
         "first_val_loss": summary.get("first_val_loss"),
         "skipped_samples": summary.get("skipped_samples", 0),
         "num_processes": summary.get("num_processes", 1),
-        "mixed_precision": summary.get("mixed_precision", "no"),
+        "mixed_precision": {"no": "fp32"}.get(summary.get("mixed_precision", "no"), summary.get("mixed_precision")),
         "wall_time": _duration(summary.get("wall_seconds", 0.0)),
         "limitations": limitations,
     }
