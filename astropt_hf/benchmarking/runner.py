@@ -23,7 +23,7 @@ from .input_pipeline import measure_input_pipeline
 from .machine import MachineInfo, default_precision, describe_machine
 from .memory import measure_peak_memory
 from .preprocessing import measure_preprocessing
-from .report import Row, error_row
+from .report import Row, error_row, rows_as_dicts
 from .shapes import ModelShape
 from .train_step import measure_train_step
 
@@ -102,8 +102,6 @@ class BenchmarkRun:
     elapsed_s: float
 
     def payload(self) -> dict:
-        from .report import rows_as_dicts
-
         return {
             "machine": self.machine.to_dict(),
             "settings": self.settings.to_dict(),
