@@ -221,10 +221,10 @@ class _Runner:
             self.rows.append(row.judge(applicable=False, reason=reason))
         else:
             self.rows.append(row.judge())
-        if not emulated:
+        if not emulated:  # an emulated dtype has no meaningful ceiling to compare against
             self.train_images_per_s[precision] = batch / result["timing"].median_ours
             self.train_images_per_s[precision + "_upstream"] = batch / result["timing"].median_upstream
-        self._mfu_row(precision, result, shape, batch)
+            self._mfu_row(precision, result, shape, batch)
 
     def _mfu_row(self, precision: str, result: dict, shape: ModelShape, batch: int) -> None:
         """A placeholder row, filled in by `fill_mfu_rows` once the ceiling has been measured again at the end
