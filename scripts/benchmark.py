@@ -11,9 +11,20 @@ Needs upstream's model: pip install --no-deps astropt==2.0.9 loralib einops
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from astropt_hf.benchmarking import MEASURES, markdown_table, run_benchmark, settings_for, write_json
+# Idle OpenMP threads sleep instead of spinning (as scripts/pretrain.py): on a busy machine spinning threads
+# stall every parallel region, which distorts both sides. Set before torch loads; the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from astropt_hf.benchmarking import (  # noqa: E402
+    MEASURES,
+    markdown_table,
+    run_benchmark,
+    settings_for,
+    write_json,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,6 +24,7 @@ class MachineInfo:
     torch_version: str = torch.__version__
     torch_threads: int = 1
     python_version: str = platform.python_version()
+    omp_wait_policy: str = field(default_factory=lambda: os.environ.get("OMP_WAIT_POLICY", "default"))
 
     @property
     def cpu_has_fast_bf16(self) -> bool:
@@ -37,7 +38,7 @@ class MachineInfo:
         where = f"{self.device_name}; host " if self.device != "cpu" else ""
         return (
             f"{where}CPU {self.cpu_model} ({self.cpu_count} cores, {bf16}), torch {self.torch_version} "
-            f"({self.torch_threads} threads), Python {self.python_version}"
+            f"({self.torch_threads} threads, OMP_WAIT_POLICY {self.omp_wait_policy}), Python {self.python_version}"
         )
 
 
