@@ -2,7 +2,7 @@
 """Benchmark astropt_hf against upstream astroPT on the same work, and print a markdown table.
 
     python scripts/benchmark.py --quick                    # smoke test, tiny shapes, < 1 minute
-    python scripts/benchmark.py --threads 1 --output results.json   # full CPU run at the upstream 5M shape
+    python scripts/benchmark.py --output results.json      # full CPU run at the upstream 5M shape (~6-9 min)
     python scripts/benchmark.py --device cuda --output results_cuda.json   # GPU: issue shapes, 89M bf16 + MFU
 
 Needs upstream's model: pip install --no-deps astropt==2.0.9 loralib einops
