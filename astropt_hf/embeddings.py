@@ -4,7 +4,11 @@ Two entry points:
 
 * `compute_embeddings` returns an (N, D) array in memory (probes, baselines, small sets);
 * `extract_embeddings` writes a Parquet file with one row per galaxy (`id`, `row`, `embedding` and the
-  catalogue's scalar columns carried along), and can be run under `accelerate launch` on many devices.
+  catalogue's scalar columns carried along), and can be run under `accelerate launch` on many devices,
+  on map-style datasets or streams.
+
+Images are decoded and processed by the data layer (`astropt_hf.data.GalaxyCollator`); an image it
+cannot read is skipped and counted, never written.
 
 How resumability works. Each process writes its rows in chunks; a chunk becomes a small Parquet file
 in ``OUTPUT.parts/`` only once it is complete (written to a temporary name, then renamed), so a killed
@@ -38,13 +42,14 @@ METADATA_KEY = b"astropt_hf.embeddings"
 PARTS_SUFFIX = ".parts"
 
 __all__ = [
+    "EmbeddingCollator",
     "EmbeddingTable",
     "ExtractionSummary",
     "compute_embeddings",
     "embed_pixel_batch",
-    "pixel_batches",
     "extract_embeddings",
     "load_backbone",
+    "pixel_batches",
     "read_embeddings",
 ]
 

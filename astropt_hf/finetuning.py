@@ -3,10 +3,13 @@
 `AstroPTForImageClassification` (a linear head on the pooled embedding) is loaded from any astroPT
 checkpoint and trained in one of three modes:
 
-* ``frozen``: only the head learns (a linear probe trained by SGD on the same rows as the others);
+* ``frozen``: only the head learns (a linear probe, refined by the optimizer);
 * ``full``: every weight learns;
 * ``lora``: low-rank adapters on the attention and MLP projections plus the head (needs peft, an
   optional extra); the adapters are merged into the weights before saving.
+
+By default the head starts from the linear probe of the training rows' embeddings (``head_init="probe"``,
+"LP-FT"), then everything trainable in the mode is trained.
 
 A float column is a regression (``num_labels=1``, ``problem_type="regression"``); any other column is
 a classification. Regression targets are standardised for training (mean and std of the training
@@ -38,6 +41,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 MODES = ("frozen", "full", "lora")
+HEAD_INITS = ("probe", "random")
 TASKS = ("regression", "classification")
 DEFAULT_LEARNING_RATES = {"frozen": 3e-3, "full": 3e-4, "lora": 1e-3}
 LORA_TARGET_MODULES = ("qkv", "out_proj", "fc1", "fc2")
@@ -150,6 +154,7 @@ class FinetuneResult:
     train_seconds: float
     max_steps: int
     learning_rate: float
+    head_init: str = "probe"
     regression_target: dict[str, float] | None = None
     id2label: dict[int, str] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
@@ -226,6 +231,61 @@ def _compute_metrics_fn(task: str, regression: RegressionTarget | None, photo_z:
     return compute_metrics
 
 
+def _fit_linear_head(features: np.ndarray, labels: np.ndarray, task: str, num_labels: int):
+    """Weights (num_labels, D) and bias of a linear probe fitted on raw embeddings.
+
+    The probe is fitted on standardised features (as the probes in `astropt_hf.probing`: ridge with its
+    strength chosen by leave-one-out, or logistic regression) and the standardisation is folded into
+    the weights, so the head applies to the embeddings as they come out of the backbone.
+    """
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    from astropt_hf.probing import DEFAULT_ALPHAS
+
+    scaler = StandardScaler().fit(features)
+    scaled = scaler.transform(features)
+    if task == "regression":
+        probe = RidgeCV(alphas=np.asarray(DEFAULT_ALPHAS)).fit(scaled, labels)
+        weight, bias = probe.coef_.reshape(1, -1), np.atleast_1d(probe.intercept_)
+    else:
+        probe = LogisticRegression(max_iter=1000).fit(scaled, labels)
+        weight, bias = np.zeros((num_labels, features.shape[1])), np.zeros(num_labels)
+        if len(probe.classes_) == 2:  # one logit z: softmax over [0, z] gives the same probabilities
+            weight[probe.classes_[1]], bias[probe.classes_[1]] = probe.coef_[0], probe.intercept_[0]
+        else:
+            weight[probe.classes_], bias[probe.classes_] = probe.coef_, probe.intercept_
+    weight = weight / scaler.scale_
+    bias = bias - weight @ scaler.mean_
+    return torch.as_tensor(weight, dtype=torch.float32), torch.as_tensor(bias, dtype=torch.float32)
+
+
+def _init_head_from_probe(model, processor, dataset, image_column: str, target: str, task: str,
+                          regression: RegressionTarget | None, label2id: dict | None, batch_size: int) -> None:
+    """Set the classifier to the linear probe of the training rows' embeddings (LP-FT).
+
+    A randomly initialised head on a frozen backbone trains slowly: the pooled embeddings vary across
+    galaxies by far less than their offsets, so the useful weights are large. Starting from the probe
+    makes `frozen` mode at least as good as the probe and gives `full` and `lora` a head that does not
+    pull the backbone around while it is still wrong (Kumar et al. 2022, "Fine-tuning can distort
+    pretrained features").
+    """
+    from astropt_hf.embeddings import compute_embeddings
+
+    features = compute_embeddings(model.astropt, dataset, processor, batch_size=max(batch_size, 64),
+                                  image_column=image_column, progress=False)  # fmt: skip
+    readable = np.isfinite(features).all(axis=1)
+    values = [v for v, ok in zip(dataset[target], readable) if ok]
+    if task == "regression":
+        labels = regression.standardise(values)
+    else:
+        labels = np.asarray([label2id[_label_key(v)] for v in values])
+    weight, bias = _fit_linear_head(features[readable], labels, task, model.config.num_labels)
+    with torch.no_grad():
+        model.classifier.weight.copy_(weight)
+        model.classifier.bias.copy_(bias)
+
+
 def _bake_standardisation(model, regression: RegressionTarget) -> None:
     """Rescale the head so the model outputs the target in its own units: y = std * (W e + b) + mean."""
     head = model.classifier
@@ -268,6 +328,7 @@ def finetune(
     lora_r: int = 8,
     lora_alpha: int = 16,
     lora_dropout: float = 0.0,
+    head_init: str = "probe",
     image_column: str = "image",
     bf16: bool = False,
     dataloader_num_workers: int = 0,
@@ -282,6 +343,8 @@ def finetune(
         model_name_or_path: a pretrained astroPT folder or hub id (any head; the backbone is used).
         train_dataset, eval_dataset: map-style datasets with `image_column` and `target`.
         mode: "frozen", "full" or "lora" (see the module docstring).
+        head_init: "probe" starts the head from the linear probe (ridge / logistic regression) of the
+            training rows' embeddings, then trains (LP-FT); "random" starts it from the usual random init.
         task: "regression" or "classification"; default: inferred from the column type.
         learning_rate: default per mode (`DEFAULT_LEARNING_RATES`).
         eval_steps: evaluate every this many steps (default: 5 times per run).
@@ -297,6 +360,8 @@ def finetune(
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not valid; expected one of {list(MODES)}")
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init={head_init!r} is not valid; expected one of {list(HEAD_INITS)}")
     task = task or infer_target_task(train_dataset, target)
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not valid; expected one of {list(TASKS)}")
@@ -334,14 +399,15 @@ def finetune(
     model = AutoModelForImageClassification.from_pretrained(
         str(model_name_or_path), trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **model_kwargs
     )
+    label2id = {label: index for index, label in id2label.items()} if id2label else None
+    if head_init == "probe":
+        _init_head_from_probe(model, processor, train_dataset, image_column, target, task, regression, label2id,
+                              batch_size)  # fmt: skip
     model = _apply_mode(model, mode, lora_r, lora_alpha, lora_dropout)
     trainable, total = _count_parameters(model)
     logger.info("fine-tuning %s (%s, %s): %d of %d parameters trainable", target, task, mode, trainable, total)
 
-    collator = LabelCollator(
-        processor, image_column, target, regression,
-        {label: index for index, label in id2label.items()} if id2label else None,
-    )  # fmt: skip
+    collator = LabelCollator(processor, image_column, target, regression, label2id)
     arguments = _training_arguments(
         output_dir,
         max_steps=max_steps,
@@ -399,6 +465,7 @@ def finetune(
         train_seconds=train_seconds,
         max_steps=max_steps,
         learning_rate=learning_rate,
+        head_init=head_init,
         regression_target=asdict(regression) if regression is not None else None,
         id2label=id2label,
         log_history=list(trainer.state.log_history),
@@ -475,6 +542,7 @@ def render_finetuned_card(result: FinetuneResult, base_model: str, config, datas
         "base_model": base_model,
         "max_steps": result.max_steps,
         "learning_rate": f"{result.learning_rate:g}",
+        "head_init": "the linear probe of the training embeddings (LP-FT)" if result.head_init == "probe" else "random",
         "trainable_parameters": f"{result.num_trainable_parameters:,}",
         "num_parameters": f"{result.num_parameters:,}",
         "train_minutes": f"{result.train_seconds / 60:.1f}",

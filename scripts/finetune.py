@@ -27,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--task", choices=("regression", "classification"), default=None,
                         help="default: regression for float columns, classification otherwise")
     parser.add_argument("--mode", choices=("frozen", "full", "lora"), default="full")
+    parser.add_argument("--head_init", choices=("probe", "random"), default="probe",
+                        help="start the head from the linear probe of the training embeddings (LP-FT) or at random")
     add_dataset_arguments(parser, default_split=None)
     parser.add_argument("--train_split", default="train")
     parser.add_argument("--eval_split", default="test")
@@ -79,6 +81,7 @@ def main(argv=None) -> int:
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
+        head_init=args.head_init,
         image_column=train.image_column,
         bf16=args.bf16,
         dataloader_num_workers=args.num_workers,

@@ -132,3 +132,24 @@ def test_bad_target_and_mode_fail_clearly(tiny_model, splits, tmp_path):
         finetune(tiny_model, train.dataset, test.dataset, "colour", tmp_path / "x")
     with pytest.raises(ValueError, match="mode='partial'"):
         finetune(tiny_model, train.dataset, test.dataset, "redshift", tmp_path / "x", mode="partial")
+
+
+def test_probe_head_init_equals_the_ridge_probe_of_the_training_embeddings(tiny_model, splits, tmp_path):
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from astropt_hf.embeddings import compute_embeddings, load_backbone
+    from astropt_hf.probing import DEFAULT_ALPHAS
+
+    train, test = splits
+    # learning rate 0: the saved head is exactly the probe the fine-tuning started from
+    result = finetune(tiny_model, train.dataset, test.dataset, "g_r", tmp_path / "lp", mode="frozen", max_steps=1,
+                      batch_size=8, learning_rate=0.0, head_init="probe")  # fmt: skip
+    backbone, processor = load_backbone(tiny_model)
+    features = compute_embeddings(backbone, train.dataset, processor, progress=False)
+    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.asarray(DEFAULT_ALPHAS)))
+    ridge.fit(features, np.asarray(train.dataset["g_r"], dtype=np.float64))
+    expected = ridge.predict(compute_embeddings(backbone, test.dataset, processor, progress=False))
+    np.testing.assert_allclose(result.eval_predictions, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_reloaded_in_process(tmp_path / "lp", test.dataset)[:, 0], expected, rtol=1e-4, atol=1e-4)
