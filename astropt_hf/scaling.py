@@ -429,13 +429,20 @@ def _fit_label(fit: Mapping[str, Any]) -> str:
 
 
 def _plain_log_axis(axis) -> None:
-    """Log scale with plain decimal labels (a loss axis spans less than a decade)."""
-    from matplotlib.ticker import FormatStrFormatter
+    """Log y scale with four to eight plain decimal ticks: a loss axis often spans less than a decade,
+    where the default log ticks leave one or two labels. Call after plotting."""
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
     axis.set_yscale("log")
-    axis.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-    axis.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
-    axis.tick_params(axis="y", which="minor", labelsize=7)
+    low, high = axis.get_ylim()
+    candidates = (LogLocator(subs=(1, 2, 5)), LogLocator(subs=(1, 2, 3, 5, 7)), MaxNLocator(6))
+    for locator in candidates:
+        ticks = [t for t in locator.tick_values(low, high) if low <= t <= high and t > 0]
+        if 4 <= len(ticks) <= 8:
+            axis.yaxis.set_major_locator(FixedLocator(ticks))
+            axis.yaxis.set_major_formatter(FormatStrFormatter("%.4g"))
+            axis.yaxis.set_minor_formatter(NullFormatter())
+            return
 
 
 def plot_scaling(
@@ -504,7 +511,8 @@ def _probe_score(metrics: Mapping[str, Any]) -> tuple[str, float] | None:
     return None
 
 
-def plot_probe_scaling(sizes: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
+def plot_probe_scaling(sizes: Sequence[Mapping[str, Any]], path: str | Path,
+                       param_count: str = "non_embedding") -> Path | None:
     """Probe score against parameters, one panel per target, one line per feature set (astroPT,
     random init, pixel PCA). Reads each size's `probe` entry ({target: {feature_set: metrics}});
     returns None when no size has probes."""
@@ -537,7 +545,7 @@ def plot_probe_scaling(sizes: Sequence[Mapping[str, Any]], path: str | Path) -> 
                 ax.plot(xs, ys, label=feature_set, **styles.get(feature_set, dict(marker="o")))
         ax.set_xscale("log")
         ax.set_title(target)
-        ax.set_xlabel("parameters")
+        ax.set_xlabel(f"parameters ({param_count.replace('_', '-')})")
         ax.set_ylabel(metric_name or "score")
         ax.grid(True, alpha=0.25)
         ax.legend(fontsize=7)
@@ -609,7 +617,7 @@ def write_scaling_outputs(
     result = _json_safe(result)
     _write_atomic(output_dir / "scaling.json", json.dumps(result, indent=2) + "\n")
     plot_scaling(result["sizes"], result["fit"], curves, output_dir / "scaling.png", param_count)
-    plot_probe_scaling(result["sizes"], output_dir / "probe_scaling.png")
+    plot_probe_scaling(result["sizes"], output_dir / "probe_scaling.png", param_count)
     _write_atomic(output_dir / "scaling.md", scaling_markdown(result))
     return result
 
