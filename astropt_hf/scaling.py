@@ -858,11 +858,14 @@ def run_scaling_sweep(options: SweepOptions, log=print) -> dict[str, Any]:
     Returns the scaling.json content (on every process; probes only on the main one).
     """
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from astropt_hf.training import run_pretraining
 
     arguments = validate_sweep_options(options)
-    state = PartialState()
+    # As AcceleratorState does: `accelerate launch` on CPUs says so only through this variable, and
+    # PartialState would otherwise leave the processes unconnected.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     output_dir = Path(options.output_dir)
     settings = shared_settings(options)
     if state.is_main_process:

@@ -268,3 +268,31 @@ def test_sweep_refuses_changed_settings_and_size_keys(finished_sweep):
                          pretrain_argv=[*tiny_sweep_argv(cache), "--hidden_size", "64"])
     with pytest.raises(ValueError, match="--hidden_size"):
         validate_sweep_options(clash)
+
+
+@pytest.mark.slow
+def test_sweep_under_two_processes(tmp_path):
+    """`accelerate launch` with two CPU processes: both take part in every size, the main one alone logs and
+    writes; a rerun reuses the finished sizes (a decision broadcast from the main process)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "scaling_sweep.py"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29561",
+        str(script), "--sizes", "1x2x8,2x2x16", "--output_dir", str(tmp_path / "out"),
+        *tiny_sweep_argv(tmp_path / "cache", max_steps=4),
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    for expected in ("trained", "reused"):
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        size_lines = [line for line in run.stdout.splitlines() if line.startswith("[")]
+        assert len(size_lines) == 2 and all(expected in line for line in size_lines), run.stdout[-2000:]
+    summary = json.loads((tmp_path / "out" / "sizes" / "2x2x16" / "summary.json").read_text())
+    assert summary["num_processes"] == 2
+    stored = json.loads((tmp_path / "out" / "scaling.json").read_text())
+    assert [s["name"] for s in stored["sizes"]] == ["1x2x8", "2x2x16"]
