@@ -8,8 +8,9 @@ checkpoint and trained in one of three modes:
 * ``lora``: low-rank adapters on the attention and MLP projections plus the head (needs peft, an
   optional extra); the adapters are merged into the weights before saving.
 
-By default the head starts from the linear probe of the training rows' embeddings (``head_init="probe"``,
-"LP-FT"), then everything trainable in the mode is trained.
+In ``frozen`` mode the head starts from the linear probe of the training rows' embeddings
+(``head_init="probe"``), so it begins where a ridge probe ends; ``full`` and ``lora`` start from a random
+head. ``augment="dihedral"`` trains on randomly turned / mirrored images.
 
 A float column is a regression (``num_labels=1``, ``problem_type="regression"``); any other column is
 a classification. Regression targets are standardised for training (mean and std of the training
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 MODES = ("frozen", "full", "lora")
 HEAD_INITS = ("probe", "random")
+AUGMENTATIONS = ("none", "dihedral")
+ORIENTATION_TARGETS = frozenset({"position_angle", "pa", "theta", "orientation"})
 TASKS = ("regression", "classification")
 DEFAULT_LEARNING_RATES = {"frozen": 3e-3, "full": 3e-4, "lora": 1e-3}
 LORA_TARGET_MODULES = ("qkv", "out_proj", "fc1", "fc2")
@@ -51,6 +54,7 @@ __all__ = [
     "MODES",
     "FinetuneResult",
     "LabelCollator",
+    "random_dihedral",
     "RegressionTarget",
     "finetune",
     "infer_target_task",
@@ -100,7 +104,8 @@ class LabelCollator:
     """Rows -> {"pixel_values", "labels"}: images through the data layer's `GalaxyCollator`, labels encoded.
 
     Regression labels are standardised floats (B,); classification labels are class indices (B,). An
-    image the data layer cannot read is skipped together with its label.
+    image the data layer cannot read is skipped together with its label. `augment="dihedral"` turns
+    each image by a random multiple of 90 degrees and mirrors it half of the time (training only).
     """
 
     def __init__(
@@ -110,16 +115,22 @@ class LabelCollator:
         target: str,
         regression: RegressionTarget | None = None,
         label2id: dict[str, int] | None = None,
+        augment: str = "none",
     ):
         from astropt_hf.data import GalaxyCollator
 
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment={augment!r} is not valid; expected one of {list(AUGMENTATIONS)}")
         self.images = GalaxyCollator(processor, image_column=image_column, keep_columns=[target])
         self.target = target
         self.regression = regression
         self.label2id = label2id
+        self.augment = augment
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.images(rows)
+        if self.augment == "dihedral":
+            batch["pixel_values"] = random_dihedral(batch["pixel_values"])
         values = batch[self.target]
         values = values.tolist() if isinstance(values, torch.Tensor) else list(values)
         if self.regression is not None:
@@ -127,6 +138,21 @@ class LabelCollator:
         else:
             labels = torch.as_tensor([self.label2id[_label_key(v)] for v in values], dtype=torch.long)
         return {"pixel_values": batch["pixel_values"], "labels": labels}
+
+
+def random_dihedral(pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each (C, H, W) image of a batch turned by a random multiple of 90 degrees and mirrored half the time.
+
+    A galaxy seen in any of these 8 orientations is the same galaxy: redshift, magnitudes, colours,
+    size and axis ratio do not change (position angles do: do not augment for those).
+    """
+    turns = torch.randint(0, 4, (len(pixel_values),), generator=generator).tolist()
+    mirror = torch.randint(0, 2, (len(pixel_values),), generator=generator).tolist()
+    images = [
+        torch.rot90(image.flip(-1) if flip else image, k, dims=(-2, -1))
+        for image, k, flip in zip(pixel_values, turns, mirror)
+    ]
+    return torch.stack(images) if images else pixel_values
 
 
 def _label_key(value: Any) -> str:
@@ -155,6 +181,7 @@ class FinetuneResult:
     max_steps: int
     learning_rate: float
     head_init: str = "probe"
+    augment: str = "none"
     regression_target: dict[str, float] | None = None
     id2label: dict[int, str] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
@@ -294,6 +321,27 @@ def _bake_standardisation(model, regression: RegressionTarget) -> None:
         head.bias.mul_(regression.std).add_(regression.mean)
 
 
+def _trainer_class():
+    """`Trainer` whose training batches go through their own collator (e.g. one that augments)."""
+    from transformers import Trainer
+
+    class _FinetuneTrainer(Trainer):
+        def __init__(self, *args, train_collator=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.train_collator = train_collator
+
+        def get_train_dataloader(self):
+            if self.train_collator is None:
+                return super().get_train_dataloader()
+            evaluation_collator, self.data_collator = self.data_collator, self.train_collator
+            try:
+                return super().get_train_dataloader()
+            finally:
+                self.data_collator = evaluation_collator
+
+    return _FinetuneTrainer
+
+
 def _training_arguments(output_dir: Path, **kwargs):
     from transformers import TrainingArguments
 
@@ -328,7 +376,8 @@ def finetune(
     lora_r: int = 8,
     lora_alpha: int = 16,
     lora_dropout: float = 0.0,
-    head_init: str = "probe",
+    head_init: str | None = None,
+    augment: str = "none",
     image_column: str = "image",
     bf16: bool = False,
     dataloader_num_workers: int = 0,
@@ -344,7 +393,10 @@ def finetune(
         train_dataset, eval_dataset: map-style datasets with `image_column` and `target`.
         mode: "frozen", "full" or "lora" (see the module docstring).
         head_init: "probe" starts the head from the linear probe (ridge / logistic regression) of the
-            training rows' embeddings, then trains (LP-FT); "random" starts it from the usual random init.
+            training rows' embeddings (LP-FT); "random" from the usual random init. Default: "probe" for
+            `frozen` (the head then starts where a ridge probe ends), "random" for `full` and `lora`
+            (a probe head's large weights turn the first backbone updates into large output swings).
+        augment: "dihedral" trains on randomly turned and mirrored images (not for orientation targets).
         task: "regression" or "classification"; default: inferred from the column type.
         learning_rate: default per mode (`DEFAULT_LEARNING_RATES`).
         eval_steps: evaluate every this many steps (default: 5 times per run).
@@ -353,15 +405,20 @@ def finetune(
     Returns:
         `FinetuneResult` with the final evaluation metrics (also written to finetune_results.json).
     """
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, set_seed
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, set_seed
 
     import astropt_hf  # noqa: F401  (Auto classes for local folders)
     from astropt_hf.probing import is_redshift_like
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not valid; expected one of {list(MODES)}")
+    head_init = head_init or ("probe" if mode == "frozen" else "random")
     if head_init not in HEAD_INITS:
         raise ValueError(f"head_init={head_init!r} is not valid; expected one of {list(HEAD_INITS)}")
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment={augment!r} is not valid; expected one of {list(AUGMENTATIONS)}")
+    if augment != "none" and target.lower() in ORIENTATION_TARGETS:
+        raise ValueError(f"augment={augment!r} turns the images, which changes {target!r}; use augment='none'")
     task = task or infer_target_task(train_dataset, target)
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not valid; expected one of {list(TASKS)}")
@@ -408,6 +465,10 @@ def finetune(
     logger.info("fine-tuning %s (%s, %s): %d of %d parameters trainable", target, task, mode, trainable, total)
 
     collator = LabelCollator(processor, image_column, target, regression, label2id)
+    train_collator = (
+        LabelCollator(processor, image_column, target, regression, label2id, augment=augment)
+        if augment != "none" else None
+    )  # fmt: skip
     arguments = _training_arguments(
         output_dir,
         max_steps=max_steps,
@@ -423,12 +484,13 @@ def finetune(
         dataloader_num_workers=dataloader_num_workers,
         report_to=report_to,
     )
-    trainer = Trainer(
+    trainer = _trainer_class()(
         model=model,
         args=arguments,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
+        train_collator=train_collator,
         compute_metrics=_compute_metrics_fn(task, regression, photo_z and task == "regression"),
     )
     started = time.perf_counter()
@@ -466,6 +528,7 @@ def finetune(
         max_steps=max_steps,
         learning_rate=learning_rate,
         head_init=head_init,
+        augment=augment,
         regression_target=asdict(regression) if regression is not None else None,
         id2label=id2label,
         log_history=list(trainer.state.log_history),
@@ -542,7 +605,8 @@ def render_finetuned_card(result: FinetuneResult, base_model: str, config, datas
         "base_model": base_model,
         "max_steps": result.max_steps,
         "learning_rate": f"{result.learning_rate:g}",
-        "head_init": "the linear probe of the training embeddings (LP-FT)" if result.head_init == "probe" else "random",
+        "head_init": "the linear probe of the training embeddings" if result.head_init == "probe" else "random",
+        "augment": "random 90-degree turns and mirror images" if result.augment == "dihedral" else "none",
         "trainable_parameters": f"{result.num_trainable_parameters:,}",
         "num_parameters": f"{result.num_parameters:,}",
         "train_minutes": f"{result.train_seconds / 60:.1f}",

@@ -27,8 +27,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--task", choices=("regression", "classification"), default=None,
                         help="default: regression for float columns, classification otherwise")
     parser.add_argument("--mode", choices=("frozen", "full", "lora"), default="full")
-    parser.add_argument("--head_init", choices=("probe", "random"), default="probe",
-                        help="start the head from the linear probe of the training embeddings (LP-FT) or at random")
+    parser.add_argument("--head_init", choices=("probe", "random"), default=None,
+                        help="start the head from the linear probe of the training embeddings or at random "
+                        "(default: probe for --mode frozen, random otherwise)")
+    parser.add_argument("--augment", choices=("none", "dihedral"), default="none",
+                        help="dihedral: train on random 90-degree turns and mirror images (not for position angles)")
     add_dataset_arguments(parser, default_split=None)
     parser.add_argument("--train_split", default="train")
     parser.add_argument("--eval_split", default="test")
@@ -82,6 +85,7 @@ def main(argv=None) -> int:
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         head_init=args.head_init,
+        augment=args.augment,
         image_column=train.image_column,
         bf16=args.bf16,
         dataloader_num_workers=args.num_workers,

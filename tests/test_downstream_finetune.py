@@ -153,3 +153,18 @@ def test_probe_head_init_equals_the_ridge_probe_of_the_training_embeddings(tiny_
     expected = ridge.predict(compute_embeddings(backbone, test.dataset, processor, progress=False))
     np.testing.assert_allclose(result.eval_predictions, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(_reloaded_in_process(tmp_path / "lp", test.dataset)[:, 0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_dihedral_augmentation_gives_the_eight_orientations_and_refuses_position_angles(tiny_model, splits, tmp_path):
+    from astropt_hf.finetuning import random_dihedral
+
+    image = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
+    orientations = {
+        tuple(torch.rot90(image[0].flip(-1) if flip else image[0], k, dims=(-2, -1)).flatten().tolist())
+        for k in range(4) for flip in (False, True)
+    }  # fmt: skip
+    seen = {tuple(out.flatten().tolist()) for out in random_dihedral(image.repeat(200, 1, 1, 1), torch.Generator().manual_seed(0))}
+    assert seen == orientations and len(orientations) == 8
+    train, test = splits
+    with pytest.raises(ValueError, match="position_angle"):
+        finetune(tiny_model, train.dataset, test.dataset, "position_angle", tmp_path / "pa", augment="dihedral")
