@@ -3,6 +3,7 @@ bookkeeping, the sharded sampler, precision choice, model card and hub checks. F
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -290,11 +291,48 @@ def test_sharded_sampler_gives_disjoint_ranks_and_resumes_mid_epoch():
 
 def test_auto_precision_is_full_on_cpu_unless_the_launcher_asks(monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    expected = "no" if not torch.cuda.is_available() else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    assert resolve_mixed_precision("auto") == expected
+    on_gpu = torch.cuda.is_available()
+    expected = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "no"
+    assert resolve_mixed_precision("auto", cpu_flags=()) == expected
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    assert resolve_mixed_precision("auto") == "bf16"
+    assert resolve_mixed_precision("auto", cpu_flags=()) == "bf16"
     assert resolve_mixed_precision("no") == "no"
+
+
+def test_auto_precision_is_bf16_on_cpus_with_hardware_bf16(monkeypatch):
+    from astropt_hf.training.precision import cpu_bf16_flags, parse_cpu_flags
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    if not torch.cuda.is_available():
+        assert resolve_mixed_precision("auto", cpu_flags=("amx_bf16",)) == "bf16"
+        assert resolve_mixed_precision("auto") == ("bf16" if cpu_bf16_flags() else "no")
+    sapphire_rapids = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\n"
+    assert {"amx_bf16", "avx512_bf16"} <= parse_cpu_flags(sapphire_rapids)
+    assert "amx_bf16" not in parse_cpu_flags("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert parse_cpu_flags("") == set()
+
+
+def test_optimizer_is_fused_on_cpu_and_matches_the_unfused_step():
+    from astropt_hf.training import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+    twin = copy.deepcopy(model)
+    fused = build_optimizer(model, 1e-2)
+    assert fused.defaults["fused"] is True
+    assert [group["weight_decay"] for group in fused.param_groups] == [0.1, 0.0]
+    reference_groups = [
+        {"params": [twin[0].weight], "weight_decay": 0.1},
+        {"params": [twin[0].bias, *twin[1].parameters()], "weight_decay": 0.0},
+    ]
+    plain = torch.optim.AdamW(reference_groups, lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    for _ in range(3):
+        for net, optimizer in ((model, fused), (twin, plain)):
+            net(torch.ones(2, 8)).square().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for ours, reference in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_model_card_template_is_fully_filled():

@@ -9,9 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-# CPU flags that give bf16 matmuls in hardware; without them torch emulates bf16 and it is far slower
-# than fp32, so bf16 is only our CPU default where one of these is present.
-FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+from ..training.precision import FAST_BF16_CPU_FLAGS
 
 
 @dataclass
@@ -90,8 +88,8 @@ def describe_machine(device: str = "cpu") -> MachineInfo:
 
 
 def default_precision(machine: MachineInfo) -> str:
-    """Our default training/inference precision on this machine: bf16 autocast on GPUs and on CPUs with
-    hardware bf16, fp32 elsewhere (emulated bf16 matmuls are many times slower than fp32)."""
+    """Our default training precision on this machine, the rule of `resolve_mixed_precision("auto")`: bf16
+    autocast on GPUs and on CPUs with hardware bf16, fp32 elsewhere (emulated bf16 is far slower)."""
     if machine.device != "cpu" or machine.cpu_has_fast_bf16:
         return "bf16"
     return "fp32"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..modeling_astropt import AstroPTForPreTraining
+from ..training.optim import build_optimizer
 from .inputs import images_as_tensor, synthetic_images
 from .shapes import ModelShape, train_flops_per_token
 from .timing import autocast, interleaved
@@ -13,15 +14,9 @@ from .upstream_reference import build_upstream_gpt, upstream_adamw, upstream_tra
 GRAD_CLIP = 1.0
 
 
-def our_adamw(model: torch.nn.Module, device: str, learning_rate: float = 1e-3) -> torch.optim.Optimizer:
-    """AdamW as in pretraining (and as upstream): (0.9, 0.95), decay 0.1 on >= 2-D weights, fused on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    fused = {"fused": True} if device.startswith("cuda") else {}
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), **fused)
+def our_adamw(model: torch.nn.Module, learning_rate: float = 1e-3) -> torch.optim.Optimizer:
+    """The optimizer pretraining builds (`build_optimizer`): (0.9, 0.95), decay 0.1 on >= 2-D weights, fused."""
+    return build_optimizer(model, learning_rate, weight_decay=0.1, betas=(0.9, 0.95))
 
 
 def enable_checkpointing(model: AstroPTForPreTraining) -> None:
@@ -37,7 +32,7 @@ class OurTrainer:
         self.model = AstroPTForPreTraining(shape.config()).to(device).train()
         if checkpointing:
             enable_checkpointing(self.model)
-        self.optimizer = our_adamw(self.model, device)
+        self.optimizer = our_adamw(self.model)
         self.device, self.precision = device, precision
 
     def step(self, pixel_values: torch.Tensor) -> torch.Tensor:
