@@ -1,0 +1,209 @@
+"""Which input normalisation serves the science best: pretrain once per choice, probe each the same way.
+
+Upstream standardises every patch on its own (``per_patch``), which hides each patch's brightness and
+colour offsets from the model; the probes then have to recover magnitudes and colours from what is left.
+The study trains the same model on the same data with the same schedule under each normalisation and runs
+the downstream issue's linear probes (with their random-init and pixel-PCA baselines, which see the same
+normalised input) on held-out galaxies:
+
+* ``per_patch``: upstream; each patch vector standardised on its own;
+* ``per_image``: each image standardised as a whole (one mean and std per image);
+* ``asinh``: no standardisation, an asinh stretch of the fluxes instead (softening ``asinh_scale``, by
+  default 0.02 nanomaggies, about 3 sigma of the synthetic r-band sky noise).
+
+Finished variants are not retrained (their folders hold a completed ``summary.json``); a half-trained one
+resumes. Validation losses are *not* comparable across variants (each predicts differently scaled
+patches); the probes are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "VARIANTS",
+    "check_study_options",
+    "StudyOptions",
+    "parse_variants",
+    "run_normalisation_study",
+    "study_markdown",
+    "variant_arguments",
+]
+
+DEFAULT_ASINH_SCALE = 0.02
+
+#: command-line overrides of each normalisation variant
+VARIANTS: dict[str, list[str]] = {
+    "per_patch": ["--patch_norm", "per_patch", "--stretch", "none"],
+    "per_image": ["--patch_norm", "per_image", "--stretch", "none"],
+    "asinh": ["--patch_norm", "none", "--stretch", "asinh"],
+}
+VARIANT_KEYS = ("patch_norm", "stretch", "asinh_scale", "output_dir", "resume_from_checkpoint")
+RESULTS_FILE = "normalisations.json"
+
+
+@dataclass
+class StudyOptions:
+    """What the study trains and probes.
+
+    Attributes:
+        output_dir: variant `name` trains in `output_dir/<name>` and is probed in `output_dir/<name>/probes`.
+        variants: names from `VARIANTS`.
+        targets: catalogue columns to probe.
+        pretrain_argv: pretraining settings shared by every variant (`--config`, `--max_steps`, ...).
+        asinh_scale: softening of the asinh variant, in the images' flux units.
+        probe_split: the split the probes read (held out from pretraining).
+        probe_batch_size: batch size when embedding the probe galaxies.
+    """
+
+    output_dir: Path
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    targets: list[str] = field(default_factory=list)
+    pretrain_argv: list[str] = field(default_factory=list)
+    asinh_scale: float = DEFAULT_ASINH_SCALE
+    probe_split: str = "test"
+    probe_batch_size: int = 64
+
+
+def parse_variants(text: str | Sequence[str]) -> list[str]:
+    """'per_patch,asinh' -> ['per_patch', 'asinh'], refusing names that are not in `VARIANTS`."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        raise ValueError(f"--variants {unknown or names} not valid; expected a comma-separated subset of {list(VARIANTS)}")
+    return list(dict.fromkeys(names))
+
+
+def variant_arguments(options: StudyOptions, variant: str):
+    """The `PretrainArguments` of one variant: the shared settings plus its normalisation and folder."""
+    from astropt_hf.training import parse_pretrain_args
+
+    overrides = [*VARIANTS[variant], "--output_dir", str(Path(options.output_dir) / variant),
+                 "--resume_from_checkpoint", "latest"]
+    if variant == "asinh":
+        overrides += ["--asinh_scale", repr(options.asinh_scale)]
+    return parse_pretrain_args([*options.pretrain_argv, *overrides])
+
+
+def check_study_options(options: StudyOptions) -> list:
+    from astropt_hf.scaling import _flag_names
+
+    if not options.targets:
+        raise ValueError("no probe targets given; expected e.g. --targets redshift,mag_r")
+    clashes = sorted(_flag_names(options.pretrain_argv) & set(VARIANT_KEYS))
+    if clashes:
+        raise ValueError(f"the study sets {', '.join('--' + c for c in clashes)} itself per variant; remove them")
+    if not options.asinh_scale > 0:
+        raise ValueError(f"--asinh_scale {options.asinh_scale!r} is not valid; expected > 0")
+    arguments = [variant_arguments(options, v) for v in parse_variants(options.variants)]
+    if arguments[0].streaming:
+        raise ValueError("the probes need a map-style dataset; drop --streaming")
+    return arguments
+
+
+def _probe(variant_dir: Path, arguments, source, targets: Sequence[str], device: str, batch_size: int,
+           reuse: bool) -> dict[str, Any]:
+    from astropt_hf.probe_workflow import run_linear_probes
+
+    results_path = variant_dir / "probes" / "probe_results.json"
+    if reuse and results_path.is_file():
+        stored = json.loads(results_path.read_text()).get("targets", {})
+        if all(t in stored for t in targets):
+            return {t: stored[t] for t in targets}
+    result = run_linear_probes(
+        variant_dir, source.dataset, list(targets), variant_dir / "probes", batch_size=batch_size,
+        seed=arguments.seed, image_column=source.image_column, id_column=source.id_column, device=device,
+        progress=False,
+    )
+    return result.suite.results["targets"]
+
+
+def _score(metrics: dict[str, Any]) -> float | None:
+    for name in ("r2", "accuracy"):
+        if metrics.get(name) is not None:
+            return float(metrics[name])
+    return None
+
+
+def study_markdown(result: dict[str, Any]) -> str:
+    """One row per target: astroPT's score under each variant (best in bold), and each variant's baselines."""
+    variants = [v["name"] for v in result["variants"]]
+    targets = result["targets"]
+    header = "| target | " + " | ".join(f"astroPT `{v}`" for v in variants) + " | " + " | ".join(
+        f"random init `{v}`" for v in variants) + " | " + " | ".join(f"pixel PCA `{v}`" for v in variants) + " |"
+    lines = [header, "|---|" + "---:|" * (3 * len(variants))]
+    for target in targets:
+        cells = []
+        for feature in ("astropt", "random_init", "pixel_pca"):
+            scores = [_score(v["probe"][target].get(feature, {})) for v in result["variants"]]
+            best = max((s for s in scores if s is not None), default=None)
+            for score in scores:
+                text = "n/a" if score is None else f"{score:.3f}"
+                cells.append(f"**{text}**" if feature == "astropt" and score is not None and score == best else text)
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    wins = ", ".join(f"`{v['name']}` {v['wins_over_random_init']}/{len(targets)}" for v in result["variants"])
+    lines += ["", f"Targets where astroPT beats the random-init model under the same normalisation: {wins}.",
+              f"Best on the mean score: `{result['best']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def run_normalisation_study(options: StudyOptions, log=print) -> dict[str, Any]:
+    """Train and probe every variant; write normalisations.json / .md / .png; return the JSON content."""
+    from astropt_hf.plotting import plot_probe_bars
+    from astropt_hf.scaling import _write_atomic, completed_summary, load_probe_source
+    from astropt_hf.training import run_pretraining
+
+    arguments = check_study_options(options)
+    variants = parse_variants(options.variants)
+    output_dir = Path(options.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    source = load_probe_source(arguments[0], options.probe_split)
+    entries = []
+    for index, (variant, args) in enumerate(zip(variants, arguments), start=1):
+        variant_dir = output_dir / variant
+        summary = completed_summary(variant_dir, args.max_steps)
+        trained = summary is None
+        if trained:
+            summary = run_pretraining(args)
+            if summary.get("status") != "completed":
+                log(f"stopped during {variant} ({summary.get('status')}); run the same command to resume")
+                return {"variants": entries, "stopped": variant}
+        probe = _probe(variant_dir, args, source, options.targets, _device(),
+                       options.probe_batch_size, reuse=not trained)
+        wins = sum(
+            1 for t in options.targets
+            if (_score(probe[t].get("astropt", {})) or -1e9) > (_score(probe[t].get("random_init", {})) or 1e9)
+        )
+        entry = {"name": variant, "patch_norm": args.model["patch_norm"], "stretch": args.processor["stretch"],
+                 "asinh_scale": args.processor.get("asinh_scale") if variant == "asinh" else None,
+                 "final_val_loss": summary.get("final_val_loss"), "probe": probe, "wins_over_random_init": wins,
+                 "mean_score": sum(_score(probe[t].get("astropt", {})) or 0.0 for t in options.targets)
+                 / len(options.targets)}
+        entries.append(entry)
+        log(f"[{index}/{len(variants)}] {variant}: " + ", ".join(
+            f"{t} {_score(probe[t].get('astropt', {})):.3f}" for t in options.targets
+            if _score(probe[t].get("astropt", {})) is not None) + f" (beats random init on {wins}/{len(options.targets)})")
+    best = max(entries, key=lambda e: (e["wins_over_random_init"], e["mean_score"]))["name"]
+    result = {"targets": list(options.targets), "variants": entries, "best": best,
+              "probe_split": options.probe_split, "pretrain_argv": list(options.pretrain_argv)}
+    _write_atomic(output_dir / RESULTS_FILE, json.dumps(result, indent=2))
+    _write_atomic(output_dir / "normalisations.md", study_markdown(result))
+    bars = {"targets": {t: {f"astroPT {e['name']}": e["probe"][t].get("astropt", {}) for e in entries}
+                        for t in options.targets}}
+    for entry in entries:
+        for t in options.targets:
+            bars["targets"][t][f"random init {entry['name']}"] = entry["probe"][t].get("random_init", {})
+    plot_probe_bars(bars, output_dir / "normalisations.png", metric=("r2", "accuracy"),
+                    title="Linear probes by input normalisation (held-out galaxies)")
+    log(f"best: {best}; wrote {output_dir / RESULTS_FILE}, normalisations.md, normalisations.png")
+    return result
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
