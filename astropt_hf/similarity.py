@@ -8,8 +8,9 @@ where that starts to pay (the README records the numbers measured on the referen
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "benchmark_knn",
     "exact_cosine_knn",
     "find_neighbours",
+    "knn_crossover",
     "neighbour_images",
     "normalise_rows",
     "require_faiss",
@@ -175,6 +177,7 @@ def benchmark_knn(
     backends: Sequence[str] = BACKENDS,
     seed: int = 0,
     clusters: int = 256,
+    progress: bool = False,
 ) -> list[dict[str, float]]:
     """Time each backend on random clustered catalogues of each size.
 
@@ -185,6 +188,9 @@ def benchmark_knn(
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
     rows: list[dict[str, float]] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(sizes) * len(backends), desc="k-NN benchmark", unit="index", disable=not progress)
     for size in sizes:
         labels = rng.integers(0, clusters, size=size)
         catalogue = centres[labels] + 0.5 * rng.normal(size=(size, dim)).astype(np.float32)
@@ -212,7 +218,37 @@ def benchmark_knn(
                 }
             )
             del index
+            bar.set_postfix_str(f"{size:,} {backend}")
+            bar.update()
+    bar.close()
     return rows
+
+
+def knn_crossover(rows: Sequence[Mapping[str, Any]], backend: str = "faiss_hnsw", timing: str = "query_seconds") -> dict:
+    """Where `backend` starts to pay against exact search, from `benchmark_knn` rows.
+
+    Returns {"size": the smallest benchmarked catalogue from which on `backend` answers a query faster than
+    exact search (None if it never does), "break_even_queries": {size: queries after which its build time
+    is paid back (None where it is not faster)}}. `timing` is "query_seconds" (queries asked one at a time)
+    or "batched_query_seconds".
+    """
+    by_size: dict[int, dict[str, Mapping[str, Any]]] = {}
+    for row in rows:
+        by_size.setdefault(int(row["size"]), {})[row["backend"]] = row
+    faster, break_even = [], {}
+    for size in sorted(by_size):
+        pair = by_size[size]
+        if "exact" not in pair or backend not in pair:
+            continue
+        saved = pair["exact"][timing] - pair[backend][timing]
+        faster.append((size, saved > 0))
+        break_even[size] = math.ceil(pair[backend]["build_seconds"] / saved) if saved > 0 else None
+    crossover = None
+    for size, wins in reversed(faster):  # the smallest size from which on every larger one wins
+        if not wins:
+            break
+        crossover = size
+    return {"backend": backend, "timing": timing, "size": crossover, "break_even_queries": break_even}
 
 
 # --------------------------------------------------------------------------- search in an embeddings file

@@ -35,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     bench.add_argument("--benchmark_dim", type=int, default=128)
     bench.add_argument("--benchmark_queries", type=int, default=200)
     bench.add_argument("--benchmark_output", default=None, help="also write the rows as JSON here")
+    bench.add_argument("--benchmark_plot", default=None, help="also draw query and build times as this PNG")
     args = parser.parse_args(argv)
     if not args.benchmark:
         missing = [flag for flag, value in (("--embeddings", args.embeddings), ("--output", args.output)) if not value]
@@ -46,18 +47,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_benchmark(args) -> int:
-    from astropt_hf.similarity import benchmark_knn
+    from astropt_hf.similarity import benchmark_knn, knn_crossover
 
     sizes = [int(size) for size in args.benchmark_sizes.split(",")]
-    rows = benchmark_knn(sizes=sizes, dim=args.benchmark_dim, num_queries=args.benchmark_queries)
+    rows = benchmark_knn(sizes=sizes, dim=args.benchmark_dim, num_queries=args.benchmark_queries, progress=True)
     print("| catalogue | backend | build s | one query ms | batched ms/query | recall@10 |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['size']:,} | {row['backend']} | {row['build_seconds']:.3f} | {1e3 * row['query_seconds']:.3f} "
               f"| {1e3 * row['batched_query_seconds']:.4f} | {row['recall_at_10']:.3f} |")
+    crossover = knn_crossover(rows)
+    if crossover["size"] is None:
+        print("faiss_hnsw answered single queries no faster than exact search at any size measured")
+    else:
+        paid_back = ", ".join(f"{size:,}: {n:,}" for size, n in crossover["break_even_queries"].items() if n is not None)
+        print(f"faiss_hnsw answers single queries faster than exact search from {crossover['size']:,} embeddings on; "
+              f"its build time is paid back after this many queries (catalogue size: queries): {paid_back}")
     if args.benchmark_output:
         with open(args.benchmark_output, "w") as handle:
-            json.dump(rows, handle, indent=2)
+            json.dump({"rows": rows, "crossover": crossover}, handle, indent=2)
+    if args.benchmark_plot:
+        from astropt_hf.plotting import plot_knn_benchmark
+
+        print(f"wrote {plot_knn_benchmark(rows, args.benchmark_plot, crossover['size'])}")
     return 0
 
 

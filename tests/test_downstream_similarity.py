@@ -1,5 +1,7 @@
 """Cosine nearest-neighbour search: exact search against brute force, faiss backends, edge cases."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -69,6 +71,37 @@ def test_benchmark_reports_every_backend_with_full_recall_for_exact():
     assert [row["backend"] for row in rows] == ["exact", "faiss_flat", "faiss_hnsw"]
     assert rows[0]["recall_at_5"] == 1.0 and rows[1]["recall_at_5"] == 1.0
     assert all(row["query_seconds"] > 0 and row["build_seconds"] >= 0 for row in rows)
+
+
+def test_crossover_is_the_size_from_which_hnsw_stays_faster():
+    from astropt_hf.similarity import knn_crossover
+
+    def rows(size, exact, hnsw, build):
+        return [{"size": size, "backend": "exact", "query_seconds": exact, "build_seconds": 0.0},
+                {"size": size, "backend": "faiss_hnsw", "query_seconds": hnsw, "build_seconds": build}]
+
+    measured = [*rows(1000, 1e-4, 2e-4, 0.1), *rows(10_000, 5e-4, 1e-4, 1.0), *rows(100_000, 5e-3, 2e-4, 12.0)]
+    found = knn_crossover(measured)
+    assert found["size"] == 10_000
+    assert found["break_even_queries"] == {1000: None, 10_000: 2500, 100_000: 2500}
+    # a win below a loss is not a crossover: faster must hold for every larger catalogue
+    assert knn_crossover([*rows(1000, 3e-4, 1e-4, 0.1), *rows(10_000, 1e-4, 2e-4, 1.0)])["size"] is None
+
+
+def test_cli_benchmark_writes_rows_crossover_and_plot(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    from downstream_helpers import load_script
+
+    script = load_script("similarity_search")
+    out, png = tmp_path / "knn.json", tmp_path / "knn.png"
+    assert script.main(["--benchmark", "--benchmark_sizes", "200,400", "--benchmark_dim", "8", "--benchmark_queries", "5",
+                        "--benchmark_output", str(out), "--benchmark_plot", str(png)]) == 0  # fmt: skip
+    stored = json.loads(out.read_text())
+    assert [(r["size"], r["backend"]) for r in stored["rows"]] == [
+        (size, backend) for size in (200, 400) for backend in ("exact", "faiss_flat", "faiss_hnsw")]
+    assert set(stored["crossover"]["break_even_queries"]) == {"200", "400"}
+    assert "| 400 | faiss_hnsw |" in capsys.readouterr().out
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_finds_the_query_first_and_draws_its_neighbours(tmp_path, capsys):

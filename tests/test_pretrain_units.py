@@ -50,17 +50,17 @@ SIZE_PRESETS = sorted(ASTROPT_PRESETS)
 def test_command_line_overrides_any_key_with_typed_values():
     args = parse_pretrain_args(
         ["--hidden_size", "64", "--learning_rate", "3e-4", "--betas", "0.8", "0.99", "--compile",
-         "--embedding_layer", "1", "--stretch", "asinh", "--min_lr", "null", "--max_steps", "1e3"]
+         "--embedding_layer", "1", "--stretch", "none", "--min_lr", "null", "--max_steps", "1e3"]
     )
     assert args.model["hidden_size"] == 64
     assert args.learning_rate == pytest.approx(3e-4)
     assert args.betas == [0.8, 0.99]
     assert args.compile is True
     assert args.model["embedding_layer"] == 1  # an int block index, not the string "1"
-    assert args.processor == {"stretch": "asinh"}
+    assert args.processor == {"stretch": "none", "asinh_scale": 0.02}  # the demo softening stays
     assert args.min_lr is None and args.resolved_min_lr() == pytest.approx(3e-5)
     assert args.max_steps == 1000
-    assert args.image_processor().stretch == "asinh"
+    assert args.image_processor().stretch == "none"
 
 
 @pytest.mark.parametrize(

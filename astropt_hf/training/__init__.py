@@ -6,6 +6,7 @@ Entry points: `parse_pretrain_args(argv)` / `build_pretrain_args(dict)` -> `Pret
 
 from .arguments import (
     DEMO_MODEL,
+    DEMO_PROCESSOR,
     ConfigError,
     PretrainArguments,
     build_pretrain_args,
@@ -21,6 +22,7 @@ from .schedule import build_scheduler, learning_rate_at
 
 __all__ = [
     "DEMO_MODEL",
+    "DEMO_PROCESSOR",
     "ConfigError",
     "PretrainArguments",
     "build_optimizer",
