@@ -156,7 +156,7 @@ def study_markdown(result: dict[str, Any]) -> str:
 
 def run_normalisation_study(options: StudyOptions, log=print) -> dict[str, Any]:
     """Train and probe every variant; write normalisations.json / .md / .png; return the JSON content."""
-    from astropt_hf.plotting import plot_probe_bars
+    from astropt_hf.plotting import plot_normalisation_study
     from astropt_hf.scaling import _write_atomic, completed_summary, load_probe_source
     from astropt_hf.training import run_pretraining
 
@@ -195,13 +195,7 @@ def run_normalisation_study(options: StudyOptions, log=print) -> dict[str, Any]:
               "probe_split": options.probe_split, "pretrain_argv": list(options.pretrain_argv)}
     _write_atomic(output_dir / RESULTS_FILE, json.dumps(result, indent=2))
     _write_atomic(output_dir / "normalisations.md", study_markdown(result))
-    bars = {"targets": {t: {f"astroPT {e['name']}": e["probe"][t].get("astropt", {}) for e in entries}
-                        for t in options.targets}}
-    for entry in entries:
-        for t in options.targets:
-            bars["targets"][t][f"random init {entry['name']}"] = entry["probe"][t].get("random_init", {})
-    plot_probe_bars(bars, output_dir / "normalisations.png", metric=("r2", "accuracy"),
-                    title="Linear probes by input normalisation (held-out galaxies)")
+    plot_normalisation_study(entries, options.targets, output_dir / "normalisations.png")
     log(f"best: {best}; wrote {output_dir / RESULTS_FILE}, normalisations.md, normalisations.png")
     return result
 

@@ -24,6 +24,7 @@ __all__ = [
     "plot_knn_benchmark",
     "plot_loss_curves",
     "plot_neighbours",
+    "plot_normalisation_study",
     "plot_pred_vs_true",
     "plot_pred_vs_true_grid",
     "plot_probe_bars",
@@ -113,6 +114,38 @@ def plot_probe_bars(
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(title or "Linear probes")
+    return _save(fig, path)
+
+
+def plot_normalisation_study(variants: Sequence[Mapping[str, Any]], targets: Sequence[str], path: str | Path,
+                             metric: str = "r2") -> Path:
+    """Grouped bars of astroPT's probe score per target, one bar per normalisation variant, with the
+    random-init model (black bar) and pixel PCA (grey cross) under the same normalisation marked on each.
+
+    Args:
+        variants: [{"name": ..., "probe": {TARGET: {"astropt": {metric: v}, "random_init": ..., "pixel_pca": ...}}}]
+            (the "variants" of normalisations.json).
+    """
+    fig = Figure(figsize=(max(6.0, 1.4 * len(targets) * max(1, len(variants)) / 2 + 2), 4.2))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(variants))
+    positions = np.arange(len(targets))
+    for index, variant in enumerate(variants):
+        x = positions + (index - (len(variants) - 1) / 2) * width
+        scores = {name: [variant["probe"][t].get(name, {}).get(metric, np.nan) for t in targets]
+                  for name in ("astropt", "random_init", "pixel_pca")}
+        bars = ax.bar(x, scores["astropt"], width * 0.92, label=f"astroPT, {variant['name']}", color=f"C{index}")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+        ax.plot(x, scores["random_init"], linestyle="none", marker="_", markersize=14 * width / 0.2, color="black",
+                markeredgewidth=2, label="random init (same input)" if index == 0 else None)
+        ax.plot(x, scores["pixel_pca"], linestyle="none", marker="x", markersize=5, color="0.45",
+                label="pixel PCA (same input)" if index == 0 else None)
+    ax.set_xticks(positions, list(targets))
+    ax.set_ylabel(_METRIC_LABELS.get(metric, metric) + " (linear probe, held-out galaxies)")
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.08)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.legend(fontsize=7, frameon=False, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    ax.set_title("Input normalisation: astroPT probes (bars) against baselines on the same input (markers)")
     return _save(fig, path)
 
 
@@ -502,7 +535,8 @@ def plot_neighbours(
 
 def plot_knn_benchmark(rows: Sequence[Mapping[str, Any]], path: str | Path, crossover: int | None = None) -> Path:
     """Two log-log panels from `benchmark_knn` rows: time per query (asked alone: solid; in a batch: dashed)
-    and index build time against catalogue size, one colour per backend; `crossover` is marked if given."""
+    and index build time against catalogue size, one colour per backend; `crossover` (the catalogue size from
+    which the graph index answers batched queries faster) is marked if given."""
     fig = Figure(figsize=(10.0, 4.0))
     query_ax, build_ax = fig.subplots(1, 2)
     backends = list(dict.fromkeys(row["backend"] for row in rows))
@@ -518,7 +552,7 @@ def plot_knn_benchmark(rows: Sequence[Mapping[str, Any]], path: str | Path, cros
     if crossover is not None:
         for ax in (query_ax, build_ax):
             ax.axvline(crossover, color="grey", linestyle=":", linewidth=1)
-        query_ax.annotate(f"HNSW faster from {crossover:,}", (crossover, query_ax.get_ylim()[1]), fontsize=8,
+        query_ax.annotate(f"HNSW faster in batches from {crossover:,}", (crossover, query_ax.get_ylim()[1]), fontsize=8,
                           ha="left", va="top", xytext=(4, -4), textcoords="offset points")
     for ax, label in ((query_ax, "ms per query"), (build_ax, "index build time (s)")):
         ax.set_xscale("log")

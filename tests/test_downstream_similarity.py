@@ -99,7 +99,8 @@ def test_cli_benchmark_writes_rows_crossover_and_plot(tmp_path, capsys):
     stored = json.loads(out.read_text())
     assert [(r["size"], r["backend"]) for r in stored["rows"]] == [
         (size, backend) for size in (200, 400) for backend in ("exact", "faiss_flat", "faiss_hnsw")]
-    assert set(stored["crossover"]["break_even_queries"]) == {"200", "400"}
+    assert set(stored["crossover"]) == {"query", "batched_query"}
+    assert set(stored["crossover"]["batched_query"]["break_even_queries"]) == {"200", "400"}
     assert "| 400 | faiss_hnsw |" in capsys.readouterr().out
     assert png.read_bytes()[:4] == b"\x89PNG"
 
