@@ -32,8 +32,8 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW over `parameter_groups`, fused (one kernel for all parameters) where this torch offers it.
 
-    Fused matters on CPUs as much as on GPUs: the for-each AdamW step of the 5M model took 360 ms on the
-    development CPU, the fused one 11 ms, a quarter of the whole train step.
+    Fused helps on CPUs too: the AdamW step of the 5M model took 22 ms for-each and 4.6 ms fused on the
+    quiet development CPU (360 ms against 11 ms while other jobs loaded it).
     """
     groups = parameter_groups(model, weight_decay)
     options = dict(lr=learning_rate, betas=tuple(betas), eps=eps)
