@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -429,3 +431,26 @@ def test_missing_tracker_fails_before_training(tmp_path):
 
         run_pretraining({"output_dir": str(tmp_path / "x"), "report_to": "wandb"})
     assert not (tmp_path / "x").exists()  # nothing was started
+
+
+def test_asinh_on_8bit_images_is_warned_about(tmp_path, caplog):
+    from PIL import Image
+
+    from astropt_hf import AstroPTImageProcessor
+    from astropt_hf.data import load_galaxy_dataset
+    from astropt_hf.training.loop import _warn_if_stretching_display_images
+
+    pngs, fluxes = tmp_path / "pngs", tmp_path / "fluxes"
+    pngs.mkdir(), fluxes.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(pngs / f"g{i}.png")
+        np.save(fluxes / f"g{i}.npy", np.full((3, 8, 8), 0.01 * i, np.float32))
+    asinh = AstroPTImageProcessor(image_size=8, stretch="asinh", asinh_scale=0.02)
+    plain = AstroPTImageProcessor(image_size=8, stretch="none")
+    with caplog.at_level(logging.WARNING, logger="astropt_hf.training.loop"):
+        _warn_if_stretching_display_images(load_galaxy_dataset(str(pngs), split="all"), asinh)
+        assert "8-bit images" in caplog.text and "--stretch none" in caplog.text and "0.02" in caplog.text
+        caplog.clear()
+        _warn_if_stretching_display_images(load_galaxy_dataset(str(pngs), split="all"), plain)
+        _warn_if_stretching_display_images(load_galaxy_dataset(str(fluxes), split="all"), asinh)
+        assert caplog.text == ""

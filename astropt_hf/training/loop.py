@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from ..data import GalaxyCollator
+from ..data import GalaxyCollator, decode_image
 from ..modeling_astropt import AstroPTForPreTraining
 from ..plotting import plot_loss_curves
 from .arguments import ConfigError, PretrainArguments, build_pretrain_args, validate_pretrain_args
@@ -129,6 +130,23 @@ def _first_images(source, collator, count: int) -> dict | None:
     return None
 
 
+def _warn_if_stretching_display_images(source, processor) -> None:
+    """Warn when an asinh stretch meant for fluxes (the demo's default) meets 8-bit images, which PNG/JPEG
+    cutouts are and which are usually stretched for display already. Looks at the first item only."""
+    if processor.stretch != "asinh" or count_items(source) in (None, 0):
+        return
+    try:
+        image = decode_image(source.dataset[0][source.image_column], source=f"{source.origin} item 0")
+    except (ValueError, OSError):
+        return  # an undecodable first item is skipped and counted by the collator, as any other
+    if image.dtype == np.uint8:
+        logger.warning(
+            "%s holds 8-bit images (e.g. PNG/JPEG), usually already stretched for display, and this run applies "
+            "asinh(x / %g) on top (the demo's setting for fluxes); for display images pass --stretch none",
+            source.origin, processor.asinh_scale,
+        )
+
+
 def _check_tracker_installed(report_to: str) -> None:
     """Fail before any work if the chosen tracker's package is missing (Accelerate would skip it quietly)."""
     from accelerate.utils import is_tensorboard_available, is_wandb_available
@@ -207,6 +225,8 @@ def _run(args: PretrainArguments) -> dict[str, Any]:
     # --- data ---------------------------------------------------------------------------------------
     train_source, val_source = load_pretraining_sources(args, accelerator)
     collator = GalaxyCollator(processor, train_source.image_column, train_source.id_column)
+    if accelerator.is_main_process:
+        _warn_if_stretching_display_images(val_source, processor)
     val_collator = GalaxyCollator(processor, val_source.image_column, val_source.id_column)
     eval_batch_size = args.resolved_eval_batch_size()
     num_train = count_items(train_source)
