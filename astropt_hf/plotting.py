@@ -374,6 +374,7 @@ def galaxy_rgb(
     rgb_bands: Sequence[int] | None = None,
     softening: float = 10.0,
     percentiles: tuple[float, float] = (1.0, 99.5),
+    black_point: str = "sky",
 ) -> np.ndarray:
     """Colour picture of a multi-band cutout: (C, H, W) -> (H, W, 3) floats in [0, 1].
 
@@ -381,11 +382,15 @@ def galaxy_rgb(
     G = band 1 (r), B = band 0 (g); 1 band (or a 2-D image) -> grey; 2 bands -> R = band 1,
     B = band 0, G = their mean. Other band counts need `rgb_bands` = (R, G, B) indices.
 
-    Stretch: one linear scaling for all bands (so colours keep their ratios): the low
-    percentile of all pixels maps to 0 and the high percentile of the per-pixel brightest
-    band maps to 1; then y = asinh(softening * x) / asinh(softening), clipped to [0, 1].
-    The asinh keeps faint outskirts visible next to a bright core. NaNs become black.
+    Stretch: one linear scaling for all bands (so colours keep their ratios): the black point maps
+    to 0 and the high percentile of the per-pixel brightest band maps to 1; then
+    y = asinh(softening * x) / asinh(softening), clipped to [0, 1]. The asinh keeps faint outskirts
+    visible next to a bright core. NaNs become black. `black_point="sky"` (default) is the median of
+    the stamp's border pixels, so blank sky is dark and its noise does not fill the picture;
+    `"percentile"` uses the low percentile of all pixels instead.
     """
+    if black_point not in ("sky", "percentile"):
+        raise ValueError(f"galaxy_rgb: black_point={black_point!r} is not valid; expected 'sky' or 'percentile'")
     array = _to_numpy(image).astype(np.float64)
     if array.ndim == 2:
         array = array[None]
@@ -411,6 +416,13 @@ def galaxy_rgb(
     if np.all(np.isnan(rgb)):
         return np.zeros(rgb.shape[1:] + (3,))
     low = np.nanpercentile(rgb, percentiles[0])
+    if black_point == "sky":
+        width = max(1, min(rgb.shape[1:]) // 16)
+        border = np.ones(rgb.shape[1:], dtype=bool)
+        border[width:-width, width:-width] = False
+        sky = rgb[:, border]
+        if np.isfinite(sky).any():
+            low = max(low, float(np.nanmedian(sky)))
     # The brightest band per pixel sets the white point, so a source bright in one band only
     # (a small red blob) is not pushed off the top of the scale.
     brightest = np.nanmax(rgb, axis=0)

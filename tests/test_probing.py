@@ -302,6 +302,18 @@ def test_galaxy_rgb_maps_z_to_red_and_stays_in_range():
     assert rgb.min() >= 0.0 and rgb.max() <= 1.0 and rgb.max() > 0.9
 
 
+def test_galaxy_rgb_puts_blank_sky_at_black():
+    size = 32
+    noisy = galaxy(size=size, seed=2) + 0.05 * np.random.default_rng(3).normal(size=(3, size, size)) + 7.0
+    ring = np.ones((size, size), bool)
+    ring[4:-4, 4:-4] = False
+    sky_level = galaxy_rgb(noisy)[ring].mean()
+    assert sky_level < 0.15 < galaxy_rgb(noisy, black_point="percentile")[ring].mean()
+    assert galaxy_rgb(noisy)[size // 2, size // 2].max() > 0.9
+    with pytest.raises(ValueError, match="black_point"):
+        galaxy_rgb(noisy, black_point="zero")
+
+
 def test_galaxy_rgb_single_band_is_grey_and_rejects_unknown_band_counts():
     rgb = galaxy_rgb(galaxy()[1:2])
     np.testing.assert_array_equal(rgb[..., 0], rgb[..., 1])
