@@ -365,7 +365,7 @@ def finetune(
     output_dir: str | os.PathLike,
     mode: str = "full",
     task: str | None = None,
-    max_steps: int = 500,
+    max_steps: int = 1500,
     learning_rate: float | None = None,
     batch_size: int = 32,
     weight_decay: float = 0.01,
