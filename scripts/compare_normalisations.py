@@ -8,7 +8,8 @@ each on held-out galaxies (with the random-init and pixel-PCA baselines under th
         --targets mag_r --variants per_patch,asinh --asinh_scale 0.05 --max_steps 2000
 
 Variants: per_patch (upstream), per_image, asinh (no standardisation; asinh stretch with softening
---asinh_scale, in the images' flux units). Every other `--key value` is a pretraining setting shared by all
+--asinh_scale, in the images' flux units), per_image_asinh (the stretch, then per-image standardisation:
+the demo's default). Every other `--key value` is a pretraining setting shared by all
 variants (default: the demo, scripts/configs/demo.yaml). Writes OUTPUT_DIR/normalisations.json, .md
 (the table) and .png (bar chart); each variant trains in OUTPUT_DIR/<variant>. Run it again to resume.
 """
