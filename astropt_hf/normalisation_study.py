@@ -45,7 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "asinh": ["--patch_norm", "none", "--stretch", "asinh"],
     "per_image_asinh": ["--patch_norm", "per_image", "--stretch", "asinh"],
 }
-VARIANT_KEYS = ("patch_norm", "stretch", "asinh_scale", "output_dir", "resume_from_checkpoint")
+VARIANT_KEYS = ("patch_norm", "stretch", "asinh_scale", "output_dir", "resume_from_checkpoint", "overwrite_output_dir")
 RESULTS_FILE = "normalisations.json"
 
 
@@ -93,11 +93,11 @@ def variant_arguments(options: StudyOptions, variant: str):
 
 
 def check_study_options(options: StudyOptions) -> list:
-    from astropt_hf.scaling import _flag_names
+    from astropt_hf.scaling import flag_names
 
     if not options.targets:
         raise ValueError("no probe targets given; expected e.g. --targets redshift,mag_r")
-    clashes = sorted(_flag_names(options.pretrain_argv) & set(VARIANT_KEYS))
+    clashes = sorted(flag_names(options.pretrain_argv) & set(VARIANT_KEYS))
     if clashes:
         raise ValueError(f"the study sets {', '.join('--' + c for c in clashes)} itself per variant; remove them")
     if not options.asinh_scale > 0:
@@ -157,7 +157,7 @@ def study_markdown(result: dict[str, Any]) -> str:
 def run_normalisation_study(options: StudyOptions, log=print) -> dict[str, Any]:
     """Train and probe every variant; write normalisations.json / .md / .png; return the JSON content."""
     from astropt_hf.plotting import plot_normalisation_study
-    from astropt_hf.scaling import _write_atomic, completed_summary, load_probe_source
+    from astropt_hf.scaling import completed_summary, load_probe_source, write_text_atomic
     from astropt_hf.training import run_pretraining
 
     arguments = check_study_options(options)
@@ -193,8 +193,8 @@ def run_normalisation_study(options: StudyOptions, log=print) -> dict[str, Any]:
     best = max(entries, key=lambda e: (e["wins_over_random_init"], e["mean_score"]))["name"]
     result = {"targets": list(options.targets), "variants": entries, "best": best,
               "probe_split": options.probe_split, "pretrain_argv": list(options.pretrain_argv)}
-    _write_atomic(output_dir / RESULTS_FILE, json.dumps(result, indent=2))
-    _write_atomic(output_dir / "normalisations.md", study_markdown(result))
+    write_text_atomic(output_dir / RESULTS_FILE, json.dumps(result, indent=2))
+    write_text_atomic(output_dir / "normalisations.md", study_markdown(result))
     plot_normalisation_study(entries, options.targets, output_dir / "normalisations.png")
     log(f"best: {best}; wrote {output_dir / RESULTS_FILE}, normalisations.md, normalisations.png")
     return result

@@ -48,6 +48,7 @@ __all__ = [
     "completed_summary",
     "count_parameters",
     "fit_saturating_power_law",
+    "flag_names",
     "format_count",
     "parse_size",
     "parse_sizes",
@@ -60,6 +61,7 @@ __all__ = [
     "size_output_dir",
     "validate_sweep_options",
     "write_scaling_outputs",
+    "write_text_atomic",
 ]
 
 
@@ -629,14 +631,14 @@ def write_scaling_outputs(
     fit = fit_saturating_power_law([s["params"] for s in done], [s["final_val_loss"] for s in done])
     result = {"sizes": [dict(size) for size in sizes], "fit": {**fit.to_dict(), "param_count": param_count}}
     result = _json_safe(result)
-    _write_atomic(output_dir / "scaling.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(output_dir / "scaling.json", json.dumps(result, indent=2) + "\n")
     plot_scaling(result["sizes"], result["fit"], curves, output_dir / "scaling.png", param_count)
     plot_probe_scaling(result["sizes"], output_dir / "probe_scaling.png", param_count)
-    _write_atomic(output_dir / "scaling.md", scaling_markdown(result))
+    write_text_atomic(output_dir / "scaling.md", scaling_markdown(result))
     return result
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so a reader never sees half a file."""
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text)
@@ -688,7 +690,8 @@ def size_output_dir(output_dir: str | Path, size: SizeSpec) -> Path:
     return Path(output_dir) / "sizes" / size.name
 
 
-def _flag_names(argv: Sequence[str]) -> set[str]:
+def flag_names(argv: Sequence[str]) -> set[str]:
+    """The `--key` names given in an argv list (`--key value` and `--key=value`)."""
     return {item[2:].split("=", 1)[0] for item in argv if item.startswith("--")}
 
 
@@ -719,7 +722,7 @@ def validate_sweep_options(options: SweepOptions) -> list:
         raise ValueError("no sizes given; expected e.g. --sizes 1x2x32,2x4x64")
     if options.param_count not in PARAM_COUNTS:
         raise ValueError(f"--param_count {options.param_count!r} is not valid; expected one of {list(PARAM_COUNTS)}")
-    clashes = sorted(_flag_names(options.pretrain_argv) & set(SIZE_KEYS + PER_RUN_KEYS))
+    clashes = sorted(flag_names(options.pretrain_argv) & set(SIZE_KEYS + PER_RUN_KEYS))
     if clashes:
         raise ValueError(
             f"the sweep sets {', '.join('--' + c for c in clashes)} itself (per size: shape from --sizes, "
@@ -773,7 +776,7 @@ def record_sweep_settings(output_dir: Path, settings: dict[str, Any]) -> None:
     path = Path(output_dir) / SETTINGS_FILE
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, json.dumps(settings, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
 
 
 def completed_summary(size_dir: Path, max_steps: int) -> dict[str, Any] | None:
