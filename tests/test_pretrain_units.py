@@ -344,6 +344,10 @@ def test_model_card_template_is_fully_filled():
     card = render_card(card_values(args, args.model_config(), summary, "me/astropt-demo"))
     assert "{{" not in card and "me/astropt-demo" in card and "12,345" in card and "1 min 15 s" in card
     assert card.startswith("---\n") and "library_name: transformers" in card
+    assert "| asinh(x / 0.02), then per-image standardisation |" in card
+    upstream_like = parse_pretrain_args(["--stretch", "none", "--patch_norm", "per_patch"])
+    assert "| none, then per-patch standardisation |" in render_card(
+        card_values(upstream_like, upstream_like.model_config(), summary, "me/x"))
     with pytest.raises(KeyError, match="missing_value"):
         render_card({}, template="{{missing_value}}")
 

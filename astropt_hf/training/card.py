@@ -86,6 +86,11 @@ def card_values(args, config, summary: dict[str, Any], repo_id: str) -> dict[str
         "patch_order": config.patch_order,
         "patch_norm": config.patch_norm.replace("_", "-"),
         "patch_embedding": config.patch_embedding,
+        "input_stretch": (
+            f"asinh(x / {args.image_processor().asinh_scale:g}), then {config.patch_norm.replace('_', '-')} standardisation"
+            if args.image_processor().stretch == "asinh"
+            else f"none, then {config.patch_norm.replace('_', '-')} standardisation"
+        ),
         "loss": "Huber" if config.loss == "huber" else "MSE",
         "dataset": dataset,
         "steps": summary.get("steps", 0),
