@@ -526,7 +526,7 @@ def plot_neighbours(
     ]
     ncols = max(1, min(max_columns, len(panels)))
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(1.8 * ncols, 2.0 * nrows))
+    fig = Figure(figsize=(1.8 * ncols, 2.4 * nrows))  # room for two-line captions between rows
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()

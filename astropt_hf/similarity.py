@@ -269,12 +269,17 @@ class Neighbours:
 
 
 def find_neighbours(
-    table, k: int, query_index: int | None = None, query_id: str | None = None, backend: str = "exact"
+    table, k: int, query_index: int | None = None, query_id: str | None = None, backend: str = "exact",
+    centre: bool = True,
 ) -> Neighbours:
     """The `k` galaxies of an `EmbeddingTable` most similar to one of its rows (given by position or id).
 
     The query itself is always returned first (similarity 1), even if the catalogue holds an exact
-    duplicate of it, and is never counted among the `k`.
+    duplicate of it, and is never counted among the `k`. With `centre` (default) the similarity is the
+    cosine of the embeddings minus the catalogue's mean embedding: pooled transformer embeddings share
+    a large common direction, so raw cosines crowd towards 1 (on the demo's test galaxies, against one
+    galaxy: median 0.93, 10th percentile 0.80); centred, they spread over [-1, 1] (median -0.17) and rank
+    by what distinguishes the galaxies.
     """
     if (query_index is None) == (query_id is None):
         raise ValueError("give exactly one of query_index or query_id")
@@ -286,7 +291,10 @@ def find_neighbours(
     if not -len(table) <= query_index < len(table):
         raise IndexError(f"query_index {query_index} is out of range for {len(table)} rows")
     query_index %= len(table)
-    index = CosineIndex.build(table.embeddings, backend)
+    vectors = np.asarray(table.embeddings, dtype=np.float32)
+    if centre:
+        vectors = vectors - np.nanmean(vectors, axis=0, keepdims=True)
+    index = CosineIndex.build(vectors, backend)
     found, scores = index.search(index.vectors[query_index], k + 1)
     others = [(int(p), float(s)) for p, s in zip(found[0], scores[0]) if p != query_index][:k]
     positions = np.array([query_index] + [p for p, _ in others], dtype=np.int64)

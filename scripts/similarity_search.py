@@ -28,6 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=8, help="neighbours to find (besides the query)")
     parser.add_argument("--output", help="PNG to write")
     parser.add_argument("--backend", choices=("exact", "faiss_flat", "faiss_hnsw"), default="exact")
+    parser.add_argument("--no_centre", action="store_true",
+                        help="cosine of the raw embeddings (default: of the embeddings minus the catalogue mean)")
     add_dataset_arguments(parser, default_split=None, default_dataset=None)
     bench = parser.add_argument_group("benchmark")
     bench.add_argument("--benchmark", action="store_true", help="time the backends instead of searching")
@@ -91,7 +93,8 @@ def main(argv=None) -> int:
         spec["split"] = args.split
     if not spec:
         sys.exit(f"similarity_search.py: {args.embeddings} records no dataset; pass --dataset (and --split)")
-    result = find_neighbours(table, args.k, query_index=args.query_index, query_id=args.query_id, backend=args.backend)
+    result = find_neighbours(table, args.k, query_index=args.query_index, query_id=args.query_id, backend=args.backend,
+                             centre=not args.no_centre)
     for rank, (row_id, score) in enumerate(zip(result.ids, result.scores)):
         print(f"{rank:3d}  {score:.4f}  {row_id}" + ("  (query)" if rank == 0 else ""))
     path = neighbour_images(result, spec, args.output)

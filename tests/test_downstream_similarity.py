@@ -73,6 +73,26 @@ def test_benchmark_reports_every_backend_with_full_recall_for_exact():
     assert all(row["query_seconds"] > 0 and row["build_seconds"] >= 0 for row in rows)
 
 
+def test_neighbours_are_ranked_on_centred_embeddings_by_default():
+    from astropt_hf.embeddings import EmbeddingTable
+    from astropt_hf.similarity import find_neighbours
+
+    rng = np.random.default_rng(0)
+    # a large direction shared by every row (as pooled transformer embeddings have) plus small distinct parts
+    distinct = rng.normal(size=(50, 16)).astype(np.float32)
+    distinct[1] = distinct[0] + 0.05 * rng.normal(size=16).astype(np.float32)  # row 1 is row 0's twin
+    embeddings = 100.0 + distinct
+    table = EmbeddingTable(ids=np.array([f"g{i}" for i in range(50)]), embeddings=embeddings,
+                           columns={"row": np.arange(50)}, metadata={})
+    centred = find_neighbours(table, 5, query_index=0)
+    centred_vectors = embeddings - embeddings.mean(axis=0)
+    expected = _brute_force(centred_vectors, centred_vectors[:1], 6)[0][0]
+    assert centred.ids[1] == "g1" and list(centred.positions) == list(expected)
+    assert centred.scores[1] > 0.9 and centred.scores[-1] < 0.7  # centred cosines spread out
+    raw = find_neighbours(table, 5, query_index=0, centre=False)
+    assert raw.scores[1:].min() > 0.99  # raw cosines all near 1
+
+
 def test_crossover_is_the_size_from_which_hnsw_stays_faster():
     from astropt_hf.similarity import knn_crossover
 
