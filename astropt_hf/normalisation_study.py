@@ -108,28 +108,12 @@ def check_study_options(options: StudyOptions) -> list:
     return arguments
 
 
-def _probe(variant_dir: Path, arguments, source, targets: Sequence[str], device: str, batch_size: int,
-           reuse: bool) -> dict[str, Any]:
-    from astropt_hf.probe_workflow import run_linear_probes
-
-    results_path = variant_dir / "probes" / "probe_results.json"
-    if reuse and results_path.is_file():
-        stored = json.loads(results_path.read_text()).get("targets", {})
-        if all(t in stored for t in targets):
-            return {t: stored[t] for t in targets}
-    result = run_linear_probes(
-        variant_dir, source.dataset, list(targets), variant_dir / "probes", batch_size=batch_size,
-        seed=arguments.seed, image_column=source.image_column, id_column=source.id_column, device=device,
-        progress=False,
-    )
-    return result.suite.results["targets"]
-
-
 def _score(metrics: dict[str, Any]) -> float | None:
-    for name in ("r2", "accuracy"):
-        if metrics.get(name) is not None:
-            return float(metrics[name])
-    return None
+    """The headline score of one feature set's metrics (R², else accuracy), None if it has none."""
+    from astropt_hf.scaling import probe_score
+
+    found = probe_score(metrics)
+    return found[1] if found is not None else None
 
 
 def study_markdown(result: dict[str, Any]) -> str:
@@ -157,6 +141,7 @@ def study_markdown(result: dict[str, Any]) -> str:
 def run_normalisation_study(options: StudyOptions, log=print) -> dict[str, Any]:
     """Train and probe every variant; write normalisations.json / .md / .png; return the JSON content."""
     from astropt_hf.plotting import plot_normalisation_study
+    from astropt_hf.probe_workflow import probe_trained_run
     from astropt_hf.scaling import completed_summary, load_probe_source, write_text_atomic
     from astropt_hf.training import run_pretraining
 
@@ -175,8 +160,8 @@ def run_normalisation_study(options: StudyOptions, log=print) -> dict[str, Any]:
             if summary.get("status") != "completed":
                 log(f"stopped during {variant} ({summary.get('status')}); run the same command to resume")
                 return {"variants": entries, "stopped": variant}
-        probe = _probe(variant_dir, args, source, options.targets, _device(),
-                       options.probe_batch_size, reuse=not trained)
+        probe = probe_trained_run(variant_dir, source, options.targets, batch_size=options.probe_batch_size,
+                                  seed=args.seed, device=_device(), reuse=not trained)
         wins = sum(
             1 for t in options.targets
             if (_score(probe[t].get("astropt", {})) or -1e9) > (_score(probe[t].get("random_init", {})) or 1e9)

@@ -15,6 +15,7 @@ predicted-vs-true hexbins (`astropt_hf.plotting`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -31,7 +32,14 @@ logger = logging.getLogger(__name__)
 
 FEATURE_SETS = ("astropt", "random_init", "pixel_pca")
 
-__all__ = ["FEATURE_SETS", "ProbeWorkflowResult", "collect_pixels", "random_init_like", "run_linear_probes"]
+__all__ = [
+    "FEATURE_SETS",
+    "ProbeWorkflowResult",
+    "collect_pixels",
+    "probe_trained_run",
+    "random_init_like",
+    "run_linear_probes",
+]
 
 
 @dataclass
@@ -198,3 +206,24 @@ def run_linear_probes(
         except ValueError:  # only classification targets: nothing to hexbin
             pass
     return ProbeWorkflowResult(suite=suite, json_path=json_path, bar_chart=bar_chart, hexbin_paths=hexbins)
+
+
+def probe_trained_run(run_dir: str | os.PathLike, source, targets: Sequence[str], batch_size: int = 64,
+                      seed: int = 0, device: str | None = None, reuse: bool = True) -> dict[str, Any]:
+    """Linear probes of the model a pretraining run saved in `run_dir`, written to `run_dir/probes`.
+
+    `source` is a `GalaxySource` with the target columns. Returns {target: {feature_set: metrics}}. With
+    `reuse`, an earlier probe_results.json there that covers every target is read back instead (sweeps
+    pass False for runs they have just trained, whose old probes describe other weights).
+    """
+    probe_dir = Path(run_dir) / "probes"
+    results_path = probe_dir / "probe_results.json"
+    if reuse and results_path.is_file():
+        stored = json.loads(results_path.read_text()).get("targets", {})
+        if all(target in stored for target in targets):
+            return {target: stored[target] for target in targets}
+    result = run_linear_probes(
+        run_dir, source.dataset, list(targets), probe_dir, batch_size=batch_size, seed=seed,
+        image_column=source.image_column, id_column=source.id_column, device=device, progress=False,
+    )  # fmt: skip
+    return result.suite.results["targets"]

@@ -54,6 +54,7 @@ __all__ = [
     "parse_sizes",
     "plot_probe_scaling",
     "plot_scaling",
+    "probe_score",
     "read_validation_curve",
     "run_scaling_sweep",
     "scaling_markdown",
@@ -520,7 +521,8 @@ def plot_scaling(
     return path
 
 
-def _probe_score(metrics: Mapping[str, Any]) -> tuple[str, float] | None:
+def probe_score(metrics: Mapping[str, Any]) -> tuple[str, float] | None:
+    """(metric name, value) of one feature set's headline probe score: R², else accuracy, else F1."""
     for name in PROBE_SCORE_METRICS:
         if metrics.get(name) is not None:
             return name, float(metrics[name])
@@ -552,7 +554,7 @@ def plot_probe_scaling(sizes: Sequence[Mapping[str, Any]], path: str | Path,
         for feature_set in feature_sets:
             xs, ys = [], []
             for size in probed:
-                score = _probe_score(size["probe"].get(target, {}).get(feature_set, {}))
+                score = probe_score(size["probe"].get(target, {}).get(feature_set, {}))
                 if score is not None:
                     metric_name = score[0]
                     xs.append(size["params"])
@@ -608,7 +610,7 @@ def scaling_markdown(result: Mapping[str, Any]) -> str:
         for size in probed:
             cells = []
             for target in targets:
-                scores = {fs: _probe_score(m) for fs, m in size["probe"].get(target, {}).items()}
+                scores = {fs: probe_score(m) for fs, m in size["probe"].get(target, {}).items()}
                 main = scores.get("astropt")
                 baselines = ", ".join(f"{s[1]:.3f}" for fs, s in scores.items() if fs != "astropt" and s)
                 cell = f"{main[0]} {main[1]:.3f}" if main else "n/a"
@@ -831,20 +833,10 @@ def probe_size(options: SweepOptions, arguments, size: SizeSpec, source, device:
                reuse: bool = True) -> dict[str, Any]:
     """Linear probes of one trained size; returns {target: {feature_set: metrics}}. With `reuse`, earlier
     results covering every target are read back instead (the sweep passes False for sizes it just trained)."""
-    from astropt_hf.probe_workflow import run_linear_probes
+    from astropt_hf.probe_workflow import probe_trained_run
 
-    probe_dir = size_output_dir(options.output_dir, size) / "probes"
-    results_path = probe_dir / "probe_results.json"
-    if reuse and results_path.is_file():
-        stored = json.loads(results_path.read_text()).get("targets", {})
-        if all(target in stored for target in options.probe_targets):
-            return {target: stored[target] for target in options.probe_targets}
-    result = run_linear_probes(
-        arguments.output_dir, source.dataset, options.probe_targets, probe_dir,
-        batch_size=options.probe_batch_size, seed=arguments.seed,
-        image_column=source.image_column, id_column=source.id_column, device=device, progress=False,
-    )
-    return result.suite.results["targets"]
+    return probe_trained_run(size_output_dir(options.output_dir, size), source, options.probe_targets,
+                             batch_size=options.probe_batch_size, seed=arguments.seed, device=device, reuse=reuse)
 
 
 def load_probe_source(arguments, split: str):
@@ -923,7 +915,7 @@ def run_scaling_sweep(options: SweepOptions, log=print) -> dict[str, Any]:
         device = str(state.device)
         for entry, size, size_args in zip(entries, options.sizes, arguments):
             entry["probe"] = probe_size(options, size_args, size, source, device, reuse=size.name not in trained)
-            scores = {t: _probe_score(m.get("astropt", {})) for t, m in entry["probe"].items()}
+            scores = {t: probe_score(m.get("astropt", {})) for t, m in entry["probe"].items()}
             log(f"probes {size.name}: " + ", ".join(
                 f"{t} {s[0]}={s[1]:.3f}" for t, s in scores.items() if s is not None))
     result = write_scaling_outputs(entries, curves, output_dir, options.param_count)
