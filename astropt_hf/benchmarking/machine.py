@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..training.precision import FAST_BF16_CPU_FLAGS
+from ..training.precision import cpu_bf16_flags
 
 
 @dataclass
@@ -67,13 +67,13 @@ def _cpuinfo_fields() -> dict[str, str]:
                 fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return {"Model name": fields.get("model name", ""), "Flags": fields.get("flags", "")}
+    return {"Model name": fields.get("model name", "")}
 
 
 def describe_machine(device: str = "cpu") -> MachineInfo:
-    """CPU model, core count and bf16 flags (from lscpu), torch version and the accelerator's name."""
+    """CPU model and core count (from lscpu), the bf16 flags `mixed_precision: auto` decides on, torch
+    version and the accelerator's name."""
     fields = _lscpu_fields() or _cpuinfo_fields()
-    flags = set(fields.get("Flags", "").split())
     device_name = "cpu"
     if device.startswith("cuda") and torch.cuda.is_available():
         device_name = torch.cuda.get_device_name(torch.device(device))
@@ -82,7 +82,7 @@ def describe_machine(device: str = "cpu") -> MachineInfo:
         device_name=device_name,
         cpu_model=fields.get("Model name") or platform.processor() or "unknown",
         cpu_count=os.cpu_count() or 1,
-        cpu_flags_bf16=[flag for flag in FAST_BF16_CPU_FLAGS if flag in flags],
+        cpu_flags_bf16=list(cpu_bf16_flags()),
         torch_threads=torch.get_num_threads(),
     )
 

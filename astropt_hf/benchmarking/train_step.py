@@ -14,11 +14,6 @@ from .upstream_reference import build_upstream_gpt, upstream_adamw, upstream_tra
 GRAD_CLIP = 1.0
 
 
-def our_adamw(model: torch.nn.Module, learning_rate: float = 1e-3) -> torch.optim.Optimizer:
-    """The optimizer pretraining builds (`build_optimizer`): (0.9, 0.95), decay 0.1 on >= 2-D weights, fused."""
-    return build_optimizer(model, learning_rate, weight_decay=0.1, betas=(0.9, 0.95))
-
-
 def enable_checkpointing(model: AstroPTForPreTraining) -> None:
     """Activation (gradient) checkpointing, under whichever name this transformers version uses."""
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -32,7 +27,8 @@ class OurTrainer:
         self.model = AstroPTForPreTraining(shape.config()).to(device).train()
         if checkpointing:
             enable_checkpointing(self.model)
-        self.optimizer = our_adamw(self.model)
+        # the optimizer pretraining builds: (0.9, 0.95), decay 0.1 on >= 2-D weights, fused
+        self.optimizer = build_optimizer(self.model, learning_rate=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
         self.device, self.precision = device, precision
 
     def step(self, pixel_values: torch.Tensor) -> torch.Tensor:

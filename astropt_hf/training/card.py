@@ -72,6 +72,9 @@ def card_values(args, config, summary: dict[str, Any], repo_id: str) -> dict[str
         else "Representations reflect the training survey's depth, bands, seeing and selection; check them on "
         "your own data (e.g. with linear probes) before relying on them."
     )
+    patch_norm = config.patch_norm.replace("_", "-")
+    processor = args.image_processor()
+    stretch = f"asinh(x / {processor.asinh_scale:g})" if processor.stretch == "asinh" else "none"
     return {
         "model_name": Path(repo_id).name or "astroPT",
         "repo_id": repo_id,
@@ -84,13 +87,9 @@ def card_values(args, config, summary: dict[str, Any], repo_id: str) -> dict[str
         "patch_size": config.patch_size,
         "num_patches": config.num_patches,
         "patch_order": config.patch_order,
-        "patch_norm": config.patch_norm.replace("_", "-"),
+        "patch_norm": patch_norm,
         "patch_embedding": config.patch_embedding,
-        "input_stretch": (
-            f"asinh(x / {args.image_processor().asinh_scale:g}), then {config.patch_norm.replace('_', '-')} standardisation"
-            if args.image_processor().stretch == "asinh"
-            else f"none, then {config.patch_norm.replace('_', '-')} standardisation"
-        ),
+        "input_stretch": f"{stretch}, then {patch_norm} standardisation",
         "loss": "Huber" if config.loss == "huber" else "MSE",
         "dataset": dataset,
         "steps": summary.get("steps", 0),
