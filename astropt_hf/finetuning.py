@@ -293,9 +293,9 @@ def _init_head_from_probe(model, processor, dataset, image_column: str, target: 
 
     A randomly initialised head on a frozen backbone trains slowly: the pooled embeddings vary across
     galaxies by far less than their offsets, so the useful weights are large. Starting from the probe
-    makes `frozen` mode at least as good as the probe and gives `full` and `lora` a head that does not
-    pull the backbone around while it is still wrong (Kumar et al. 2022, "Fine-tuning can distort
-    pretrained features").
+    makes `frozen` mode at least as good as the probe (the default there). For `full` and `lora` it is
+    the LP-FT option (Kumar et al. 2022, "Fine-tuning can distort pretrained features"), not the default:
+    on the demo galaxies the probe head's large weights made the first backbone updates swing the output.
     """
     from astropt_hf.embeddings import compute_embeddings
 

@@ -185,11 +185,11 @@ def benchmark_knn(
     `num_queries` come in one batch, and recall@k against exact search. Vectors are Gaussian blobs around `clusters` random
     centres, which is closer to real embeddings than uniform noise (where any index struggles).
     """
+    from tqdm.auto import tqdm
+
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
     rows: list[dict[str, float]] = []
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(sizes) * len(backends), desc="k-NN benchmark", unit="index", disable=not progress)
     for size in sizes:
         labels = rng.integers(0, clusters, size=size)
