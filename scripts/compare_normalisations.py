@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep (see scripts/pretrain.py)
 
-from astropt_hf.normalisation_study import (  # noqa: E402
+from astropt_hf.studies.normalisation_study import (  # noqa: E402
     DEFAULT_ASINH_SCALE,
     VARIANTS,
     StudyOptions,

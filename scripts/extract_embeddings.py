@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from astropt_hf.dataset_args import add_dataset_arguments, dataset_spec, open_dataset
+from astropt_hf.data.arguments import add_dataset_arguments, dataset_spec, open_dataset
 
 
 def layer_choice(value: str):
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from accelerate import Accelerator
 
-    from astropt_hf.embeddings import extract_embeddings, load_backbone
+    from astropt_hf.downstream.embeddings import extract_embeddings, load_backbone
 
     accelerator = Accelerator()
     model, processor = load_backbone(args.model, accelerator.device, trust_remote_code=not args.no_trust_remote_code)

@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 
-from astropt_hf.dataset_args import add_dataset_arguments, dataset_spec, open_dataset
+from astropt_hf.data.arguments import add_dataset_arguments, dataset_spec, open_dataset
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from transformers import AutoConfig
 
-    from astropt_hf.finetuning import finetune
+    from astropt_hf.downstream.finetuning import finetune
 
     image_size = AutoConfig.from_pretrained(args.model, trust_remote_code=True).image_size
     spec = dataset_spec(args, image_size=image_size)

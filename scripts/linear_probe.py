@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from astropt_hf.dataset_args import add_dataset_arguments, dataset_spec, open_dataset
+from astropt_hf.data.arguments import add_dataset_arguments, dataset_spec, open_dataset
 
 
 def layer_choice(value: str):
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoConfig
 
-    from astropt_hf.probe_workflow import run_linear_probes
+    from astropt_hf.downstream.linear_probe import run_linear_probes
 
     image_size = AutoConfig.from_pretrained(args.model, trust_remote_code=True).image_size
     source = open_dataset(dataset_spec(args, image_size=image_size))

@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from astropt_hf.scaling import (
+from astropt_hf.studies.scaling_sweep import (
     PARAM_COUNTS,
     SweepOptions,
     parse_sizes,

@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 
-from astropt_hf.dataset_args import add_dataset_arguments, dataset_spec
+from astropt_hf.data.arguments import add_dataset_arguments, dataset_spec
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_benchmark(args) -> int:
-    from astropt_hf.similarity import benchmark_knn, knn_crossover
+    from astropt_hf.downstream.similarity import benchmark_knn, knn_crossover
 
     sizes = [int(size) for size in args.benchmark_sizes.split(",")]
     rows = benchmark_knn(sizes=sizes, dim=args.benchmark_dim, num_queries=args.benchmark_queries, progress=True)
@@ -82,8 +82,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.benchmark:
         return run_benchmark(args)
-    from astropt_hf.embeddings import read_embeddings
-    from astropt_hf.similarity import find_neighbours, neighbour_images
+    from astropt_hf.downstream.embeddings import read_embeddings
+    from astropt_hf.downstream.similarity import find_neighbours, neighbour_images
 
     table = read_embeddings(args.embeddings, columns=["row"])
     spec = dict(table.metadata.get("dataset") or {})

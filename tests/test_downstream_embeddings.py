@@ -9,7 +9,12 @@ import torch
 from datasets import Dataset
 from downstream_helpers import dataset_flags, load_script, run_script, save_tiny_model, tiny_split
 
-from astropt_hf.embeddings import compute_embeddings, extract_embeddings, load_backbone, read_embeddings
+from astropt_hf.downstream.embeddings import (
+    compute_embeddings,
+    extract_embeddings,
+    load_backbone,
+    read_embeddings,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +62,7 @@ def test_cli_writes_ids_embeddings_and_catalogue(tiny_model, test_split, referen
 
 
 def test_crash_then_rerun_resumes_without_duplicates(tiny_model, test_split, reference, tmp_path, monkeypatch):
-    import astropt_hf.embeddings as embeddings
+    import astropt_hf.downstream.embeddings as embeddings
 
     model, processor = load_backbone(tiny_model)
     output = tmp_path / "emb.parquet"

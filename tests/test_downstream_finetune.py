@@ -9,7 +9,7 @@ import torch
 from downstream_helpers import PYTHON, dataset_flags, load_script, run_script, save_tiny_model, tiny_split
 from safetensors.torch import load_file
 
-from astropt_hf.finetuning import finetune
+from astropt_hf.downstream.finetuning import finetune
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +139,8 @@ def test_probe_head_init_equals_the_ridge_probe_of_the_training_embeddings(tiny_
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from astropt_hf.embeddings import compute_embeddings, load_backbone
-    from astropt_hf.probing import DEFAULT_ALPHAS
+    from astropt_hf.downstream.embeddings import compute_embeddings, load_backbone
+    from astropt_hf.downstream.probes import DEFAULT_ALPHAS
 
     train, test = splits
     # learning rate 0: the saved head is exactly the probe the fine-tuning started from
@@ -156,7 +156,7 @@ def test_probe_head_init_equals_the_ridge_probe_of_the_training_embeddings(tiny_
 
 
 def test_dihedral_augmentation_gives_the_eight_orientations_and_refuses_position_angles(tiny_model, splits, tmp_path):
-    from astropt_hf.finetuning import random_dihedral
+    from astropt_hf.downstream.finetuning import random_dihedral
 
     image = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
     orientations = {

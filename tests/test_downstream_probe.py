@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from downstream_helpers import dataset_flags, load_script, save_tiny_model, tiny_split
 
-from astropt_hf.embeddings import extract_embeddings, load_backbone
-from astropt_hf.probe_workflow import run_linear_probes
+from astropt_hf.downstream.embeddings import extract_embeddings, load_backbone
+from astropt_hf.downstream.linear_probe import run_linear_probes
 
 TARGETS = ["redshift", "mag_r", "g_r"]
 

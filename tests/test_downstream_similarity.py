@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from astropt_hf.similarity import CosineIndex, benchmark_knn, exact_cosine_knn, normalise_rows
+from astropt_hf.downstream.similarity import CosineIndex, benchmark_knn, exact_cosine_knn, normalise_rows
 
 
 def _brute_force(catalogue, queries, k):
@@ -74,8 +74,8 @@ def test_benchmark_reports_every_backend_with_full_recall_for_exact():
 
 
 def test_neighbours_are_ranked_on_centred_embeddings_by_default():
-    from astropt_hf.embeddings import EmbeddingTable
-    from astropt_hf.similarity import find_neighbours
+    from astropt_hf.downstream.embeddings import EmbeddingTable
+    from astropt_hf.downstream.similarity import find_neighbours
 
     rng = np.random.default_rng(0)
     # a large direction shared by every row (as pooled transformer embeddings have) plus small distinct parts
@@ -94,7 +94,7 @@ def test_neighbours_are_ranked_on_centred_embeddings_by_default():
 
 
 def test_crossover_is_the_size_from_which_hnsw_stays_faster():
-    from astropt_hf.similarity import knn_crossover
+    from astropt_hf.downstream.similarity import knn_crossover
 
     def rows(size, exact, hnsw, build):
         return [{"size": size, "backend": "exact", "query_seconds": exact, "build_seconds": 0.0},
@@ -128,7 +128,7 @@ def test_cli_benchmark_writes_rows_crossover_and_plot(tmp_path, capsys):
 def test_cli_finds_the_query_first_and_draws_its_neighbours(tmp_path, capsys):
     from downstream_helpers import dataset_flags, load_script, save_tiny_model
 
-    from astropt_hf.embeddings import read_embeddings
+    from astropt_hf.downstream.embeddings import read_embeddings
 
     model_dir = save_tiny_model(tmp_path / "model")
     output = tmp_path / "emb.parquet"  # the test split: every galaxy distinct, no exact duplicates

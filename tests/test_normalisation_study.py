@@ -9,7 +9,7 @@ import pytest
 from test_scaling import tiny_sweep_argv
 
 from astropt_hf import AstroPTConfig
-from astropt_hf.normalisation_study import (
+from astropt_hf.studies.normalisation_study import (
     StudyOptions,
     check_study_options,
     parse_variants,

@@ -6,6 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from astropt_hf.downstream.probes import (
+    RobustNormaliser,
+    infer_task,
+    linear_probe_cv,
+    pixel_pca_features,
+    robust_denormalise,
+    robust_normalise,
+    run_probe_suite,
+)
 from astropt_hf.plotting import (
     galaxy_rgb,
     plot_confusion_matrix,
@@ -15,15 +24,6 @@ from astropt_hf.plotting import (
     plot_pred_vs_true,
     plot_pred_vs_true_grid,
     plot_probe_bars,
-)
-from astropt_hf.probing import (
-    RobustNormaliser,
-    infer_task,
-    linear_probe_cv,
-    pixel_pca_features,
-    robust_denormalise,
-    robust_normalise,
-    run_probe_suite,
 )
 
 

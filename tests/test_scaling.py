@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from astropt_hf import ASTROPT_PRESETS, AstroPTConfig, AstroPTForPreTraining
-from astropt_hf.scaling import (
+from astropt_hf.studies.scaling_sweep import (
     count_parameters,
     fit_saturating_power_law,
     parse_size,
@@ -193,7 +193,7 @@ def tiny_sweep_argv(cache_dir, max_steps: int = 8) -> list[str]:
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
     """A two-size sweep with probes, run once for the tests below."""
-    from astropt_hf.scaling import SweepOptions, run_scaling_sweep
+    from astropt_hf.studies.scaling_sweep import SweepOptions, run_scaling_sweep
 
     root = tmp_path_factory.mktemp("sweep")
     options = SweepOptions(
@@ -235,7 +235,7 @@ def test_sweep_writes_scaling_outputs(finished_sweep):
 def test_sweep_resumes_half_trained_size_and_reuses_finished_ones(finished_sweep):
     import shutil
 
-    from astropt_hf.scaling import SweepOptions, run_scaling_sweep
+    from astropt_hf.studies.scaling_sweep import SweepOptions, run_scaling_sweep
 
     options, result, _ = finished_sweep
     big = options.output_dir / "sizes" / "2x2x32"
@@ -256,7 +256,7 @@ def test_sweep_resumes_half_trained_size_and_reuses_finished_ones(finished_sweep
 
 @pytest.mark.slow
 def test_sweep_refuses_changed_settings_and_size_keys(finished_sweep):
-    from astropt_hf.scaling import SweepOptions, validate_sweep_options
+    from astropt_hf.studies.scaling_sweep import SweepOptions, validate_sweep_options
 
     options, _, _ = finished_sweep
     cache = options.output_dir.parent / "cache"

@@ -9,7 +9,7 @@ For a model and a dataset with catalogue columns this computes three feature set
   as the embedding;
 
 then probes every target from every feature set with the same cross-validation folds
-(`astropt_hf.probing.run_probe_suite`) and writes ``probe_results.json``, a grouped bar chart and
+(`astropt_hf.downstream.probes.run_probe_suite`) and writes ``probe_results.json``, a grouped bar chart and
 predicted-vs-true hexbins (`astropt_hf.plotting`).
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from astropt_hf.embeddings import compute_embeddings, load_backbone, pixel_batches, read_embeddings
+from astropt_hf.downstream.embeddings import compute_embeddings, load_backbone, pixel_batches, read_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def run_linear_probes(
     Returns:
         `ProbeWorkflowResult`.
     """
+    from astropt_hf.downstream.probes import run_probe_suite
     from astropt_hf.plotting import plot_pred_vs_true_grid, plot_probe_bars
-    from astropt_hf.probing import run_probe_suite
 
     unknown = [b for b in baselines if b not in FEATURE_SETS[1:]]
     if unknown:
@@ -171,7 +171,7 @@ def run_linear_probes(
         features = {name: f[readable] for name, f in features.items()}
         target_values = {name: values[readable] for name, values in target_values.items()}
     if pixels is not None:
-        from astropt_hf.probing import pixel_pca_features
+        from astropt_hf.downstream.probes import pixel_pca_features
 
         features["pixel_pca"] = pixel_pca_features(
             pixels[readable], n_components=features["astropt"].shape[1], seed=seed

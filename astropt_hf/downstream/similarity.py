@@ -349,7 +349,7 @@ def neighbour_images(result: Neighbours, dataset_spec: dict, output, processor=N
 
     import astropt_hf  # noqa: F401  (Auto classes for local folders)
     from astropt_hf.data import decode_image
-    from astropt_hf.dataset_args import open_dataset
+    from astropt_hf.data.arguments import open_dataset
     from astropt_hf.plotting import plot_neighbours
 
     source = open_dataset(dataset_spec)

@@ -48,7 +48,7 @@ ORIENTATION_TARGETS = frozenset({"position_angle", "pa", "theta", "orientation"}
 TASKS = ("regression", "classification")
 DEFAULT_LEARNING_RATES = {"frozen": 3e-3, "full": 3e-4, "lora": 1e-3}
 LORA_TARGET_MODULES = ("qkv", "out_proj", "fc1", "fc2")
-TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_cards" / "finetuned.md"
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "finetuned.md"
 
 __all__ = [
     "MODES",
@@ -261,14 +261,14 @@ def _compute_metrics_fn(task: str, regression: RegressionTarget | None, photo_z:
 def _fit_linear_head(features: np.ndarray, labels: np.ndarray, task: str, num_labels: int):
     """Weights (num_labels, D) and bias of a linear probe fitted on raw embeddings.
 
-    The probe is fitted on standardised features (as the probes in `astropt_hf.probing`: ridge with its
+    The probe is fitted on standardised features (as the probes in `astropt_hf.downstream.probes`: ridge with its
     strength chosen by leave-one-out, or logistic regression) and the standardisation is folded into
     the weights, so the head applies to the embeddings as they come out of the backbone.
     """
     from sklearn.linear_model import LogisticRegression, RidgeCV
     from sklearn.preprocessing import StandardScaler
 
-    from astropt_hf.probing import DEFAULT_ALPHAS
+    from astropt_hf.downstream.probes import DEFAULT_ALPHAS
 
     scaler = StandardScaler().fit(features)
     scaled = scaler.transform(features)
@@ -297,7 +297,7 @@ def _init_head_from_probe(model, processor, dataset, image_column: str, target: 
     the LP-FT option (Kumar et al. 2022, "Fine-tuning can distort pretrained features"), not the default:
     on the demo galaxies the probe head's large weights made the first backbone updates swing the output.
     """
-    from astropt_hf.embeddings import compute_embeddings
+    from astropt_hf.downstream.embeddings import compute_embeddings
 
     features = compute_embeddings(model.astropt, dataset, processor, batch_size=max(batch_size, 64),
                                   image_column=image_column, progress=False)  # fmt: skip
@@ -408,7 +408,7 @@ def finetune(
     from transformers import AutoImageProcessor, AutoModelForImageClassification, set_seed
 
     import astropt_hf  # noqa: F401  (Auto classes for local folders)
-    from astropt_hf.probing import is_redshift_like
+    from astropt_hf.downstream.probes import is_redshift_like
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not valid; expected one of {list(MODES)}")

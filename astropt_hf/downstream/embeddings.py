@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 EMBEDDING_COLUMN = "embedding"
 ROW_COLUMN = "row"
-METADATA_KEY = b"astropt_hf.embeddings"
+METADATA_KEY = b"astropt_hf.embeddings"  # the Parquet format key: unchanged so older files still read
 PARTS_SUFFIX = ".parts"
 
 __all__ = [

@@ -93,7 +93,7 @@ def variant_arguments(options: StudyOptions, variant: str):
 
 
 def check_study_options(options: StudyOptions) -> list:
-    from astropt_hf.scaling import flag_names
+    from astropt_hf.studies.scaling_sweep import flag_names
 
     if not options.targets:
         raise ValueError("no probe targets given; expected e.g. --targets redshift,mag_r")
@@ -110,7 +110,7 @@ def check_study_options(options: StudyOptions) -> list:
 
 def _score(metrics: dict[str, Any]) -> float | None:
     """The headline score of one feature set's metrics (R², else accuracy), None if it has none."""
-    from astropt_hf.scaling import probe_score
+    from astropt_hf.studies.scaling_sweep import probe_score
 
     found = probe_score(metrics)
     return found[1] if found is not None else None
@@ -140,9 +140,9 @@ def study_markdown(result: dict[str, Any]) -> str:
 
 def run_normalisation_study(options: StudyOptions, log=print) -> dict[str, Any]:
     """Train and probe every variant; write normalisations.json / .md / .png; return the JSON content."""
+    from astropt_hf.downstream.linear_probe import probe_trained_run
     from astropt_hf.plotting import plot_normalisation_study
-    from astropt_hf.probe_workflow import probe_trained_run
-    from astropt_hf.scaling import completed_summary, load_probe_source, write_text_atomic
+    from astropt_hf.studies.scaling_sweep import completed_summary, load_probe_source, write_text_atomic
     from astropt_hf.training import run_pretraining
 
     arguments = check_study_options(options)

@@ -9,7 +9,7 @@ are not training itself:
 - the power-law fit with uncertainties;
 - plots, `scaling.json` and a markdown summary;
 - the sweep driver, which trains every size through `astropt_hf.training` (so `accelerate launch` works)
-  and optionally runs the linear probes of `astropt_hf.embeddings` / `astropt_hf.probing` on each.
+  and optionally runs the linear probes of `astropt_hf.downstream.embeddings` / `astropt_hf.downstream.probes` on each.
 
 Parameter count used for the fit: **non-embedding** by default (Kaplan et al. 2020): everything except
 the patch encoder, the learned position table and the next-patch head. Those input/output layers scale
@@ -833,7 +833,7 @@ def probe_size(options: SweepOptions, arguments, size: SizeSpec, source, device:
                reuse: bool = True) -> dict[str, Any]:
     """Linear probes of one trained size; returns {target: {feature_set: metrics}}. With `reuse`, earlier
     results covering every target are read back instead (the sweep passes False for sizes it just trained)."""
-    from astropt_hf.probe_workflow import probe_trained_run
+    from astropt_hf.downstream.linear_probe import probe_trained_run
 
     return probe_trained_run(size_output_dir(options.output_dir, size), source, options.probe_targets,
                              batch_size=options.probe_batch_size, seed=arguments.seed, device=device, reuse=reuse)
