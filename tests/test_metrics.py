@@ -1,5 +1,6 @@
 """The shipped evaluate metric modules against values worked out by hand from their definitions."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -195,3 +196,13 @@ def test_metrics_load_offline_by_path_without_writing_into_the_repo(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} <= {"hf_home", "modules"}
     # evaluate copied the scripts into its module cache, which is where they should go.
     assert any(Path(tmp_path / "modules").rglob("r2.py"))
+
+
+@pytest.mark.parametrize("name", AVAILABLE_METRICS)
+def test_each_metric_documents_an_example_that_holds(name):
+    metric = load_metric(name)
+    call, result = metric.example
+    assert f"metric.compute({call})" in metric.inputs_description
+    keywords = ast.parse(f"compute({call})", mode="eval").body.keywords
+    inputs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in keywords}
+    assert metric.compute(**inputs) == pytest.approx(ast.literal_eval(result))

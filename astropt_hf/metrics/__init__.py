@@ -1,10 +1,10 @@
 """Evaluation metrics shipped as `evaluate` modules, loaded offline by path.
 
-`evaluate.load("r2")` would fetch a script from the Hugging Face Hub; the modules
-in this folder (one sub-folder per metric, holding a same-named script) load from
-disk instead, so probes and fine-tuning work with HF_HUB_OFFLINE=1 and no network.
-evaluate copies each script into its module cache (~/.cache/huggingface/modules)
-the first time; nothing is written next to the scripts.
+`evaluate.load("r2")` would fetch a script from the Hugging Face Hub; the scripts
+in `modules/` (one per metric, each a thin class over the shared `modules/metric_base.py`)
+load from disk instead, so probes and fine-tuning work with HF_HUB_OFFLINE=1 and no network.
+evaluate copies each script, with the shared file it imports, into its module cache
+(~/.cache/huggingface/modules) the first time; nothing is written next to the scripts.
 
     from astropt_hf.metrics import load_metric, compute_regression_metrics
     r2 = load_metric("r2")
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 METRICS_DIR = Path(__file__).resolve().parent
+MODULES_DIR = METRICS_DIR / "modules"
 AVAILABLE_METRICS = ("r2", "mae", "sigma_nmad", "outlier_fraction", "accuracy", "f1")
 REGRESSION_METRICS = ("r2", "mae")
 PHOTO_Z_METRICS = ("sigma_nmad", "outlier_fraction")
@@ -30,6 +31,7 @@ PHOTO_Z_METRICS = ("sigma_nmad", "outlier_fraction")
 __all__ = [
     "AVAILABLE_METRICS",
     "METRICS_DIR",
+    "MODULES_DIR",
     "compute_classification_metrics",
     "compute_regression_metrics",
     "encode_labels",
@@ -40,17 +42,16 @@ __all__ = [
 
 
 def metric_path(name: str) -> str:
-    """Absolute path of the shipped metric folder `name` (what `evaluate.load` takes)."""
+    """Absolute path of the shipped metric script `name` (what `evaluate.load` takes)."""
     if name not in AVAILABLE_METRICS:
         raise ValueError(f"unknown metric {name!r}; available: {', '.join(AVAILABLE_METRICS)}")
-    path = METRICS_DIR / name
-    script = path / f"{name}.py"
+    script = MODULES_DIR / f"{name}.py"
     if not script.is_file():
         raise FileNotFoundError(
             f"metric script {script} is missing; is the package installed with its package_data "
             "(setup.cfg: astropt_hf = metrics/*/*.py)?"
         )
-    return str(path)
+    return str(script)
 
 
 def load_metric(name: str, **kwargs: Any):
