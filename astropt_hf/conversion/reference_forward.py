@@ -1,9 +1,9 @@
 """An independent, functional re-implementation of upstream astroPT's input pipeline and forward pass.
 
 It runs straight off the ORIGINAL upstream state dict (upstream names, any of the v1/v2/v3 layouts), and
-shares no code with `modeling_astropt.py`, so agreement between the two is evidence that the weight
-renaming and the config flags are right. Written from the layouts and upstream's documented behaviour;
-no upstream code is imported.
+shares no code with `modeling_astropt.py` (not even the spiral order, computed here by another method), so
+agreement between the two is evidence that the weight renaming and the config flags are right. Written
+from the layouts and upstream's documented behaviour; no upstream code is imported.
 
 Upstream's pipeline for one image file:
     np.array(pil_image).swapaxes(0, 2)              -> (C, W, H): the patch grid is the image's transpose
@@ -27,20 +27,29 @@ from .upstream_formats import FORMAT_V1, FORMAT_V2
 def upstream_spiral_order(grid: int) -> torch.Tensor:
     """Raster indices of a `grid` x `grid` patch grid in upstream's spiral sequence order.
 
-    Upstream ranks cells by walking the grid clockwise from the top-left corner, ring by ring inwards,
-    and then reverses that walk, so the sequence starts at the centre and winds outwards.
+    Upstream's spiral is its clockwise walk from the top-left corner, ring by ring inwards, played
+    backwards, so the sequence starts at the centre and winds outwards. Rather than walking the grid (as
+    `modeling_astropt.spiral_order` does), this ranks every cell by where that walk would meet it, ring
+    first, then the distance along its ring, and sorts on that rank, so the two orders come from
+    different computations and a mistake in either shows as a disagreement.
     """
-    top, left, bottom, right = 0, 0, grid - 1, grid - 1
-    walk: list[int] = []
-    while top <= bottom and left <= right:
-        walk += [top * grid + col for col in range(left, right + 1)]
-        walk += [row * grid + right for row in range(top + 1, bottom + 1)]
-        if top < bottom:
-            walk += [bottom * grid + col for col in range(right - 1, left - 1, -1)]
-        if left < right:
-            walk += [row * grid + left for row in range(bottom - 1, top, -1)]
-        top, left, bottom, right = top + 1, left + 1, bottom - 1, right - 1
-    return torch.tensor(walk[::-1], dtype=torch.long)
+
+    def walk_rank(cell: int) -> tuple[int, int]:
+        row, col = divmod(cell, grid)
+        ring = min(row, col, grid - 1 - row, grid - 1 - col)
+        first, last = ring, grid - 1 - ring  # the ring's first and last row (and column)
+        side = last - first  # steps along one side of the ring
+        if row == first:
+            along = col - first  # top side, left to right
+        elif col == last:
+            along = side + row - first  # right side, downwards
+        elif row == last:
+            along = 2 * side + last - col  # bottom side, right to left
+        else:
+            along = 3 * side + last - row  # left side, upwards
+        return ring, along
+
+    return torch.tensor(sorted(range(grid * grid), key=walk_rank, reverse=True), dtype=torch.long)
 
 
 def upstream_patch_sequence(pixel_values: torch.Tensor, patch_size: int, spiral: bool = True) -> torch.Tensor:
