@@ -1,6 +1,9 @@
 """Shared fixtures: tiny configs, offline hub, deterministic torch."""
 
 import os
+import sys
+import types
+from dataclasses import dataclass
 
 # Before torch loads OpenMP: spinning worker threads make steps up to 10x slower on a busy 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -30,3 +33,45 @@ def tiny_config():
         return AstroPTConfig(**kwargs)
 
     return make
+
+
+@pytest.fixture
+def upstream_modality_classes(monkeypatch):
+    """Call it for astropt's real ModalityConfig / ModalityRegistry if installed, else look-alikes.
+
+    The look-alikes are registered as `astropt.model` for the rest of the test (so objects made from them
+    pickle under the names upstream checkpoints carry); that is why this hands back a function, which the
+    test calls only once it knows it needs the classes.
+    """
+
+    def classes():
+        try:
+            from astropt.model import ModalityConfig, ModalityRegistry
+
+            return ModalityConfig, ModalityRegistry
+        except ImportError:
+            pass
+        package, module = types.ModuleType("astropt"), types.ModuleType("astropt.model")
+
+        @dataclass
+        class ModalityConfig:
+            name: str
+            input_size: int
+            pos_input_size: int
+            patch_size: int
+            embed_pos: bool
+            loss_weight: float = 1.0
+
+        class ModalityRegistry:
+            def __init__(self, modalities):
+                self.modalities = {m.name: m for m in modalities}
+
+        for cls in (ModalityConfig, ModalityRegistry):
+            cls.__module__, cls.__qualname__ = "astropt.model", cls.__name__
+            setattr(module, cls.__name__, cls)
+        package.model = module
+        monkeypatch.setitem(sys.modules, "astropt", package)
+        monkeypatch.setitem(sys.modules, "astropt.model", module)
+        return ModalityConfig, ModalityRegistry
+
+    return classes

@@ -1,12 +1,11 @@
 """Layout detection, weight renaming and config mapping for upstream astroPT checkpoints."""
 
-import numpy as np
 import pytest
 import torch
 
-from astropt_hf import AstroPTConfig, AstroPTForPreTraining, spiral_order
+from astropt_hf import AstroPTConfig, AstroPTForPreTraining
 from astropt_hf.conversion import map_upstream_config, read_upstream_weights, rename_to_astropt_hf
-from astropt_hf.conversion.reference_forward import upstream_patch_sequence, upstream_spiral_order
+from astropt_hf.conversion.reference_forward import upstream_patch_sequence
 from astropt_hf.conversion.upstream_classes import UpstreamModalityConfig, UpstreamModalityRegistry
 
 V2_TO_V3 = {"transformer.wte.": "encoders.", "transformer.wpe.": "embedders.", "lm_head.": "decoders."}
@@ -179,28 +178,6 @@ def test_model_args_that_contradict_the_weights_are_named():
     checkpoint["model_args"]["tokeniser"] = "affine"
     with pytest.raises(ValueError, match="tokeniser"):
         map_upstream_config(checkpoint, read_upstream_weights(checkpoint["model"]))
-
-
-def upstream_spiral_rank(n):
-    """Upstream's `GalaxyImageDataset._spiral`, reproduced step for step: the rank of each raster cell."""
-    a = np.arange(n * n)
-    b = a.reshape((n, n))
-    m = None
-    for _ in range(n, 0, -2):
-        m = np.r_[m, b[0, :], b[1:, -1], b[-1, :-1][::-1], b[1:-1, 0][::-1]]
-        b = b[1:-1, 1:-1]
-    a[list(m[1:])] = list(a)
-    a = abs(a - n * n + 1)
-    return a.reshape((n, n))
-
-
-@pytest.mark.parametrize("grid", [1, 2, 3, 4, 5, 8, 9, 16])
-def test_spiral_orders_match_upstreams_spiralise(grid):
-    rank = upstream_spiral_rank(grid).reshape(-1)
-    # upstream's spiralise sorts patches by rank: sequence position k holds the raster cell of rank k
-    upstream_order = [raster for _, raster in sorted(zip(rank, range(grid * grid)))]
-    assert upstream_spiral_order(grid).tolist() == upstream_order
-    assert spiral_order(grid).tolist() == upstream_order
 
 
 def test_reference_patchify_matches_upstreams_einops_pattern():

@@ -13,8 +13,6 @@ import math
 import os
 import subprocess
 import sys
-import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,9 @@ from PIL import Image
 from torch import nn
 from transformers import AutoImageProcessor, AutoModel, AutoModelForPreTraining
 
+from astropt_hf import spiral_order
 from astropt_hf.conversion import convert_upstream_checkpoint
+from astropt_hf.conversion.reference_forward import upstream_spiral_order
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
@@ -72,6 +72,15 @@ def test_upstream_patchify_matches_einops_pattern():
     raw = np.random.default_rng(0).integers(0, 255, size=(3, 8, 12))
     expected = einops.rearrange(raw, "c (h p1) (w p2) -> (h w) (p1 p2 c)", p1=4, p2=4)
     np.testing.assert_array_equal(upstream_patchify(raw, 4), expected)
+
+
+@pytest.mark.parametrize("grid", [1, 2, 3, 4, 5, 8, 9, 16])
+def test_spiral_orders_match_upstreams_spiralise(grid):
+    rank = upstream_spiral_rank(grid).reshape(-1)
+    # upstream's spiralise sorts patches by rank: sequence position k holds the raster cell of rank k
+    upstream_order = [raster for _, raster in sorted(zip(rank, range(grid * grid)))]
+    assert upstream_spiral_order(grid).tolist() == upstream_order
+    assert spiral_order(grid).tolist() == upstream_order
 
 
 def write_galaxy_png(path, size, seed=0):
@@ -274,32 +283,13 @@ def test_multi_modality_checkpoint_is_refused(tmp_path):
 
 
 # --- the command-line script, end to end -------------------------------------------------------------------
-def upstream_like_v2_checkpoint(path, monkeypatch):
+def upstream_like_v2_checkpoint(path, modality_classes):
     """A tiny v2 checkpoint pickled with astropt's own classes, or look-alikes under the same names."""
     try:
         upstream, model_args, registry = build_astropt_v2("aim", False)
         state = upstream.state_dict()
     except pytest.skip.Exception:
-        module = types.ModuleType("astropt.model")
-
-        @dataclass
-        class ModalityConfig:
-            name: str
-            input_size: int
-            pos_input_size: int
-            patch_size: int
-            embed_pos: bool
-            loss_weight: float = 1.0
-
-        class ModalityRegistry:
-            def __init__(self, modalities):
-                self.modalities = {m.name: m for m in modalities}
-
-        for cls in (ModalityConfig, ModalityRegistry):
-            cls.__module__, cls.__qualname__ = "astropt.model", cls.__name__
-            setattr(module, cls.__name__, cls)
-        monkeypatch.setitem(sys.modules, "astropt", types.ModuleType("astropt"))
-        monkeypatch.setitem(sys.modules, "astropt.model", module)
+        ModalityConfig, ModalityRegistry = modality_classes()
         images = ModalityConfig("images", 48, 1, 4, True)
         registry = ModalityRegistry([images])
         model_args = dict(n_layer=3, n_head=2, n_embd=32, n_chan=3, block_size=64, dropout=0.0, modalities=[images],
@@ -316,9 +306,9 @@ def upstream_like_v2_checkpoint(path, monkeypatch):
                 "config": {"image_size": 32, "spiral": True}, "best_val_loss": torch.tensor(0.5)}, path)
 
 
-def test_convert_script_end_to_end(tmp_path, monkeypatch):
+def test_convert_script_end_to_end(tmp_path, upstream_modality_classes):
     checkpoint, output_dir = tmp_path / "ckpt.pt", tmp_path / "converted"
-    upstream_like_v2_checkpoint(checkpoint, monkeypatch)
+    upstream_like_v2_checkpoint(checkpoint, upstream_modality_classes)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     run = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "convert_astropt_checkpoint.py"),

@@ -5,8 +5,6 @@ import os
 import pickle
 import subprocess
 import sys
-import types
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -98,40 +96,8 @@ def test_v1_style_checkpoint_loads_with_weights_only(tmp_path):
     assert loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
 
 
-def _upstream_classes(monkeypatch):
-    """astropt's real ModalityConfig / ModalityRegistry if installed, else look-alikes under the same names."""
-    try:
-        from astropt.model import ModalityConfig, ModalityRegistry
-
-        return ModalityConfig, ModalityRegistry
-    except ImportError:
-        pass
-    package, module = types.ModuleType("astropt"), types.ModuleType("astropt.model")
-
-    @dataclass
-    class ModalityConfig:
-        name: str
-        input_size: int
-        pos_input_size: int
-        patch_size: int
-        embed_pos: bool
-        loss_weight: float = 1.0
-
-    class ModalityRegistry:
-        def __init__(self, modalities):
-            self.modalities = {m.name: m for m in modalities}
-
-    for cls in (ModalityConfig, ModalityRegistry):
-        cls.__module__, cls.__qualname__ = "astropt.model", cls.__name__
-        setattr(module, cls.__name__, cls)
-    package.model = module
-    monkeypatch.setitem(sys.modules, "astropt", package)
-    monkeypatch.setitem(sys.modules, "astropt.model", module)
-    return ModalityConfig, ModalityRegistry
-
-
-def test_v2_registry_is_rebuilt_as_plain_stand_ins(tmp_path, monkeypatch):
-    ModalityConfig, ModalityRegistry = _upstream_classes(monkeypatch)
+def test_v2_registry_is_rebuilt_as_plain_stand_ins(tmp_path, monkeypatch, upstream_modality_classes):
+    ModalityConfig, ModalityRegistry = upstream_modality_classes()
     images = ModalityConfig(name="images", input_size=768, pos_input_size=1, patch_size=16, embed_pos=True)
     checkpoint = {
         "model": {"transformer.wpe.images.wpe.weight": torch.randn(4, 3)},
