@@ -141,6 +141,49 @@ def _push_to_hub(output_dir: Path, hub_model_id: str) -> None:
     upload_folder(repo_id=hub_model_id, folder_path=str(output_dir), commit_message="Add astroPT converted from upstream")
 
 
+def _converted_model(checkpoint: dict, image_size: int | None, source: str):
+    """(model, the weights read, the config mapping, the config kwargs used, notes) for a loaded checkpoint."""
+    from .. import AstroPTConfig, AstroPTForPreTraining
+
+    state_dict = checkpoint.get("model")
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{source}: expected a state dict under 'model', found {type(state_dict).__name__}")
+    _check_registry(checkpoint, source)
+    weights = read_upstream_weights(state_dict, source)
+    mapping = map_upstream_config(checkpoint, weights, image_size=image_size, source=source)
+    num_patches = (mapping.config_kwargs["image_size"] // mapping.config_kwargs["patch_size"]) ** 2
+    config_kwargs = dict(mapping.config_kwargs)
+    config_kwargs["max_position_embeddings"] = max(config_kwargs["max_position_embeddings"], num_patches)
+    model = AstroPTForPreTraining(AstroPTConfig(**config_kwargs))
+    notes = list(mapping.notes)
+    notes += _load_weights_into(model, rename_to_astropt_hf(weights, source), source)
+    model.eval()
+    return model, weights, mapping, config_kwargs, notes
+
+
+def _record_parity(report: ConversionReport, model: torch.nn.Module, weights: UpstreamWeights, source: str) -> None:
+    """Run the parity check into `report`; raise if the converted model does not reproduce upstream."""
+    prediction_diff, embedding_diff, allowed = check_parity(model, weights, model.config.num_attention_heads)
+    report.parity_checked = True
+    report.prediction_max_abs_diff, report.embedding_max_abs_diff = prediction_diff, embedding_diff
+    report.parity_allowed_diff = allowed
+    if not report.parity_passed:
+        raise ParityCheckError(f"{source}: converted model does not reproduce upstream: {report.parity_summary()}")
+
+
+def _write_conversion(report: ConversionReport, model: torch.nn.Module, output_dir: Path, card_repo_id: str) -> None:
+    """Save the model, its image processor, the model card and the public conversion report."""
+    from .. import AstroPTImageProcessor
+
+    config = model.config
+    model.save_pretrained(output_dir)
+    AstroPTImageProcessor(image_size=config.image_size, num_channels=config.num_channels).save_pretrained(output_dir)
+    (output_dir / "README.md").write_text(render_model_card(report, card_repo_id))
+    # the card and report travel to the hub: record the file name, not this machine's path
+    public_report = {**asdict(report), "source": Path(report.source).name, "output_dir": None}
+    (output_dir / "conversion_report.json").write_text(json.dumps(public_report, indent=2, default=str) + "\n")
+
+
 def convert_upstream_checkpoint(
     path: str | Path,
     output_dir: str | Path | None,
@@ -162,7 +205,7 @@ def convert_upstream_checkpoint(
         ValueError: unknown layout, unsupported modalities, or inconsistent settings (the message says which).
         ParityCheckError: the converted model's outputs differ from upstream's beyond fp32 tolerance.
     """
-    from .. import AstroPTConfig, AstroPTForPreTraining, AstroPTImageProcessor, __version__
+    from .. import __version__
 
     path = Path(path)
     source = path.name
@@ -173,29 +216,14 @@ def convert_upstream_checkpoint(
 
     checkpoint = load_upstream_checkpoint(path)
     checkpoint.pop("optimizer", None)  # not converted; let it go (it is memory-mapped, never read)
-    state_dict = checkpoint.get("model")
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"{source}: expected a state dict under 'model', found {type(state_dict).__name__}")
-    _check_registry(checkpoint, source)
-    weights = read_upstream_weights(state_dict, source)
-    mapping = map_upstream_config(checkpoint, weights, image_size=image_size, source=source)
-    num_patches = (mapping.config_kwargs["image_size"] // mapping.config_kwargs["patch_size"]) ** 2
-    config_kwargs = dict(mapping.config_kwargs)
-    config_kwargs["max_position_embeddings"] = max(config_kwargs["max_position_embeddings"], num_patches)
-    config = AstroPTConfig(**config_kwargs)
-
-    model = AstroPTForPreTraining(config)
-    notes = list(mapping.notes)
-    notes += _load_weights_into(model, rename_to_astropt_hf(weights, source), source)
-    model.eval()
-
+    model, weights, mapping, config_kwargs, notes = _converted_model(checkpoint, image_size, source)
     report = ConversionReport(
         source=str(path),
         detected_format=weights.format,
         format_description=weights.format_description,
         had_compile_prefix=weights.had_compile_prefix,
         num_parameters=sum(p.numel() for p in model.parameters()),
-        image_size=config.image_size,
+        image_size=model.config.image_size,
         image_size_source=mapping.image_size_source,
         config=config_kwargs,
         dropped_keys=dict(weights.dropped_keys),
@@ -203,26 +231,14 @@ def convert_upstream_checkpoint(
         converter_version=__version__,
     )
     if parity_check:
-        prediction_diff, embedding_diff, allowed = check_parity(model, weights, config.num_attention_heads)
-        report.parity_checked = True
-        report.prediction_max_abs_diff, report.embedding_max_abs_diff = prediction_diff, embedding_diff
-        report.parity_allowed_diff = allowed
-        if not report.parity_passed:
-            raise ParityCheckError(f"{source}: converted model does not reproduce upstream: {report.parity_summary()}")
-
+        _record_parity(report, model, weights, source)
     if output_dir is None:
         return report
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report.output_dir = str(output_dir)
     report.hub_model_id = hub_model_id if push_to_hub else None
-    model.save_pretrained(output_dir)
-    AstroPTImageProcessor(image_size=config.image_size, num_channels=config.num_channels).save_pretrained(output_dir)
-    card_repo_id = hub_model_id or str(output_dir)
-    (output_dir / "README.md").write_text(render_model_card(report, card_repo_id))
-    # the card and report travel to the hub: record the file name, not this machine's path
-    public_report = {**asdict(report), "source": path.name, "output_dir": None}
-    (output_dir / "conversion_report.json").write_text(json.dumps(public_report, indent=2, default=str) + "\n")
+    _write_conversion(report, model, output_dir, card_repo_id=hub_model_id or str(output_dir))
     if push_to_hub:
         _push_to_hub(output_dir, hub_model_id)
     return report

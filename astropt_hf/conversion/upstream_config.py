@@ -107,16 +107,8 @@ def choose_image_size(
     return grid * patch_size, "sqrt(block_size + 1) * patch_size"
 
 
-def map_upstream_config(
-    checkpoint: dict, weights: UpstreamWeights, image_size: int | None = None, source: str = "checkpoint"
-) -> ConfigMapping:
-    """`AstroPTConfig` keyword arguments that reproduce the upstream model in `checkpoint`."""
-    model_args = checkpoint.get("model_args")
-    if not isinstance(model_args, dict):
-        raise ValueError(f"{source}: expected a dict under 'model_args', found {type(model_args).__name__}")
-    training_config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
-    notes: list[str] = []
-
+def _check_model_args(model_args: dict, weights: UpstreamWeights, source: str) -> tuple[int, int, int, int]:
+    """(n_layer, n_embd, n_head, block_size), after checking `model_args` against the weights and our support."""
     num_layers = _field(model_args, "n_layer", source, weights.num_layers)
     hidden_size = _field(model_args, "n_embd", source, weights.hidden_size)
     num_heads = _field(model_args, "n_head", source)
@@ -140,39 +132,65 @@ def map_upstream_config(
         raise ValueError(f"{source}: not supported: model_args['attn_type']={attn_type!r}; expected 'causal'")
     if model_args.get("backbone", "native") != "native":
         raise ValueError(f"{source}: not supported: model_args['backbone']={model_args['backbone']!r} (LLM backbone)")
+    return num_layers, hidden_size, num_heads, block_size
 
-    # Patch geometry: v1 keeps it in model_args, later versions in the images ModalityConfig.
+
+def _modality_patch_geometry(
+    checkpoint: dict, model_args: dict, weights: UpstreamWeights, source: str, notes: list[str]
+) -> tuple[int, int]:
+    """(patch_size, num_channels) of a v2/v3 checkpoint, from its images ModalityConfig and the weights."""
+    modality = _image_modality_config(checkpoint, model_args)
+    if isinstance(modality, list):
+        raise ValueError(f"{source}: not supported: modalities {modality} in the modality registry")
+    if modality is not None:
+        patch_size = modality.patch_size
+        if getattr(modality, "embed_pos", True) is False:
+            raise ValueError(f"{source}: not supported: images modality with embed_pos=False")
+    else:
+        patch_size = None
+        notes.append("no images ModalityConfig found; patch size inferred from the weights and n_chan")
+    num_channels = model_args.get("n_chan")
+    if patch_size is None:
+        if num_channels is None:
+            raise ValueError(f"{source}: neither a modality registry nor model_args['n_chan'] is present")
+        patch_size = math.isqrt(weights.patch_dim // num_channels)
+    if num_channels is None or num_channels * patch_size**2 != weights.patch_dim:
+        # GPTConfig.n_chan defaults to 1 upstream and v2 scripts do not always pass it; trust the weights.
+        inferred = weights.patch_dim // patch_size**2
+        if num_channels is not None:
+            notes.append(f"model_args n_chan={num_channels} ignored; the weights hold {inferred} bands")
+        num_channels = inferred
+    return patch_size, num_channels
+
+
+def _patch_geometry(
+    checkpoint: dict, model_args: dict, weights: UpstreamWeights, source: str, notes: list[str]
+) -> tuple[int, int]:
+    """(patch_size, num_channels): v1 keeps them in model_args, later versions in the images ModalityConfig."""
     if weights.format == FORMAT_V1:
         patch_size = model_args.get("patch_size", 16)
         num_channels = model_args.get("n_chan", weights.patch_dim // patch_size**2)
     else:
-        modality = _image_modality_config(checkpoint, model_args)
-        if isinstance(modality, list):
-            raise ValueError(f"{source}: not supported: modalities {modality} in the modality registry")
-        if modality is not None:
-            patch_size = modality.patch_size
-            if getattr(modality, "embed_pos", True) is False:
-                raise ValueError(f"{source}: not supported: images modality with embed_pos=False")
-        else:
-            patch_size = None
-            notes.append("no images ModalityConfig found; patch size inferred from the weights and n_chan")
-        num_channels = model_args.get("n_chan")
-        if patch_size is None:
-            if num_channels is None:
-                raise ValueError(f"{source}: neither a modality registry nor model_args['n_chan'] is present")
-            patch_size = math.isqrt(weights.patch_dim // num_channels)
-        if num_channels is None or num_channels * patch_size**2 != weights.patch_dim:
-            # GPTConfig.n_chan defaults to 1 upstream and v2 scripts do not always pass it; trust the weights.
-            inferred = weights.patch_dim // patch_size**2
-            if num_channels is not None:
-                notes.append(f"model_args n_chan={num_channels} ignored; the weights hold {inferred} bands")
-            num_channels = inferred
+        patch_size, num_channels = _modality_patch_geometry(checkpoint, model_args, weights, source, notes)
     if num_channels * patch_size**2 != weights.patch_dim:
         raise ValueError(
             f"{source}: patch_size={patch_size} and n_chan={num_channels} give patches of "
             f"{num_channels * patch_size**2} values, but the tokeniser takes {weights.patch_dim}"
         )
+    return patch_size, num_channels
 
+
+def map_upstream_config(
+    checkpoint: dict, weights: UpstreamWeights, image_size: int | None = None, source: str = "checkpoint"
+) -> ConfigMapping:
+    """`AstroPTConfig` keyword arguments that reproduce the upstream model in `checkpoint`."""
+    model_args = checkpoint.get("model_args")
+    if not isinstance(model_args, dict):
+        raise ValueError(f"{source}: expected a dict under 'model_args', found {type(model_args).__name__}")
+    training_config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    notes: list[str] = []
+    num_layers, hidden_size, num_heads, block_size = _check_model_args(model_args, weights, source)
+    patch_size, num_channels = _patch_geometry(checkpoint, model_args, weights, source, notes)
     chosen_size, size_source = choose_image_size(
         weights, training_config, patch_size, num_channels, image_size, source
     )
