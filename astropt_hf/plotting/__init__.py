@@ -17,6 +17,8 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from .scaling import plot_probe_scaling, plot_scaling
+
 __all__ = [
     "galaxy_rgb",
     "plot_confusion_matrix",
@@ -28,6 +30,8 @@ __all__ = [
     "plot_pred_vs_true",
     "plot_pred_vs_true_grid",
     "plot_probe_bars",
+    "plot_probe_scaling",
+    "plot_scaling",
 ]
 
 _METRIC_LABELS = {
