@@ -9,28 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
 from astropt_hf.studies.common import probe_score
 from astropt_hf.studies.scaling_laws import PowerLawFit, describe_fit, format_count
 
+from .style import plain_log_yaxis, save_figure
+
 __all__ = ["plot_probe_scaling", "plot_scaling"]
-
-
-def _plain_log_axis(axis) -> None:
-    """Log y scale with four to eight plain decimal ticks: a loss axis often spans less than a decade,
-    where the default log ticks leave one or two labels. Call after plotting."""
-    from matplotlib.ticker import FixedLocator, FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
-
-    axis.set_yscale("log")
-    low, high = axis.get_ylim()
-    candidates = (LogLocator(subs=(1, 2, 5)), LogLocator(subs=(1, 2, 3, 5, 7)), MaxNLocator(6))
-    for locator in candidates:
-        ticks = [t for t in locator.tick_values(low, high) if low <= t <= high and t > 0]
-        if 4 <= len(ticks) <= 8:
-            axis.yaxis.set_major_locator(FixedLocator(ticks))
-            axis.yaxis.set_major_formatter(FormatStrFormatter("%.4g"))
-            axis.yaxis.set_minor_formatter(NullFormatter())
-            return
 
 
 def plot_scaling(
@@ -42,15 +29,10 @@ def plot_scaling(
 ) -> Path:
     """Two panels: final validation loss against parameters (log-log, fit overlaid) and the validation
     curves of every size on one axis. `sizes` are scaling.json size entries, `fit` its fit entry."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    figure, (ax_law, ax_curves) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure = Figure(figsize=(11, 4.2))
+    ax_law, ax_curves = figure.subplots(1, 2)
     done = [size for size in sizes if size.get("final_val_loss") is not None]
-    colours = plt.cm.viridis(np.linspace(0.05, 0.9, max(len(sizes), 1)))
+    colours = colormaps["viridis"](np.linspace(0.05, 0.9, max(len(sizes), 1)))
     colour_of = {size["name"]: colours[index] for index, size in enumerate(sizes)}
     if done:
         params = np.array([size["params"] for size in done], dtype=float)
@@ -67,7 +49,7 @@ def plot_scaling(
                 ax_law.axhline(fit["L_inf"], color="crimson", lw=0.8, ls=":")
             ax_law.legend(fontsize=8, loc="upper right")
     ax_law.set_xscale("log")
-    _plain_log_axis(ax_law)
+    plain_log_yaxis(ax_law)
     ax_law.set_xlabel(f"parameters ({param_count.replace('_', '-')})")
     ax_law.set_ylabel("final validation loss")
     ax_law.set_title("validation loss against model size")
@@ -78,7 +60,7 @@ def plot_scaling(
             params_text = format_count(size["params"]) if size.get("params") else "?"
             ax_curves.plot(steps, losses, marker=".", color=colour_of[size["name"]],
                            label=f"{size['name']} ({params_text})")
-    _plain_log_axis(ax_curves)
+    plain_log_yaxis(ax_curves)
     ax_curves.set_xlabel("step")
     ax_curves.set_ylabel("validation loss")
     ax_curves.set_title("validation curves (same data, schedule, tokens)")
@@ -86,10 +68,7 @@ def plot_scaling(
     if any(curves.values()):
         ax_curves.legend(fontsize=7)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=90, bbox_inches=None)
 
 
 def plot_probe_scaling(sizes: Sequence[Mapping[str, Any]], path: str | Path,
@@ -97,18 +76,14 @@ def plot_probe_scaling(sizes: Sequence[Mapping[str, Any]], path: str | Path,
     """Probe score against parameters, one panel per target, one line per feature set (astroPT,
     random init, pixel PCA). Reads each size's `probe` entry ({target: {feature_set: metrics}});
     returns None when no size has probes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     probed = [size for size in sizes if size.get("probe")]
     if not probed:
         return None
     targets = list(dict.fromkeys(target for size in probed for target in size["probe"]))
     columns = min(len(targets), 3)
     rows = math.ceil(len(targets) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    figure = Figure(figsize=(4.2 * columns, 3.4 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     styles = {"astropt": dict(marker="o", color="C0"), "random_init": dict(marker="s", color="C7", ls="--"),
               "pixel_pca": dict(marker="^", color="C2", ls=":")}
     for ax, target in zip(axes.ravel(), targets):
@@ -134,8 +109,4 @@ def plot_probe_scaling(sizes: Sequence[Mapping[str, Any]], path: str | Path,
         ax.set_visible(False)
     figure.suptitle("linear-probe score against model size")
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=90, bbox_inches=None)
