@@ -18,9 +18,11 @@ def flag_names(argv: Sequence[str]) -> set[str]:
     return {item[2:].split("=", 1)[0] for item in argv if item.startswith("--")}
 
 
-def completed_summary(size_dir: Path, max_steps: int) -> dict[str, Any] | None:
-    """The size's `summary.json` if its training completed all `max_steps`, else None (train or resume)."""
-    path = size_dir / "summary.json"
+def completed_summary(run_dir: Path, max_steps: int) -> dict[str, Any] | None:
+    """The `summary.json` of a study's run (one size, one variant) if its training completed all
+    `max_steps`, else None (train or resume it). A run completed with another step count is refused: the
+    study's runs must share one budget."""
+    path = Path(run_dir) / "summary.json"
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
@@ -28,7 +30,7 @@ def completed_summary(size_dir: Path, max_steps: int) -> dict[str, Any] | None:
         return None
     if summary.get("steps") != max_steps:
         raise ValueError(
-            f"{path}: a completed run of {summary.get('steps')} steps, but this sweep trains {max_steps}; "
+            f"{path}: a completed run of {summary.get('steps')} steps, but this study trains {max_steps}; "
             f"use the same --max_steps or a new --output_dir"
         )
     return summary

@@ -3,7 +3,7 @@
 Upstream standardises every patch on its own (``per_patch``), which hides each patch's brightness and
 colour offsets from the model; the probes then have to recover magnitudes and colours from what is left.
 The study trains the same model on the same data with the same schedule under each normalisation and runs
-the downstream issue's linear probes (with their random-init and pixel-PCA baselines, which see the same
+the linear probes of `astropt_hf.downstream` (with their random-init and pixel-PCA baselines, which see the same
 normalised input) on held-out galaxies:
 
 * ``per_patch``: upstream; each patch vector standardised on its own;
