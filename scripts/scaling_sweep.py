@@ -20,13 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
-from astropt_hf.studies.scaling_sweep import (
-    PARAM_COUNTS,
-    SweepOptions,
-    parse_sizes,
-    run_scaling_sweep,
-    validate_sweep_options,
-)
+from astropt_hf.studies.scaling_laws import PARAM_COUNTS, parse_sizes
+from astropt_hf.studies.scaling_sweep import SweepOptions, run_scaling_sweep, validate_sweep_options
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from astropt_hf import ASTROPT_PRESETS, AstroPTConfig, AstroPTForPreTraining
-from astropt_hf.studies.scaling_sweep import (
+from astropt_hf.studies.scaling_laws import (
     count_parameters,
     fit_saturating_power_law,
     parse_size,
     parse_sizes,
-    read_validation_curve,
-    write_scaling_outputs,
 )
+from astropt_hf.studies.scaling_report import read_validation_curve, write_scaling_outputs
 
 TRUE_LAW = {"alpha": 0.35, "L_inf": 0.2, "log10_N_c": 3.0}
 

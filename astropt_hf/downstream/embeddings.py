@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..run_files import atomic_path
+
 logger = logging.getLogger(__name__)
 
 EMBEDDING_COLUMN = "embedding"
@@ -352,13 +354,8 @@ def _write_parquet_atomic(table, path: Path, row_group_size: int | None = None) 
     """Write a table to `path` so that the file appears complete or not at all."""
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --------------------------------------------------------------------------- extraction
@@ -471,9 +468,8 @@ def _merge(output: Path, parts_dir: Path, row_group_size: int) -> int:
     chunks = sorted(parts_dir.glob("*.parquet"), key=lambda p: (_first_row(p), p.name))
     sources = ([output] if output.is_file() else []) + chunks
     schema = pq.read_schema(chunks[-1] if chunks else output)
-    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
     seen: set[str] = set()
-    try:
+    with atomic_path(output) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for source in sources:
                 source_file = pq.ParquetFile(source)
@@ -490,10 +486,6 @@ def _merge(output: Path, parts_dir: Path, row_group_size: int) -> int:
                     if keep:
                         table = table.take(keep) if len(keep) < len(ids) else table
                         writer.write_table(table.replace_schema_metadata(schema.metadata), row_group_size=row_group_size)
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     for chunk in chunks:
         chunk.unlink()
     if not any(parts_dir.iterdir()):

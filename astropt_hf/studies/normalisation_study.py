@@ -3,7 +3,7 @@
 Upstream standardises every patch on its own (``per_patch``), which hides each patch's brightness and
 colour offsets from the model; the probes then have to recover magnitudes and colours from what is left.
 The study trains the same model on the same data with the same schedule under each normalisation and runs
-the downstream issue's linear probes (with their random-init and pixel-PCA baselines, which see the same
+the linear probes of `astropt_hf.downstream` (with their random-init and pixel-PCA baselines, which see the same
 normalised input) on held-out galaxies:
 
 * ``per_patch``: upstream; each patch vector standardised on its own;
@@ -20,11 +20,13 @@ patches); the probes are.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from astropt_hf.run_files import write_json_atomic, write_text_atomic
+from astropt_hf.studies.common import completed_summary, flag_names, load_probe_source, probe_score
 
 __all__ = [
     "VARIANTS",
@@ -93,8 +95,6 @@ def variant_arguments(options: StudyOptions, variant: str):
 
 
 def check_study_options(options: StudyOptions) -> list:
-    from astropt_hf.studies.scaling_sweep import flag_names
-
     if not options.targets:
         raise ValueError("no probe targets given; expected e.g. --targets redshift,mag_r")
     clashes = sorted(flag_names(options.pretrain_argv) & set(VARIANT_KEYS))
@@ -110,8 +110,6 @@ def check_study_options(options: StudyOptions) -> list:
 
 def _score(metrics: dict[str, Any]) -> float | None:
     """The headline score of one feature set's metrics (R², else accuracy), None if it has none."""
-    from astropt_hf.studies.scaling_sweep import probe_score
-
     found = probe_score(metrics)
     return found[1] if found is not None else None
 
@@ -142,7 +140,6 @@ def run_normalisation_study(options: StudyOptions, log=print) -> dict[str, Any]:
     """Train and probe every variant; write normalisations.json / .md / .png; return the JSON content."""
     from astropt_hf.downstream.linear_probe import probe_trained_run
     from astropt_hf.plotting import plot_normalisation_study
-    from astropt_hf.studies.scaling_sweep import completed_summary, load_probe_source, write_text_atomic
     from astropt_hf.training import run_pretraining
 
     arguments = check_study_options(options)
@@ -178,7 +175,7 @@ def run_normalisation_study(options: StudyOptions, log=print) -> dict[str, Any]:
     best = max(entries, key=lambda e: (e["wins_over_random_init"], e["mean_score"]))["name"]
     result = {"targets": list(options.targets), "variants": entries, "best": best,
               "probe_split": options.probe_split, "pretrain_argv": list(options.pretrain_argv)}
-    write_text_atomic(output_dir / RESULTS_FILE, json.dumps(result, indent=2))
+    write_json_atomic(output_dir / RESULTS_FILE, result)
     write_text_atomic(output_dir / "normalisations.md", study_markdown(result))
     plot_normalisation_study(entries, options.targets, output_dir / "normalisations.png")
     log(f"best: {best}; wrote {output_dir / RESULTS_FILE}, normalisations.md, normalisations.png")

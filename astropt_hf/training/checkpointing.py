@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..run_files import fsync_folder, replace_path
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -99,19 +101,6 @@ def rotate_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
     return doomed
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, payload: Any) -> None:
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=2)
@@ -150,11 +139,9 @@ def save_checkpoint(
         _write_json(tmp / TRAINER_STATE_NAME, trainer_state)
         _write_json(tmp / COMPLETE_MARKER, {"step": step, "num_processes": accelerator.num_processes,
                                             "saved_at": time.time()})
-        _fsync_dir(tmp)
-        if final.exists():  # a checkpoint of the same step from an earlier, interrupted attempt
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(output_dir)
+        fsync_folder(tmp)
+        # Drops a checkpoint of the same step from an earlier, interrupted attempt.
+        replace_path(tmp, final, durable=True)
         rotate_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final

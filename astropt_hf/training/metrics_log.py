@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..run_files import write_text_atomic
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -42,10 +44,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Drop records past `step`: a resumed run redoes those steps and logs them again."""
         kept = [r for r in self.read() if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def reset(self) -> None:
         if self.path.exists():
