@@ -406,14 +406,15 @@ def test_final_save_of_a_compiled_model_has_plain_keys(tiny_config, tmp_path):
     from safetensors.torch import load_file
 
     from astropt_hf import AstroPTImageProcessor
-    from astropt_hf.training.loop import _reset_accelerate_state, _save_final_model
+    from astropt_hf.training.loop import _reset_accelerate_state
+    from astropt_hf.training.run_outputs import save_final_model
 
     config = tiny_config()
     model = AstroPTForPreTraining(config)
     try:
         accelerator = Accelerator(cpu=True)
         compiled = accelerator.prepare(torch.compile(model))
-        _save_final_model(accelerator, compiled, AstroPTImageProcessor(image_size=16), tmp_path)
+        save_final_model(accelerator, compiled, AstroPTImageProcessor(image_size=16), tmp_path)
     finally:
         _reset_accelerate_state()
     saved = load_file(tmp_path / "model.safetensors")
