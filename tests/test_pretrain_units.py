@@ -407,7 +407,7 @@ def test_final_save_of_a_compiled_model_has_plain_keys(tiny_config, tmp_path):
 
     from astropt_hf import AstroPTImageProcessor
     from astropt_hf.training.loop import _reset_accelerate_state
-    from astropt_hf.training.run_outputs import save_final_model
+    from astropt_hf.training.output_dir import save_final_model
 
     config = tiny_config()
     model = AstroPTForPreTraining(config)

@@ -33,8 +33,8 @@ from .evaluation import dummy_pixel_values, evaluate_loss, predicted_images, sav
 from .hub import check_push_possible, push_folder
 from .metrics_log import MetricsLog
 from .optim import build_optimizer
+from .output_dir import final_message, prepare_output_dir, save_final_model, weights_digest
 from .precision import resolve_mixed_precision
-from .run_outputs import final_message, prepare_output_dir, save_final_model, weights_digest
 from .schedule import build_scheduler
 
 logger = logging.getLogger(__name__)

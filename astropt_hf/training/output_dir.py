@@ -1,5 +1,5 @@
-"""What a pretraining run writes besides its checkpoints: the output folder (checked, and cleaned of an
-interrupted or replaced run), the final `save_pretrained`, the closing message, and a weights digest that
+"""The run's output folder: checked and cleaned when a run starts (no mixing of two runs, no leftovers of an
+interrupted save), and at the end the final `save_pretrained`, the closing message, and a weights digest that
 the multi-process tests compare across ranks."""
 
 from __future__ import annotations
