@@ -195,6 +195,40 @@ def test_schedule_warms_up_then_cosine_decays_to_min_lr():
     assert seen == pytest.approx(rates[:120], rel=1e-9)
 
 
+def _upstream_rate(step, peak, low, warmup, decay):
+    """Upstream's recipe written out: warmup peak*(s+1)/(W+1), cosine to `low` at `decay`, `low` after."""
+    if step < warmup:
+        return peak * (step + 1) / (warmup + 1)
+    if step >= decay:
+        return low
+    progress = (step - warmup) / max(1, decay - warmup)
+    return low + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - low)
+
+
+@pytest.mark.parametrize(
+    "peak, low, warmup, decay",
+    [(1e-3, 1e-4, 0, 100), (1e-3, 1e-4, 10, 100), (2e-3, 2e-4, 30, 60), (1e-3, 0.0, 5, 5), (1e-3, 1e-4, 10, 5)],
+)
+def test_schedule_follows_the_upstream_recipe(peak, low, warmup, decay):
+    """Warmup 0, warmup > 0, and a decay that ends before training does (the rate then stays at min_lr)."""
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([parameter], lr=peak)
+    scheduler = build_scheduler(optimizer, peak, low, warmup, decay)
+    for step in range(150):
+        expected = _upstream_rate(step, peak, low, warmup, decay)
+        assert learning_rate_at(step, peak, low, warmup, decay) == pytest.approx(expected, rel=1e-12, abs=1e-18)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12, abs=1e-18)
+        optimizer.step()
+        scheduler.step()
+    # a resumed scheduler continues from the saved step: its state is plain numbers
+    state = scheduler.state_dict()
+    assert state["lr_lambdas"] == [None] and state["last_epoch"] == 150
+    fresh = build_scheduler(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=peak), peak, low, warmup, decay)
+    fresh.load_state_dict(state)
+    fresh.step()
+    assert fresh.get_last_lr()[0] == pytest.approx(_upstream_rate(151, peak, low, warmup, decay), rel=1e-12)
+
+
 def test_weight_decay_only_on_matrices(tiny_config):
     model = AstroPTForPreTraining(tiny_config(use_bias=True))
     decay, no_decay = parameter_groups(model, 0.1)
@@ -372,14 +406,15 @@ def test_final_save_of_a_compiled_model_has_plain_keys(tiny_config, tmp_path):
     from safetensors.torch import load_file
 
     from astropt_hf import AstroPTImageProcessor
-    from astropt_hf.training.loop import _reset_accelerate_state, _save_final_model
+    from astropt_hf.training.loop import _reset_accelerate_state
+    from astropt_hf.training.output_dir import save_final_model
 
     config = tiny_config()
     model = AstroPTForPreTraining(config)
     try:
         accelerator = Accelerator(cpu=True)
         compiled = accelerator.prepare(torch.compile(model))
-        _save_final_model(accelerator, compiled, AstroPTImageProcessor(image_size=16), tmp_path)
+        save_final_model(accelerator, compiled, AstroPTImageProcessor(image_size=16), tmp_path)
     finally:
         _reset_accelerate_state()
     saved = load_file(tmp_path / "model.safetensors")

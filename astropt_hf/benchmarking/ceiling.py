@@ -17,7 +17,7 @@ PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def measure_matmul_ceiling(device: str, precision: str, repeats: int = 5, target_seconds: float = 0.3) -> dict:
     """Best FLOP/s over `repeats` of an n x n @ n x n matmul, n grown until one call takes about
-    `target_seconds` (so that emulated dtypes, ~50x slower, still finish quickly). The best, not the median:
+    `target_seconds` (so that emulated dtypes, far slower than native ones, still finish quickly). The best, not the median:
     a ceiling is what the machine can do, and on a shared machine slower samples are other people's load."""
     dtype = PRECISION_DTYPES[precision]
     size, limit = 256, 8192 if device.startswith("cuda") else 4096

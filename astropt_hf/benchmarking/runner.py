@@ -39,12 +39,12 @@ class BenchmarkSettings:
     device: str = "cpu"
     quick: bool = False
     repeats: int = 3
-    slow_repeats: int = 3  # completion and embeddings, minutes per repeat on small CPUs
+    slow_repeats: int = 3  # completion and embeddings: the longest measures, so they may repeat less often
     warmup_batch: int = 1
     train_shape: ModelShape = field(default_factory=lambda: ModelShape.preset("astropt-005M"))
     train_batch: int = 4
-    # where bf16 is emulated (CPUs without amx_bf16/avx512_bf16) its matmuls run ~50x slower than fp32,
-    # so the bf16 comparison there uses this smaller shape to finish in minutes
+    # where bf16 is emulated (CPUs without amx_bf16/avx512_bf16) its matmuls are far slower than fp32,
+    # so the bf16 comparison there uses this smaller shape to keep the run short
     emulated_bf16_shape: ModelShape = field(default_factory=lambda: ModelShape.preset("astropt-005M", image_size=128))
     emulated_bf16_batch: int = 1
     embed_batch: int = 32
@@ -69,8 +69,8 @@ class BenchmarkSettings:
 
 
 def settings_for(device: str = "cpu", quick: bool = False, **overrides) -> BenchmarkSettings:
-    """Issue shapes on a GPU; the same shapes on a CPU with fewer repeats and a smaller embedding batch;
-    tiny shapes and one repeat with `quick` (a smoke test that finishes in well under a minute)."""
+    """The reference shapes (the `BenchmarkSettings` defaults) on a GPU; the same shapes on a CPU with fewer
+    repeats and a smaller embedding batch; tiny shapes and one repeat with `quick` (a smoke test)."""
     if quick:
         tiny = ModelShape(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, image_size=64, patch_size=8)
         base = BenchmarkSettings(
@@ -85,7 +85,7 @@ def settings_for(device: str = "cpu", quick: bool = False, **overrides) -> Bench
             device=device, repeats=5, slow_repeats=5, warmup_batch=4, embed_batch=32, completion_batch=16,
             preprocess_images=64, pipeline_images=256, pipeline_batch=32, memory_batch=8,
         )
-    else:  # a full run on a small CPU: issue shapes (embedding batch 8, not 32), ~10 minutes on 2 cores
+    else:  # a full run on a CPU: the reference shapes, with an embedding batch of 8 (not 32) to keep it short
         base = BenchmarkSettings(
             device=device, repeats=5, slow_repeats=3, embed_batch=8,
             measures=tuple(m for m in MEASURES if m != "train_large"),

@@ -2,7 +2,7 @@
 
 from .collate import GalaxyCollator
 from .decoding import IMAGE_SUFFIXES, CorruptSampleError, decode_image
-from .sources import VALIDATION_FRACTION, GalaxySource, load_galaxy_dataset
+from .sources import VALIDATION_FRACTION, GalaxySource, is_streaming_dataset, load_galaxy_dataset
 from .synthetic import (
     BANDS,
     PIXEL_SCALE,
@@ -25,6 +25,7 @@ __all__ = [
     "GalaxyParams",
     "GalaxySource",
     "decode_image",
+    "is_streaming_dataset",
     "load_galaxy_dataset",
     "load_synthetic_galaxies",
     "make_galaxy_row",

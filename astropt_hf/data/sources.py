@@ -102,7 +102,7 @@ def load_galaxy_dataset(
         default_columns = (None, None)
 
     dataset = _select_split(splits, split, spec, streaming)
-    if streaming and not _is_iterable(dataset):
+    if streaming and not is_streaming_dataset(dataset):
         dataset = dataset.to_iterable_dataset(num_shards=_stream_shards(len(dataset)))
 
     columns = _column_names(dataset)
@@ -296,7 +296,7 @@ class _CarveFilter:
 def _carve(dataset, want_validation: bool, streaming: bool):
     columns = _column_names(dataset)
     key_column = next((c for c in ID_COLUMN_CANDIDATES if c in columns), None)
-    if _is_iterable(dataset):
+    if is_streaming_dataset(dataset):
         return dataset.filter(_CarveFilter(key_column, want_validation), with_indices=True)
     keys = dataset[key_column] if key_column else range(len(dataset))
     indices = [i for i, key in enumerate(keys) if is_validation_key(str(key)) == want_validation]
@@ -306,7 +306,8 @@ def _carve(dataset, want_validation: bool, streaming: bool):
 # --------------------------------------------------------------------------- columns
 
 
-def _is_iterable(dataset) -> bool:
+def is_streaming_dataset(dataset) -> bool:
+    """True for a `datasets.IterableDataset` (read lazily, no length, no random access)."""
     import datasets
 
     return isinstance(dataset, datasets.IterableDataset)
@@ -357,7 +358,7 @@ def _arrays_as_numpy(dataset, image_column: str):
     array_types = (datasets.Array2D, datasets.Array3D, datasets.Array4D, datasets.Sequence, datasets.List)
     if not isinstance(feature, array_types):
         return dataset
-    if _is_iterable(dataset):  # streams format all columns at once; ids become numpy strings
+    if is_streaming_dataset(dataset):  # streams format all columns at once; ids become numpy strings
         return dataset.with_format("numpy")
     return dataset.with_format("numpy", columns=[image_column], output_all_columns=True)
 

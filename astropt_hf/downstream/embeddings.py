@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import is_streaming_dataset
 from ..run_files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -118,12 +119,6 @@ def embed_pixel_batch(
 
 ID_KEY = "__astropt_id__"  # the row's id as a string, added to each example
 ROW_KEY = "__astropt_row__"  # the row's position in the dataset
-
-
-def _is_iterable_dataset(dataset) -> bool:
-    import datasets
-
-    return isinstance(dataset, datasets.IterableDataset)
 
 
 class _Rows:
@@ -222,7 +217,7 @@ def pixel_batches(
     from torch.utils.data import DataLoader
 
     collate = EmbeddingCollator(processor, image_column, carry_columns)
-    if _is_iterable_dataset(dataset):
+    if is_streaming_dataset(dataset):
         from datasets.distributed import split_dataset_by_node
 
         stream = dataset.map(_StreamRows(id_column), with_indices=True)
@@ -236,7 +231,7 @@ def pixel_batches(
 
 
 def _dataset_length(dataset) -> int | None:
-    return None if _is_iterable_dataset(dataset) else len(dataset)
+    return None if is_streaming_dataset(dataset) else len(dataset)
 
 
 def compute_embeddings(
@@ -259,7 +254,7 @@ def compute_embeddings(
     """
     from tqdm.auto import tqdm
 
-    if _is_iterable_dataset(dataset):
+    if is_streaming_dataset(dataset):
         raise ValueError("compute_embeddings needs a map-style dataset; use extract_embeddings for streams")
     if len(dataset) == 0:
         raise ValueError("dataset is empty: nothing to embed")
@@ -622,7 +617,7 @@ def extract_embeddings(
     # Every process must finish reading before any writes a new chunk, or their views would differ.
     barrier()
 
-    streaming = _is_iterable_dataset(dataset)
+    streaming = is_streaming_dataset(dataset)
     if streaming:
         mine, total = None, None
         loader = pixel_batches(dataset, processor, image_column, id_column, batch_size, num_workers,

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import is_streaming_dataset
+
 BACKENDS = ("exact", "faiss_flat", "faiss_hnsw")
 
 __all__ = [
@@ -310,10 +312,8 @@ def find_neighbours(
 
 def _fetch_images(dataset, image_column: str, id_column: str | None, ids: list[str], rows: list[int]) -> list:
     """Raw images for `ids`: by row number when it still holds that id, else by scanning the ids."""
-    import datasets
-
     wanted = {row_id: None for row_id in ids}
-    if not isinstance(dataset, datasets.IterableDataset):
+    if not is_streaming_dataset(dataset):
         view = dataset
         for row_id, row in zip(ids, rows):
             if 0 <= row < len(dataset):

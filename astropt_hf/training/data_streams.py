@@ -19,16 +19,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..data import GalaxyCollator, GalaxySource, load_galaxy_dataset
+from ..data import GalaxyCollator, GalaxySource, is_streaming_dataset, load_galaxy_dataset
 from .arguments import ConfigError
 
 logger = logging.getLogger(__name__)
-
-
-def _is_iterable(dataset) -> bool:
-    import datasets
-
-    return isinstance(dataset, datasets.IterableDataset)
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -122,7 +116,7 @@ class TrainBatchStream:
         self.rank, self.num_replicas, self.seed = rank, num_replicas, seed
         self.num_workers, self.shuffle_buffer_size = num_workers, shuffle_buffer_size
         self.epoch, self.batches_in_epoch = epoch, batches_in_epoch
-        self.streaming = _is_iterable(self.dataset)
+        self.streaming = is_streaming_dataset(self.dataset)
         if self.streaming:
             from datasets.distributed import split_dataset_by_node
 
@@ -193,7 +187,7 @@ def validation_batches(
     that every process runs the same number of forward passes (FSDP and DeepSpeed need that).
     """
     dataset = source.dataset
-    if _is_iterable(dataset):
+    if is_streaming_dataset(dataset):
         from datasets.distributed import split_dataset_by_node
 
         subset = split_dataset_by_node(dataset.take(num_items), rank=rank, world_size=num_replicas)
@@ -236,7 +230,7 @@ def _fast_arrays(source: GalaxySource) -> GalaxySource:
     import datasets
 
     dataset = source.dataset
-    if _is_iterable(dataset) or dataset.features is None:
+    if is_streaming_dataset(dataset) or dataset.features is None:
         return source
     feature = dataset.features.get(source.image_column)
     array_types = tuple(
@@ -250,7 +244,7 @@ def _fast_arrays(source: GalaxySource) -> GalaxySource:
 
 def count_items(source: GalaxySource) -> int | None:
     """Number of items of a map-style source, None for a stream."""
-    return None if _is_iterable(source.dataset) else len(source.dataset)
+    return None if is_streaming_dataset(source.dataset) else len(source.dataset)
 
 
 __all__ = [

@@ -8,14 +8,7 @@ from collections.abc import Iterable
 import torch
 
 from ..plotting import plot_galaxy_grid
-
-
-def _any_process(accelerator, flag: bool) -> bool:
-    """True if `flag` is true on any process (a collective: every process must call it)."""
-    if accelerator.num_processes == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
+from .collectives import any_process
 
 
 def dummy_pixel_values(config, device) -> torch.Tensor:
@@ -37,7 +30,7 @@ def evaluate_loss(accelerator, model, batches: Iterable[dict], config) -> tuple[
     iterator = iter(batches)
     while True:
         batch = next(iterator, None)
-        if not _any_process(accelerator, batch is not None):
+        if not any_process(accelerator, batch is not None):
             break
         count = 0 if batch is None else int(batch["pixel_values"].shape[0])
         if batch is not None:

@@ -1,26 +1,21 @@
-"""`run_pretraining(args)`: the astroPT pretraining loop on Accelerate.
+"""`run_pretraining(args)`: the astroPT pretraining loop on Accelerate, as a `Pretrainer` object.
 
-One function, top to bottom: set up (accelerator, output folder, data, model, optimizer), maybe resume,
-then train: micro-batches under `accelerator.accumulate`, clipping, one scheduler step per optimizer
-step, periodic logging / validation / atomic checkpoints, and SIGTERM turned into "save and stop".
-At the end: the final `save_pretrained` (model, processor, remote code), model card, loss curves and
-`summary.json`, optionally a hub upload.
+Set up (accelerator, output folder, data, model, optimizer), maybe resume, then train: micro-batches under
+`accelerator.accumulate`, clipping, one scheduler step per optimizer step, periodic logging / validation /
+atomic checkpoints, and SIGTERM turned into "save and stop". At the end: the final `save_pretrained`
+(model, processor, remote code), model card, loss curves and `summary.json`, optionally a hub upload.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -31,62 +26,18 @@ from ..modeling_astropt import AstroPTForPreTraining
 from ..plotting import plot_loss_curves
 from .arguments import ConfigError, PretrainArguments, build_pretrain_args, validate_pretrain_args
 from .card import write_model_card
-from .checkpointing import (
-    StopSignal,
-    list_checkpoints,
-    load_checkpoint,
-    remove_incomplete_checkpoints,
-    resolve_resume_path,
-    save_checkpoint,
-)
+from .checkpointing import StopSignal, load_checkpoint, resolve_resume_path, save_checkpoint
+from .collectives import any_process, sum_over_processes
 from .data_streams import TrainBatchStream, count_items, load_pretraining_sources, validation_batches
 from .evaluation import dummy_pixel_values, evaluate_loss, predicted_images, save_prediction_grid
 from .hub import check_push_possible, push_folder
 from .metrics_log import MetricsLog
 from .optim import build_optimizer
+from .output_dir import final_message, prepare_output_dir, save_final_model, weights_digest
 from .precision import resolve_mixed_precision
 from .schedule import build_scheduler
 
 logger = logging.getLogger(__name__)
-
-# Files a run writes into output_dir, removed by --overwrite_output_dir.
-RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "loss.png", "README.md", "eval", "debug", "runs")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Output folder
-# ----------------------------------------------------------------------------------------------------
-
-
-def _previous_run_files(output_dir: Path) -> list[str]:
-    if not output_dir.is_dir():
-        return []
-    names = sorted(p.name for p in output_dir.iterdir())
-    return [n for n in names if n.startswith("checkpoint-") or n in ("metrics.jsonl", "summary.json")]
-
-
-def _prepare_output_dir(args: PretrainArguments, output_dir: Path, resume_path: Path | None, accelerator) -> None:
-    """Refuse to silently mix two runs in one folder; clean up what an interrupted run left behind."""
-    previous = _previous_run_files(output_dir)
-    if previous and resume_path is None and not args.overwrite_output_dir and args.resume_from_checkpoint != "latest":
-        raise ConfigError(
-            f"output_dir {str(output_dir)!r} already holds a run ({', '.join(previous[:4])}). Pass "
-            "--resume_from_checkpoint latest to continue it, or --overwrite_output_dir true to start afresh."
-        )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_incomplete_checkpoints(output_dir)
-        if resume_path is None:  # a fresh start: nothing of an earlier run may leak into this one
-            for path in list_checkpoints(output_dir):
-                shutil.rmtree(path)
-            for name in RUN_OUTPUTS:
-                target = output_dir / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-    accelerator.wait_for_everyone()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -100,23 +51,6 @@ def _tracker_config(args: PretrainArguments) -> dict[str, Any]:
     for key, value in args.to_flat_dict().items():
         flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
-
-
-def _weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 over all parameters (name order): equal on every rank iff the weights are identical."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _reduce_sum(accelerator, values: list[float]) -> list[float]:
-    """Element-wise sum over processes (a collective)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        tensor = accelerator.reduce(tensor, reduction="sum")
-    return tensor.tolist()
 
 
 def _first_images(source, collator, count: int) -> dict | None:
@@ -186,308 +120,342 @@ def run_pretraining(args: PretrainArguments | dict) -> dict[str, Any]:
         check_push_possible(args.hub_model_id)
     _check_tracker_installed(args.report_to)
     try:
-        return _run(args)
+        return Pretrainer(args).run()
     finally:
         _reset_accelerate_state()
 
 
-def _run(args: PretrainArguments) -> dict[str, Any]:
-    started = time.perf_counter()
-    output_dir = Path(args.output_dir)
-    config = args.model_config()
-    processor = args.image_processor()
-    mixed_precision = resolve_mixed_precision(args.mixed_precision)
-    trackers = None if args.report_to == "none" else args.report_to
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision,
-        log_with=trackers,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
-        step_scheduler_with_optimizer=False,  # we step it once per optimizer update, on every process
-        dynamo_backend="inductor" if args.compile else None,
-    )
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
-    # Set after creation: the process count is only known once the Accelerator has connected the processes.
-    accumulation = args.resolved_accumulation(world)
-    accelerator.gradient_accumulation_steps = accumulation
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != world:
-        raise ConfigError(
-            f"{launched} processes were launched but they are not connected (this one sees "
-            f"{world}). On CPUs launch with: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
-            "--num_processes N scripts/pretrain.py (a config file with use_cpu: true does not connect them)"
+class Pretrainer:
+    """One pretraining run. `__init__` sets up (accelerator, output folder, data, model, optimizer); `run`
+    then calls `resume`, `start`, `train` (which calls `train_step`, `log_progress`, `evaluate` and `save`)
+    and `finish`, in that order: checkpoints restore the RNG, and every DataLoader started afterwards draws
+    from it, so a resumed run matches an uninterrupted one only if the order stays as it is.
+
+    Two dicts hold what checkpoints carry: `state` (the same on every process: steps, counts, losses;
+    `trainer_state.json`) and `data_state` (this process's data position and unreduced sums;
+    `data_state_<rank>.json`).
+    """
+
+    def __init__(self, args: PretrainArguments):
+        self.args = args
+        self.started = time.perf_counter()
+        self.output_dir = Path(args.output_dir)
+        self.config = args.model_config()
+        self.processor = args.image_processor()
+        self._setup_accelerator()
+        self.resume_path = resolve_resume_path(args.resume_from_checkpoint, self.output_dir)
+        prepare_output_dir(args, self.output_dir, self.resume_path, self.accelerator)
+        self.metrics = MetricsLog(self.output_dir / "metrics.jsonl")
+        self._setup_data()
+        self._setup_model()
+        self.state: dict[str, Any] = {
+            "step": 0, "images_seen": 0, "skipped_samples": 0, "wall_seconds": 0.0,
+            "first_val_loss": None, "last_val_loss": None, "last_train_loss": None,
+        }
+        self.data_state: dict[str, Any] = {
+            "epoch": 0, "batches_in_epoch": 0, "window_loss_sum": 0.0, "window_images": 0,
+            "window_steps": 0, "local_images": 0, "local_skipped": 0,
+        }
+
+    def run(self) -> dict[str, Any]:
+        self.resume()
+        self.start()
+        return self.finish(self.train())
+
+    # --- setup --------------------------------------------------------------------------------------
+
+    def _setup_accelerator(self) -> None:
+        args = self.args
+        self.mixed_precision = resolve_mixed_precision(args.mixed_precision)
+        self.trackers = None if args.report_to == "none" else args.report_to
+        self.accelerator = accelerator = Accelerator(
+            mixed_precision=self.mixed_precision,
+            log_with=self.trackers,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "runs")
+            ),
+            step_scheduler_with_optimizer=False,  # we step it once per optimizer update, on every process
+            dynamo_backend="inductor" if args.compile else None,
+        )
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.main = accelerator.is_main_process
+        # Set after creation: the process count is only known once the Accelerator has connected the processes.
+        accelerator.gradient_accumulation_steps = args.resolved_accumulation(self.world)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.world:
+            raise ConfigError(
+                f"{launched} processes were launched but they are not connected (this one sees "
+                f"{self.world}). On CPUs launch with: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+                "--num_processes N scripts/pretrain.py (a config file with use_cpu: true does not connect them)"
+            )
+
+    def _setup_data(self) -> None:
+        args = self.args
+        self.train_source, self.val_source = load_pretraining_sources(args, self.accelerator)
+        self.collator = GalaxyCollator(self.processor, self.train_source.image_column, self.train_source.id_column)
+        if self.main:
+            _warn_if_stretching_display_images(self.val_source, self.processor)
+        self.val_collator = GalaxyCollator(self.processor, self.val_source.image_column, self.val_source.id_column)
+        self.eval_batch_size = args.resolved_eval_batch_size()
+        self.num_val_items = args.eval_batches * self.eval_batch_size
+        self.num_train = count_items(self.train_source)
+        self.batches_per_epoch = (
+            self.num_train // (args.batch_size * self.world) if self.num_train is not None else None
         )
 
-    resume_path = resolve_resume_path(args.resume_from_checkpoint, output_dir)
-    _prepare_output_dir(args, output_dir, resume_path, accelerator)
-    metrics = MetricsLog(output_dir / "metrics.jsonl")
+    def _setup_model(self) -> None:
+        args, accelerator = self.args, self.accelerator
+        set_seed(args.seed)  # the same initial weights on every process
+        model = AstroPTForPreTraining(self.config)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+        optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, tuple(args.betas), args.adam_epsilon)
+        scheduler = build_scheduler(
+            optimizer, args.learning_rate, args.resolved_min_lr(), args.warmup_steps, args.resolved_lr_decay_steps()
+        )
+        deepspeed_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+        if deepspeed_plugin is not None and deepspeed_plugin.is_auto("train_micro_batch_size_per_gpu"):
+            # our DataLoaders are not prepared (we shard ourselves), so DeepSpeed learns the batch size here
+            deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.batch_size
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.accumulation = accelerator.gradient_accumulation_steps  # DeepSpeed's config may have changed it
+        self.tokens_per_image = self.config.num_patches
+        self.tokens_per_step = args.batch_size * self.accumulation * self.world * self.tokens_per_image
 
-    # --- data ---------------------------------------------------------------------------------------
-    train_source, val_source = load_pretraining_sources(args, accelerator)
-    collator = GalaxyCollator(processor, train_source.image_column, train_source.id_column)
-    if accelerator.is_main_process:
-        _warn_if_stretching_display_images(val_source, processor)
-    val_collator = GalaxyCollator(processor, val_source.image_column, val_source.id_column)
-    eval_batch_size = args.resolved_eval_batch_size()
-    num_train = count_items(train_source)
-    batches_per_epoch = num_train // (args.batch_size * world) if num_train is not None else None
+    # --- resume and start ---------------------------------------------------------------------------
 
-    # --- model, optimizer, schedule -----------------------------------------------------------------
-    set_seed(args.seed)  # the same initial weights on every process
-    model = AstroPTForPreTraining(config)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    num_parameters = sum(p.numel() for p in model.parameters())
-    optimizer = build_optimizer(
-        model, args.learning_rate, args.weight_decay, tuple(args.betas), args.adam_epsilon
-    )
-    scheduler = build_scheduler(
-        optimizer, args.learning_rate, args.resolved_min_lr(), args.warmup_steps, args.resolved_lr_decay_steps()
-    )
-    deepspeed_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if deepspeed_plugin is not None and deepspeed_plugin.is_auto("train_micro_batch_size_per_gpu"):
-        # our DataLoaders are not prepared (we shard ourselves), so DeepSpeed learns the batch size here
-        deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.batch_size
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    accumulation = accelerator.gradient_accumulation_steps  # DeepSpeed's config may have changed it
+    def resume(self) -> None:
+        """Restore model, optimizer, scheduler, RNG and both state dicts from `resume_path`, if there is one."""
+        if self.resume_path is not None:
+            saved_state, saved_data = load_checkpoint(self.accelerator, self.resume_path)
+            self.state.update(saved_state)
+            self.data_state.update(saved_data)
+            self.accelerator.print(f"Resumed from {self.resume_path} at step {self.state['step']}")
+            if self.main:
+                self.metrics.truncate_after(self.state["step"])
+        self.start_step = self.step = self.state["step"]
+        self.wall_before = self.state["wall_seconds"]
 
-    # --- resume -------------------------------------------------------------------------------------
-    state: dict[str, Any] = {
-        "step": 0, "images_seen": 0, "skipped_samples": 0, "wall_seconds": 0.0,
-        "first_val_loss": None, "last_val_loss": None, "last_train_loss": None,
-    }
-    data_state: dict[str, Any] = {"epoch": 0, "batches_in_epoch": 0, "window_loss_sum": 0.0, "window_images": 0,
-                                  "window_steps": 0, "local_images": 0, "local_skipped": 0}
-    if resume_path is not None:
-        saved_state, saved_data = load_checkpoint(accelerator, resume_path)
-        state.update(saved_state)
-        data_state.update(saved_data)
-        accelerator.print(f"Resumed from {resume_path} at step {state['step']}")
-        if main:
-            metrics.truncate_after(state["step"])
-    start_step = state["step"]
-    wall_before = state["wall_seconds"]
-
-    stream = TrainBatchStream(
-        train_source, collator, args.batch_size, rank, world, args.seed, args.num_workers,
-        args.shuffle_buffer_size, epoch=data_state["epoch"], batches_in_epoch=data_state["batches_in_epoch"],
-    )
-    plot_batch = _first_images(val_source, val_collator, args.num_plot_images)
-    num_val_items = args.eval_batches * eval_batch_size
-    tokens_per_image = config.num_patches
-    tokens_per_step = args.batch_size * accumulation * world * tokens_per_image
-
-    if trackers:
-        accelerator.init_trackers(args.run_name, config=_tracker_config(args))
-    accelerator.print(
-        f"astroPT pretraining: {num_parameters / 1e6:.2f}M parameters, {config.num_hidden_layers} layers x "
-        f"{config.hidden_size} wide, {config.num_patches} patches of {config.patch_size}px per "
-        f"{config.image_size}px image\n"
-        f"  data: {train_source.origin} ({num_train if num_train is not None else 'streaming'} items), "
-        f"validation {val_source.origin}\n"
-        f"  {world} process(es) on {accelerator.device}, precision {mixed_precision}, batch {args.batch_size} x "
-        f"accumulation {accumulation} x {world} = {tokens_per_step:,} tokens per step, "
-        f"steps {start_step}->{args.max_steps}\n"
-        f"  output: {output_dir}"
-    )
-
-    debug_dir = output_dir / "debug"
-    if args.record_sample_ids:
-        debug_dir.mkdir(parents=True, exist_ok=True)
-    sample_log = open(debug_dir / f"samples-rank{rank}.jsonl", "a") if args.record_sample_ids else None
-
-    # --- helpers bound to this run ------------------------------------------------------------------
-    def global_counts() -> tuple[int, int]:
-        images, skipped = _reduce_sum(accelerator, [data_state["local_images"], data_state["local_skipped"]])
-        return int(images), int(skipped)
-
-    def run_evaluation(step: int) -> float:
-        loader = validation_batches(val_source, val_collator, num_val_items, eval_batch_size, rank, world,
-                                    args.num_workers)
-        val_loss, _, _ = evaluate_loss(accelerator, model, loader, config)
-        if plot_batch is not None:
-            inputs, predictions = predicted_images(accelerator, model, plot_batch["pixel_values"])
-            if main:
-                save_prediction_grid(inputs, predictions, output_dir / "eval" / f"predictions-step{step:06d}.png",
-                                     plot_batch["ids"], step)
-        if state["first_val_loss"] is None:
-            state["first_val_loss"] = val_loss
-        state["last_val_loss"] = val_loss
-        if main:
-            metrics.write({"step": step, "val_loss": val_loss})
-            plot_loss_curves(metrics.path, output_dir / "loss.png", title=f"astroPT pretraining ({args.run_name})")
-        if trackers:
-            accelerator.log({"val_loss": val_loss}, step=step)
-        return val_loss
-
-    def checkpoint(step: int) -> None:
-        images, skipped = global_counts()
-        shared = dict(state, step=step, images_seen=images, skipped_samples=skipped,
-                      wall_seconds=wall_before + time.perf_counter() - started)
-        save_checkpoint(accelerator, output_dir, step, shared, dict(data_state, **stream.state()),
-                        args.save_total_limit)
+    def start(self) -> None:
+        """The training stream at the resumed position, the images of the prediction grids, trackers and
+        the banner."""
+        args, config = self.args, self.config
+        self.stream = TrainBatchStream(
+            self.train_source, self.collator, args.batch_size, self.rank, self.world, args.seed, args.num_workers,
+            args.shuffle_buffer_size, epoch=self.data_state["epoch"],
+            batches_in_epoch=self.data_state["batches_in_epoch"],
+        )
+        self.plot_batch = _first_images(self.val_source, self.val_collator, args.num_plot_images)
+        if self.trackers:
+            self.accelerator.init_trackers(args.run_name, config=_tracker_config(args))
+        self.accelerator.print(
+            f"astroPT pretraining: {self.num_parameters / 1e6:.2f}M parameters, {config.num_hidden_layers} layers x "
+            f"{config.hidden_size} wide, {config.num_patches} patches of {config.patch_size}px per "
+            f"{config.image_size}px image\n"
+            f"  data: {self.train_source.origin} "
+            f"({self.num_train if self.num_train is not None else 'streaming'} items), "
+            f"validation {self.val_source.origin}\n"
+            f"  {self.world} process(es) on {self.accelerator.device}, precision {self.mixed_precision}, "
+            f"batch {args.batch_size} x accumulation {self.accumulation} x {self.world} = "
+            f"{self.tokens_per_step:,} tokens per step, steps {self.start_step}->{args.max_steps}\n"
+            f"  output: {self.output_dir}"
+        )
+        self.debug_dir = self.output_dir / "debug"
+        self.sample_log = None
+        if args.record_sample_ids:
+            self.debug_dir.mkdir(parents=True, exist_ok=True)
+            self.sample_log = open(self.debug_dir / f"samples-rank{self.rank}.jsonl", "a")
 
     # --- train --------------------------------------------------------------------------------------
-    model.train()
-    progress = tqdm(total=args.max_steps, initial=start_step, disable=not main, desc="pretraining",
-                    dynamic_ncols=True)
-    segment_start, segment_images = time.perf_counter(), 0
-    status, step = "completed", start_step
-    with StopSignal() as stop:
-        while step < args.max_steps:
-            for _ in range(accumulation):
-                batch = next(stream)
-                count = int(batch["pixel_values"].shape[0])
-                data_state["local_skipped"] += int(batch["num_skipped"])
-                if sample_log is not None:
-                    sample_log.write(json.dumps({"step": step, "ids": [str(i) for i in batch["ids"]]}) + "\n")
-                with accelerator.accumulate(model):
-                    if count:
-                        loss = model(pixel_values=batch["pixel_values"].to(accelerator.device, non_blocking=True)).loss
-                    else:  # every item of this batch was skipped: a weight-zero pass keeps the processes in step
-                        loss = model(pixel_values=dummy_pixel_values(config, accelerator.device)).loss * 0.0
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and args.grad_clip > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                data_state["window_loss_sum"] += float(loss.detach().float().item()) * count
-                data_state["window_images"] += count
-                data_state["local_images"] += count
-                segment_images += count
-            scheduler.step()
-            step += 1
-            data_state["window_steps"] += 1
-            progress.update(1)
 
-            if step % args.log_steps == 0 or step == args.max_steps:
-                loss_sum, window_images, images, skipped = _reduce_sum(
-                    accelerator, [data_state["window_loss_sum"], data_state["window_images"],
-                                  data_state["local_images"], data_state["local_skipped"]]
-                )
-                train_loss = loss_sum / window_images if window_images else float("nan")
-                elapsed = time.perf_counter() - segment_start
-                tokens_per_second = segment_images * world * tokens_per_image / max(elapsed, 1e-9)
-                lr = scheduler.get_last_lr()[0]
-                record = {"step": step, "train_loss": train_loss, "lr": lr,
-                          "tokens_seen": int(images) * tokens_per_image, "images_seen": int(images),
-                          "skipped_samples": int(skipped), "tokens_per_second": tokens_per_second,
-                          "epoch": stream.epoch + stream.batches_in_epoch / batches_per_epoch
-                          if batches_per_epoch else stream.epoch}
-                state["last_train_loss"] = train_loss
-                data_state.update(window_loss_sum=0.0, window_images=0, window_steps=0)
-                if main:
-                    metrics.write(record)
-                progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:,.0f}")
-                if trackers:
-                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+    def train(self) -> str:
+        """Optimizer steps up to `max_steps`, with logging, evaluation and checkpoints; returns the status:
+        "completed", or "interrupted" when a SIGTERM (on any process) stopped it after a checkpoint."""
+        args = self.args
+        self.model.train()
+        self.progress = tqdm(total=args.max_steps, initial=self.start_step, disable=not self.main,
+                             desc="pretraining", dynamic_ncols=True)
+        self.segment_start, self.segment_images = time.perf_counter(), 0
+        status = "completed"
+        with StopSignal() as stop:
+            while self.step < args.max_steps:
+                self.train_step()
+                step = self.step
+                if step % args.log_steps == 0 or step == args.max_steps:
+                    self.log_progress()
+                if step % args.eval_steps == 0 or step == args.max_steps:
+                    self.evaluate()
+                stopping = any_process(self.accelerator, stop.requested)
+                if stopping or step == args.max_steps or (args.save_steps and step % args.save_steps == 0):
+                    self.save()
+                if stopping and step < args.max_steps:
+                    status = "interrupted"
+                    self.accelerator.print(
+                        f"\nStopped by a signal at step {step}; resume with --resume_from_checkpoint latest"
+                    )
+                    break
+        self.progress.close()
+        if self.sample_log is not None:
+            self.sample_log.close()
+        return status
 
-            if step % args.eval_steps == 0 or step == args.max_steps:
-                run_evaluation(step)
+    def train_step(self) -> None:
+        """One optimizer update: `accumulation` micro-batches under `accelerator.accumulate`, clipping on the
+        update that syncs gradients, then one scheduler step."""
+        accelerator, model, data_state = self.accelerator, self.model, self.data_state
+        for _ in range(self.accumulation):
+            batch = next(self.stream)
+            count = int(batch["pixel_values"].shape[0])
+            data_state["local_skipped"] += int(batch["num_skipped"])
+            if self.sample_log is not None:
+                self.sample_log.write(json.dumps({"step": self.step, "ids": [str(i) for i in batch["ids"]]}) + "\n")
+            with accelerator.accumulate(model):
+                if count:
+                    loss = model(pixel_values=batch["pixel_values"].to(accelerator.device, non_blocking=True)).loss
+                else:  # every item of this batch was skipped: a weight-zero pass keeps the processes in step
+                    loss = model(pixel_values=dummy_pixel_values(self.config, accelerator.device)).loss * 0.0
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and self.args.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), self.args.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            data_state["window_loss_sum"] += float(loss.detach().float().item()) * count
+            data_state["window_images"] += count
+            data_state["local_images"] += count
+            self.segment_images += count
+        self.scheduler.step()
+        self.step += 1
+        data_state["window_steps"] += 1
+        self.progress.update(1)
 
-            stopping = _any_stop(accelerator, stop.requested)
-            if stopping or step == args.max_steps or (args.save_steps and step % args.save_steps == 0):
-                checkpoint(step)
-            if stopping and step < args.max_steps:
-                status = "interrupted"
-                accelerator.print(f"\nStopped by a signal at step {step}; resume with --resume_from_checkpoint latest")
-                break
-    progress.close()
-    if sample_log is not None:
-        sample_log.close()
+    def log_progress(self) -> None:
+        """The training loss of the window since the last log (over all processes), the learning rate,
+        counts and throughput: to metrics.jsonl, the progress bar and the tracker."""
+        data_state, stream = self.data_state, self.stream
+        loss_sum, window_images, images, skipped = sum_over_processes(
+            self.accelerator, [data_state["window_loss_sum"], data_state["window_images"],
+                               data_state["local_images"], data_state["local_skipped"]]
+        )
+        train_loss = loss_sum / window_images if window_images else float("nan")
+        elapsed = time.perf_counter() - self.segment_start
+        tokens_per_second = self.segment_images * self.world * self.tokens_per_image / max(elapsed, 1e-9)
+        lr = self.scheduler.get_last_lr()[0]
+        record = {"step": self.step, "train_loss": train_loss, "lr": lr,
+                  "tokens_seen": int(images) * self.tokens_per_image, "images_seen": int(images),
+                  "skipped_samples": int(skipped), "tokens_per_second": tokens_per_second,
+                  "epoch": stream.epoch + stream.batches_in_epoch / self.batches_per_epoch
+                  if self.batches_per_epoch else stream.epoch}
+        self.state["last_train_loss"] = train_loss
+        data_state.update(window_loss_sum=0.0, window_images=0, window_steps=0)
+        if self.main:
+            self.metrics.write(record)
+        self.progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:,.0f}")
+        if self.trackers:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
+
+    def evaluate(self) -> float:
+        """Validation loss on the fixed subset (and the prediction grid); logged and returned."""
+        args, step = self.args, self.step
+        loader = validation_batches(self.val_source, self.val_collator, self.num_val_items, self.eval_batch_size,
+                                    self.rank, self.world, args.num_workers)
+        val_loss, _, _ = evaluate_loss(self.accelerator, self.model, loader, self.config)
+        if self.plot_batch is not None:
+            inputs, predictions = predicted_images(self.accelerator, self.model, self.plot_batch["pixel_values"])
+            if self.main:
+                save_prediction_grid(inputs, predictions, self.output_dir / "eval" / f"predictions-step{step:06d}.png",
+                                     self.plot_batch["ids"], step)
+        if self.state["first_val_loss"] is None:
+            self.state["first_val_loss"] = val_loss
+        self.state["last_val_loss"] = val_loss
+        if self.main:
+            self.metrics.write({"step": step, "val_loss": val_loss})
+            self._plot_losses()
+        if self.trackers:
+            self.accelerator.log({"val_loss": val_loss}, step=step)
+        return val_loss
+
+    def save(self) -> None:
+        """An atomic checkpoint of this step (every process must call it)."""
+        images, skipped = self._global_counts()
+        shared = dict(self.state, step=self.step, images_seen=images, skipped_samples=skipped,
+                      wall_seconds=self._wall_seconds())
+        save_checkpoint(self.accelerator, self.output_dir, self.step, shared,
+                        dict(self.data_state, **self.stream.state()), self.args.save_total_limit)
 
     # --- finish -------------------------------------------------------------------------------------
-    images, skipped = global_counts()
-    summary = {
-        "status": status,
-        "steps": step,
-        "max_steps": args.max_steps,
-        "tokens_seen": images * tokens_per_image,
-        "images_seen": images,
-        "tokens_per_step": tokens_per_step,
-        "final_train_loss": state["last_train_loss"],
-        "final_val_loss": state["last_val_loss"],
-        "first_val_loss": state["first_val_loss"],
-        "val_loss_ratio": (state["last_val_loss"] / state["first_val_loss"])
-        if state["first_val_loss"] and state["last_val_loss"] is not None else None,
-        "skipped_samples": skipped,
-        "wall_seconds": wall_before + time.perf_counter() - started,
-        "num_processes": world,
-        "device": str(accelerator.device),
-        "mixed_precision": mixed_precision,
-        "gradient_accumulation_steps": accumulation,
-        "batch_size": args.batch_size,
-        "num_parameters": num_parameters,
-        "epochs": (images + skipped) / num_train if num_train else None,
-        "dataset": args.dataset,
-        "resumed_from": str(resume_path) if resume_path is not None else None,
-        "output_dir": str(output_dir),
-    }
-    if status == "completed":
-        _save_final_model(accelerator, model, processor, output_dir)
-    if args.record_sample_ids:
-        (debug_dir / f"final-rank{rank}.json").write_text(json.dumps({
-            "rank": rank, "num_processes": world, "steps": step,
-            "weights_sha256": _weights_digest(accelerator.unwrap_model(model, keep_torch_compile=False)),
-        }))
-    if main:
-        if metrics.read():
-            plot_loss_curves(metrics.path, output_dir / "loss.png", title=f"astroPT pretraining ({args.run_name})")
+
+    def finish(self, status: str) -> dict[str, Any]:
+        """Final model (if completed), card, loss curves, summary.json and the closing message; returns the
+        summary."""
+        args, accelerator, output_dir = self.args, self.accelerator, self.output_dir
+        summary = self._summary(status)
         if status == "completed":
-            repo_id = args.hub_model_id or str(output_dir)
-            write_model_card(output_dir / "README.md", args, config, summary, repo_id)
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        accelerator.print(_final_message(summary, output_dir))
-    if trackers:
-        accelerator.end_training()
-    if status == "completed" and args.push_to_hub and main:
-        summary["hub_url"] = push_folder(output_dir, args.hub_model_id, args.hub_private)
-        accelerator.print(f"Uploaded to {summary['hub_url']}")
-    accelerator.wait_for_everyone()
-    return summary
+            save_final_model(accelerator, self.model, self.processor, output_dir)
+        if args.record_sample_ids:
+            (self.debug_dir / f"final-rank{self.rank}.json").write_text(json.dumps({
+                "rank": self.rank, "num_processes": self.world, "steps": self.step,
+                "weights_sha256": weights_digest(accelerator.unwrap_model(self.model, keep_torch_compile=False)),
+            }))
+        if self.main:
+            if self.metrics.read():
+                self._plot_losses()
+            if status == "completed":
+                write_model_card(output_dir / "README.md", args, self.config, summary, args.hub_model_id or str(output_dir))
+            (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            accelerator.print(final_message(summary, output_dir))
+        if self.trackers:
+            accelerator.end_training()
+        if status == "completed" and args.push_to_hub and self.main:
+            summary["hub_url"] = push_folder(output_dir, args.hub_model_id, args.hub_private)
+            accelerator.print(f"Uploaded to {summary['hub_url']}")
+        accelerator.wait_for_everyone()
+        return summary
 
+    def _summary(self, status: str) -> dict[str, Any]:
+        images, skipped = self._global_counts()
+        state, args = self.state, self.args
+        return {
+            "status": status,
+            "steps": self.step,
+            "max_steps": args.max_steps,
+            "tokens_seen": images * self.tokens_per_image,
+            "images_seen": images,
+            "tokens_per_step": self.tokens_per_step,
+            "final_train_loss": state["last_train_loss"],
+            "final_val_loss": state["last_val_loss"],
+            "first_val_loss": state["first_val_loss"],
+            "val_loss_ratio": (state["last_val_loss"] / state["first_val_loss"])
+            if state["first_val_loss"] and state["last_val_loss"] is not None else None,
+            "skipped_samples": skipped,
+            "wall_seconds": self._wall_seconds(),
+            "num_processes": self.world,
+            "device": str(self.accelerator.device),
+            "mixed_precision": self.mixed_precision,
+            "gradient_accumulation_steps": self.accumulation,
+            "batch_size": args.batch_size,
+            "num_parameters": self.num_parameters,
+            "epochs": (images + skipped) / self.num_train if self.num_train else None,
+            "dataset": args.dataset,
+            "resumed_from": str(self.resume_path) if self.resume_path is not None else None,
+            "output_dir": str(self.output_dir),
+        }
 
-def _any_stop(accelerator, requested: bool) -> bool:
-    """Stop on every process if any of them got SIGTERM (they must save the checkpoint together)."""
-    if accelerator.num_processes == 1:
-        return requested
-    flag = torch.tensor([1.0 if requested else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    # --- small helpers ------------------------------------------------------------------------------
 
-
-def _save_final_model(accelerator, model, processor, output_dir: Path) -> None:
-    """`save_pretrained` of the model (gathered from all processes under FSDP/DeepSpeed) and processor,
-    with the remote-code files, so that `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` works."""
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed ZeRO-3
-    # torch.compile's wrapper prefixes every key with "_orig_mod."; the checkpoint must not carry it
-    state_dict = {key.removeprefix("_orig_mod."): value for key, value in state_dict.items()}
-    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    if accelerator.is_main_process:
-        processor.save_pretrained(output_dir)
-    unwrapped.save_pretrained(
-        output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-        state_dict=state_dict, safe_serialization=True,
-    )
-    accelerator.wait_for_everyone()
-
-
-def _final_message(summary: dict, output_dir: Path) -> str:
-    def fmt(value):
-        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
-    lines = [
-        f"\nDone: {summary['status']} after {summary['steps']} steps, {summary['tokens_seen']:,} tokens, "
-        f"{summary['wall_seconds']:.0f} s.",
-        f"  validation loss {fmt(summary['first_val_loss'])} (first evaluation) -> {fmt(summary['final_val_loss'])}"
-        f" (final); training loss {fmt(summary['final_train_loss'])}; skipped samples {summary['skipped_samples']}",
-    ]
-    if summary["status"] == "completed":
-        lines.append(
-            f"  model: AutoModel.from_pretrained({str(output_dir)!r}, trust_remote_code=True); card, loss.png, "
-            "metrics.jsonl, summary.json and eval/ are there too"
+    def _global_counts(self) -> tuple[int, int]:
+        """(images trained on, samples skipped) over all processes: a collective."""
+        images, skipped = sum_over_processes(
+            self.accelerator, [self.data_state["local_images"], self.data_state["local_skipped"]]
         )
-    return "\n".join(lines)
+        return int(images), int(skipped)
+
+    def _wall_seconds(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+    def _plot_losses(self) -> None:
+        plot_loss_curves(self.metrics.path, self.output_dir / "loss.png",
+                         title=f"astroPT pretraining ({self.args.run_name})")
 
 
-__all__ = ["run_pretraining"]
+__all__ = ["Pretrainer", "run_pretraining"]

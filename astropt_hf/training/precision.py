@@ -37,9 +37,8 @@ def resolve_mixed_precision(requested: str, cpu_flags: tuple[str, ...] | None = 
 
     `auto` means: what the Accelerate launch config asked for, if it asked for a low precision; else
     bf16 on a GPU that supports it (fp16 on older GPUs); else bf16 on a CPU with hardware bf16 (AMX or
-    AVX512-BF16); else full precision. Without those flags bf16 is emulated: bf16 autocast was measured
-    12-22x *slower* per training step on the development CPU (AMD EPYC, AVX2 only; demo model 262 ms vs
-    3174 ms), so those CPUs train in fp32.
+    AVX512-BF16); else full precision. Without those flags torch emulates bf16 matmuls in software, which
+    makes a bf16 autocast training step many times slower than fp32, so those CPUs train in fp32.
     """
     if requested != "auto":
         return requested

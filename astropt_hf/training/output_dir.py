@@ -1,0 +1,96 @@
+"""The run's output folder: checked and cleaned when a run starts (no mixing of two runs, no leftovers of an
+interrupted save), and at the end the final `save_pretrained`, the closing message, and a weights digest that
+the multi-process tests compare across ranks."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from .arguments import ConfigError, PretrainArguments
+from .checkpointing import list_checkpoints, remove_incomplete_checkpoints
+
+# Files a run writes into output_dir, removed by --overwrite_output_dir.
+RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "loss.png", "README.md", "eval", "debug", "runs")
+
+
+def _previous_run_files(output_dir: Path) -> list[str]:
+    if not output_dir.is_dir():
+        return []
+    names = sorted(p.name for p in output_dir.iterdir())
+    return [n for n in names if n.startswith("checkpoint-") or n in ("metrics.jsonl", "summary.json")]
+
+
+def prepare_output_dir(args: PretrainArguments, output_dir: Path, resume_path: Path | None, accelerator) -> None:
+    """Refuse to silently mix two runs in one folder; clean up what an interrupted run left behind."""
+    previous = _previous_run_files(output_dir)
+    if previous and resume_path is None and not args.overwrite_output_dir and args.resume_from_checkpoint != "latest":
+        raise ConfigError(
+            f"output_dir {str(output_dir)!r} already holds a run ({', '.join(previous[:4])}). Pass "
+            "--resume_from_checkpoint latest to continue it, or --overwrite_output_dir true to start afresh."
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_incomplete_checkpoints(output_dir)
+        if resume_path is None:  # a fresh start: nothing of an earlier run may leak into this one
+            for path in list_checkpoints(output_dir):
+                shutil.rmtree(path)
+            for name in RUN_OUTPUTS:
+                target = output_dir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    accelerator.wait_for_everyone()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over all parameters (name order): equal on every rank iff the weights are identical."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_final_model(accelerator, model, processor, output_dir: Path) -> None:
+    """`save_pretrained` of the model (gathered from all processes under FSDP/DeepSpeed) and processor,
+    with the remote-code files, so that `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` works."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed ZeRO-3
+    # torch.compile's wrapper prefixes every key with "_orig_mod."; the checkpoint must not carry it
+    state_dict = {key.removeprefix("_orig_mod."): value for key, value in state_dict.items()}
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if accelerator.is_main_process:
+        processor.save_pretrained(output_dir)
+    unwrapped.save_pretrained(
+        output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+        state_dict=state_dict, safe_serialization=True,
+    )
+    accelerator.wait_for_everyone()
+
+
+def final_message(summary: dict, output_dir: Path) -> str:
+    def fmt(value):
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+    lines = [
+        f"\nDone: {summary['status']} after {summary['steps']} steps, {summary['tokens_seen']:,} tokens, "
+        f"{summary['wall_seconds']:.0f} s.",
+        f"  validation loss {fmt(summary['first_val_loss'])} (first evaluation) -> {fmt(summary['final_val_loss'])}"
+        f" (final); training loss {fmt(summary['final_train_loss'])}; skipped samples {summary['skipped_samples']}",
+    ]
+    if summary["status"] == "completed":
+        lines.append(
+            f"  model: AutoModel.from_pretrained({str(output_dir)!r}, trust_remote_code=True); card, loss.png, "
+            "metrics.jsonl, summary.json and eval/ are there too"
+        )
+    return "\n".join(lines)
+
+
+__all__ = ["RUN_OUTPUTS", "final_message", "prepare_output_dir", "save_final_model", "weights_digest"]
