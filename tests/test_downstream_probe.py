@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from downstream_helpers import dataset_flags, load_script, save_tiny_model, tiny_split
 
-from astropt_hf.downstream.embeddings import extract_embeddings, load_backbone
+from astropt_hf.downstream.embeddings import ExtractionOptions, extract_embeddings, load_backbone
 from astropt_hf.downstream.linear_probe import run_linear_probes
 
 TARGETS = ["redshift", "mag_r", "g_r"]
@@ -41,7 +41,7 @@ def test_reused_embeddings_give_the_same_probe_as_computing_them(tiny_model, tmp
     model, processor = load_backbone(tiny_model)
     # Extracted in a shuffled row order: the workflow must match them to the dataset by id.
     shuffled = source.dataset.select(np.random.default_rng(0).permutation(len(source.dataset)))
-    extract_embeddings(model, shuffled, processor, tmp_path / "emb.parquet", progress=False)
+    extract_embeddings(model, shuffled, processor, tmp_path / "emb.parquet", ExtractionOptions(progress=False))
     common = dict(targets=["redshift"], baselines=(), n_folds=3, progress=False)
     direct = run_linear_probes(tiny_model, source.dataset, output_dir=tmp_path / "a", **common)
     reused = run_linear_probes(tiny_model, source.dataset, output_dir=tmp_path / "b",

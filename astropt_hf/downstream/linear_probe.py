@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from astropt_hf.downstream.embeddings import compute_embeddings, load_backbone, pixel_batches, read_embeddings
+from astropt_hf.data.batching import pixel_batches
+from astropt_hf.downstream.embedding_store import read_embeddings
+from astropt_hf.downstream.embeddings import compute_embeddings, load_backbone
 
 logger = logging.getLogger(__name__)
 
