@@ -157,3 +157,15 @@ def test_two_processes_write_one_merged_file(tiny_model, test_split, reference, 
     # contiguous shares per rank, chunks merged in row order: the file is in dataset order
     assert table.columns["row"].tolist() == list(range(24))
     assert json.loads(pq.read_schema(output).metadata[b"astropt_hf.embeddings"])["embedding_dim"] == 32
+
+
+def test_streamed_dataset_is_embedded_and_resumed_by_id(tiny_model, test_split, reference, tmp_path):
+    model, processor = load_backbone(tiny_model)
+    output = tmp_path / "emb.parquet"
+    extract_embeddings(model, test_split.dataset.select(range(10)), processor, output, QUIET)
+    stream = tiny_split("test", streaming=True).dataset
+    summary = extract_embeddings(model, stream, processor, output, ExtractionOptions(batch_size=4, progress=False))
+    assert (summary.num_skipped, summary.num_new, summary.num_rows) == (10, 14, 24)  # done rows never re-embedded
+    _check_complete(output, test_split.dataset, reference)
+    again = extract_embeddings(model, stream, processor, output, QUIET)
+    assert (again.num_new, again.num_rows) == (0, 24)

@@ -38,6 +38,8 @@ from astropt_hf.downstream.embedding_store import (
 
 logger = logging.getLogger(__name__)
 
+# The store's read side (`read_embeddings`, `EmbeddingTable`) is re-exported: reading back what
+# `extract_embeddings` wrote is part of this module's public interface, and users' scripts import it from here.
 __all__ = [
     "EmbeddingTable",
     "ExtractionOptions",
