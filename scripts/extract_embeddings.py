@@ -49,17 +49,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from accelerate import Accelerator
 
-    from astropt_hf.downstream.embeddings import extract_embeddings, load_backbone
+    from astropt_hf.downstream.embeddings import ExtractionOptions, extract_embeddings, load_backbone
 
     accelerator = Accelerator()
     model, processor = load_backbone(args.model, accelerator.device, trust_remote_code=not args.no_trust_remote_code)
     spec = dataset_spec(args, image_size=model.config.image_size)
     source = open_dataset(spec)
-    summary = extract_embeddings(
-        model,
-        source.dataset,
-        processor,
-        args.output,
+    options = ExtractionOptions(
         batch_size=args.batch_size,
         layer=args.layer,
         pooling=args.pooling,
@@ -71,10 +67,10 @@ def main(argv=None) -> int:
         rows_per_chunk=args.rows_per_chunk,
         num_workers=args.num_workers,
         overwrite=args.overwrite,
-        accelerator=accelerator,
         model_name=args.model,
         extra_metadata={"dataset": spec},
     )
+    summary = extract_embeddings(model, source.dataset, processor, args.output, options, accelerator=accelerator)
     if accelerator.is_main_process:
         print(summary.throughput_line())
     return 0

@@ -52,15 +52,11 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoConfig
 
-    from astropt_hf.downstream.linear_probe import run_linear_probes
+    from astropt_hf.downstream.linear_probe import LinearProbeOptions, run_linear_probes
 
     image_size = AutoConfig.from_pretrained(args.model, trust_remote_code=True).image_size
     source = open_dataset(dataset_spec(args, image_size=image_size))
-    result = run_linear_probes(
-        args.model,
-        source.dataset,
-        [t.strip() for t in args.targets.split(",") if t.strip()],
-        args.output_dir,
+    options = LinearProbeOptions(
         embeddings_path=args.embeddings,
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
         batch_size=args.batch_size,
@@ -76,6 +72,8 @@ def main(argv=None) -> int:
         id_column=source.id_column,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    result = run_linear_probes(args.model, source.dataset, targets, args.output_dir, options)
     print(result.summary_table())
     print(f"wrote {result.json_path}, {result.bar_chart} and {len(result.hexbin_paths)} hexbin figure(s)")
     return 0

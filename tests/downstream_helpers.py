@@ -32,11 +32,13 @@ def galaxy_cache_dir() -> Path:
     return folder
 
 
-def tiny_split(split: str):
-    """A `GalaxySource` for one split of the tiny set."""
+def tiny_split(split: str, streaming: bool = False):
+    """A `GalaxySource` for one split of the tiny set (an `IterableDataset` with `streaming`)."""
     from astropt_hf.data import load_galaxy_dataset
 
-    return load_galaxy_dataset("synthetic", split=split, cache_dir=galaxy_cache_dir(), **SYNTHETIC)
+    return load_galaxy_dataset(
+        "synthetic", split=split, streaming=streaming, cache_dir=galaxy_cache_dir(), **SYNTHETIC
+    )
 
 
 def dataset_flags() -> list[str]:

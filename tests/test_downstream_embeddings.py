@@ -9,12 +9,15 @@ import torch
 from datasets import Dataset
 from downstream_helpers import dataset_flags, load_script, run_script, save_tiny_model, tiny_split
 
+from astropt_hf.downstream.embedding_store import read_embeddings
 from astropt_hf.downstream.embeddings import (
+    ExtractionOptions,
     compute_embeddings,
     extract_embeddings,
     load_backbone,
-    read_embeddings,
 )
+
+QUIET = ExtractionOptions(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,21 +78,22 @@ def test_crash_then_rerun_resumes_without_duplicates(tiny_model, test_split, ref
             raise KeyboardInterrupt("simulated kill")
         return real(*args, **kwargs)
 
+    chunked = ExtractionOptions(batch_size=3, rows_per_chunk=6, progress=False)
     monkeypatch.setattr(embeddings, "embed_pixel_batch", crash_on_fourth_batch)
     with pytest.raises(KeyboardInterrupt):
-        extract_embeddings(model, test_split.dataset, processor, output, batch_size=3, rows_per_chunk=6, progress=False)
+        extract_embeddings(model, test_split.dataset, processor, output, chunked)
     parts = tmp_path / "emb.parquet.parts"
     written = sum(pq.read_metadata(p).num_rows for p in parts.glob("*.parquet"))
     assert written == 6 and not output.exists()  # one complete chunk of 6 rows; the 3 rows after it are lost
     (parts / ".half-written.parquet.tmp").write_bytes(b"PAR1 truncated")  # what a kill mid-write leaves
 
     monkeypatch.setattr(embeddings, "embed_pixel_batch", real)
-    summary = extract_embeddings(model, test_split.dataset, processor, output, batch_size=3, rows_per_chunk=6, progress=False)
+    summary = extract_embeddings(model, test_split.dataset, processor, output, chunked)
     assert (summary.num_skipped, summary.num_new, summary.num_rows) == (6, 18, 24)
     _check_complete(output, test_split.dataset, reference)
     assert not parts.exists()
 
-    again = extract_embeddings(model, test_split.dataset, processor, output, progress=False)
+    again = extract_embeddings(model, test_split.dataset, processor, output, QUIET)
     assert (again.num_new, again.num_skipped, again.num_rows) == (0, 24, 24)
     _check_complete(output, test_split.dataset, reference)
 
@@ -97,14 +101,16 @@ def test_crash_then_rerun_resumes_without_duplicates(tiny_model, test_split, ref
 def test_finished_file_grows_with_new_rows_and_refuses_other_settings(tiny_model, test_split, reference, tmp_path):
     model, processor = load_backbone(tiny_model)
     output = tmp_path / "emb.parquet"
-    first = extract_embeddings(model, test_split.dataset.select(range(10)), processor, output, progress=False)
+    first = extract_embeddings(model, test_split.dataset.select(range(10)), processor, output, QUIET)
     assert first.num_rows == 10
-    summary = extract_embeddings(model, test_split.dataset, processor, output, rows_per_chunk=5, progress=False)
+    summary = extract_embeddings(model, test_split.dataset, processor, output,
+                                 ExtractionOptions(rows_per_chunk=5, progress=False))  # fmt: skip
     assert (summary.num_skipped, summary.num_new, summary.num_rows) == (10, 14, 24)
     _check_complete(output, test_split.dataset, reference)
     with pytest.raises(ValueError, match="pooling"):
-        extract_embeddings(model, test_split.dataset, processor, output, pooling="last", progress=False)
-    rerun = extract_embeddings(model, test_split.dataset, processor, output, pooling="last", overwrite=True, progress=False)
+        extract_embeddings(model, test_split.dataset, processor, output, ExtractionOptions(pooling="last", progress=False))
+    rerun = extract_embeddings(model, test_split.dataset, processor, output,
+                               ExtractionOptions(pooling="last", overwrite=True, progress=False))  # fmt: skip
     assert rerun.num_new == 24
 
 
@@ -114,8 +120,8 @@ def test_layer_pooling_and_bf16_options(tiny_model, test_split, reference, tmp_p
     with torch.no_grad():
         expected = model.get_image_embeddings(pixels, layer="middle", pooling="mean_first_k", pooling_num_patches=4)
     output = tmp_path / "mid.parquet"
-    extract_embeddings(model, test_split.dataset, processor, output, layer="middle", pooling="mean_first_k",
-                       pooling_num_patches=4, progress=False)  # fmt: skip
+    options = ExtractionOptions(layer="middle", pooling="mean_first_k", pooling_num_patches=4, progress=False)
+    extract_embeddings(model, test_split.dataset, processor, output, options)
     table = read_embeddings(output)
     np.testing.assert_allclose(table.embeddings, expected.numpy()[table.columns["row"]], rtol=1e-5, atol=1e-6)
     assert not np.allclose(table.embeddings, reference[table.columns["row"]])
@@ -129,7 +135,8 @@ def test_unreadable_images_are_skipped_and_counted(tiny_model, tmp_path):
     images = [rng.normal(size=(3, 16, 16)).astype(np.float32) for _ in range(5)]
     images[2] = rng.normal(size=(2, 16, 16)).astype(np.float32)  # wrong band count
     dataset = Dataset.from_dict({"image": [image.tolist() for image in images], "id": list("abcde"), "x": [1, 2, 3, 4, 5]})
-    summary = extract_embeddings(model, dataset, processor, tmp_path / "e.parquet", batch_size=2, progress=False)
+    summary = extract_embeddings(model, dataset, processor, tmp_path / "e.parquet",
+                                 ExtractionOptions(batch_size=2, progress=False))  # fmt: skip
     assert (summary.num_new, summary.num_unreadable, summary.num_rows) == (4, 1, 4)
     table = read_embeddings(tmp_path / "e.parquet")
     assert table.ids.tolist() == ["a", "b", "d", "e"] and table.columns["x"].tolist() == [1, 2, 4, 5]
@@ -150,3 +157,15 @@ def test_two_processes_write_one_merged_file(tiny_model, test_split, reference, 
     # contiguous shares per rank, chunks merged in row order: the file is in dataset order
     assert table.columns["row"].tolist() == list(range(24))
     assert json.loads(pq.read_schema(output).metadata[b"astropt_hf.embeddings"])["embedding_dim"] == 32
+
+
+def test_streamed_dataset_is_embedded_and_resumed_by_id(tiny_model, test_split, reference, tmp_path):
+    model, processor = load_backbone(tiny_model)
+    output = tmp_path / "emb.parquet"
+    extract_embeddings(model, test_split.dataset.select(range(10)), processor, output, QUIET)
+    stream = tiny_split("test", streaming=True).dataset
+    summary = extract_embeddings(model, stream, processor, output, ExtractionOptions(batch_size=4, progress=False))
+    assert (summary.num_skipped, summary.num_new, summary.num_rows) == (10, 14, 24)  # done rows never re-embedded
+    _check_complete(output, test_split.dataset, reference)
+    again = extract_embeddings(model, stream, processor, output, QUIET)
+    assert (again.num_new, again.num_rows) == (0, 24)

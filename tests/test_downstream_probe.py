@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from downstream_helpers import dataset_flags, load_script, save_tiny_model, tiny_split
 
-from astropt_hf.downstream.embeddings import extract_embeddings, load_backbone
-from astropt_hf.downstream.linear_probe import run_linear_probes
+from astropt_hf.downstream.embeddings import ExtractionOptions, extract_embeddings, load_backbone
+from astropt_hf.downstream.linear_probe import LinearProbeOptions, run_linear_probes
 
 TARGETS = ["redshift", "mag_r", "g_r"]
 
@@ -41,17 +41,16 @@ def test_reused_embeddings_give_the_same_probe_as_computing_them(tiny_model, tmp
     model, processor = load_backbone(tiny_model)
     # Extracted in a shuffled row order: the workflow must match them to the dataset by id.
     shuffled = source.dataset.select(np.random.default_rng(0).permutation(len(source.dataset)))
-    extract_embeddings(model, shuffled, processor, tmp_path / "emb.parquet", progress=False)
-    common = dict(targets=["redshift"], baselines=(), n_folds=3, progress=False)
-    direct = run_linear_probes(tiny_model, source.dataset, output_dir=tmp_path / "a", **common)
-    reused = run_linear_probes(tiny_model, source.dataset, output_dir=tmp_path / "b",
-                               embeddings_path=tmp_path / "emb.parquet", **common)  # fmt: skip
+    extract_embeddings(model, shuffled, processor, tmp_path / "emb.parquet", ExtractionOptions(progress=False))
+    computed = LinearProbeOptions(baselines=(), n_folds=3, progress=False)
+    from_file = LinearProbeOptions(embeddings_path=tmp_path / "emb.parquet", baselines=(), n_folds=3, progress=False)
+    direct = run_linear_probes(tiny_model, source.dataset, ["redshift"], tmp_path / "a", computed)
+    reused = run_linear_probes(tiny_model, source.dataset, ["redshift"], tmp_path / "b", from_file)
     a = direct.suite.results["targets"]["redshift"]["astropt"]
     b = reused.suite.results["targets"]["redshift"]["astropt"]
     assert a["r2"] == pytest.approx(b["r2"], abs=1e-5) and a["mae"] == pytest.approx(b["mae"], rel=1e-4)
     with pytest.raises(ValueError, match="have no embedding"):
-        run_linear_probes(tiny_model, tiny_split("train").dataset, output_dir=tmp_path / "c",
-                          embeddings_path=tmp_path / "emb.parquet", **common)  # fmt: skip
+        run_linear_probes(tiny_model, tiny_split("train").dataset, ["redshift"], tmp_path / "c", from_file)
 
 
 def test_unknown_target_or_baseline_fails_clearly(tiny_model, tmp_path):
@@ -59,4 +58,4 @@ def test_unknown_target_or_baseline_fails_clearly(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="sfr"):
         run_linear_probes(tiny_model, dataset, ["sfr"], tmp_path)
     with pytest.raises(ValueError, match="umap"):
-        run_linear_probes(tiny_model, dataset, ["redshift"], tmp_path, baselines=["umap"])
+        run_linear_probes(tiny_model, dataset, ["redshift"], tmp_path, LinearProbeOptions(baselines=["umap"]))

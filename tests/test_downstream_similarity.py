@@ -74,7 +74,7 @@ def test_benchmark_reports_every_backend_with_full_recall_for_exact():
 
 
 def test_neighbours_are_ranked_on_centred_embeddings_by_default():
-    from astropt_hf.downstream.embeddings import EmbeddingTable
+    from astropt_hf.downstream.embedding_store import EmbeddingTable
     from astropt_hf.downstream.similarity import find_neighbours
 
     rng = np.random.default_rng(0)
@@ -128,7 +128,7 @@ def test_cli_benchmark_writes_rows_crossover_and_plot(tmp_path, capsys):
 def test_cli_finds_the_query_first_and_draws_its_neighbours(tmp_path, capsys):
     from downstream_helpers import dataset_flags, load_script, save_tiny_model
 
-    from astropt_hf.downstream.embeddings import read_embeddings
+    from astropt_hf.downstream.embedding_store import read_embeddings
 
     model_dir = save_tiny_model(tmp_path / "model")
     output = tmp_path / "emb.parquet"  # the test split: every galaxy distinct, no exact duplicates

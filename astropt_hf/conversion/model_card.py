@@ -1,48 +1,23 @@
-"""Fill the model-card template (`model_cards/converted.md`) for a converted checkpoint."""
+"""Fill the shipped `converted` model-card template for a converted checkpoint."""
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from astropt_hf.model_cards import build_card, card_data, read_template
+
 if TYPE_CHECKING:  # pragma: no cover
     from .convert import ConversionReport
-
-# The template lives in the repository's model_cards/ folder, next to the other hub card templates.
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "converted.md"
-
-# Used when astropt_hf is installed without the repository (the template is not package data).
-_FALLBACK_TEMPLATE = """---
-library_name: transformers
-tags:
-- astronomy
-- astropt
-- converted
----
-
-# $title
-
-Converted from upstream astroPT `$source_file` ($detected_format) with astropt_hf $converter_version.
-Load with `AutoModel.from_pretrained("$repo_id", trust_remote_code=True)` and
-`AutoImageProcessor.from_pretrained("$repo_id", trust_remote_code=True)`.
-
-- parameters: $num_parameters
-- image size: $image_size px ($image_size_source); $patch_size px patches, $num_channels bands
-- parity check: $parity_result
-
-$notes
-"""
 
 
 def _format_parameters(count: int) -> str:
     return f"{count / 1e6:.2f}M ({count:,})"
 
 
-def render_model_card(report: ConversionReport, repo_id: str, template_path: Path | None = None) -> str:
-    """The README.md text for a converted checkpoint described by `report`."""
-    path = template_path or TEMPLATE_PATH
-    template = path.read_text() if path.is_file() else _FALLBACK_TEMPLATE
+def render_model_card(report: ConversionReport, repo_id: str, template: str | None = None) -> str:
+    """The README.md text for a converted checkpoint described by `report` (`template`: jinja text to use
+    instead of the shipped one)."""
     config = report.config
     notes = [*report.notes, *(f"dropped `{key}`: {why}" for key, why in report.dropped_keys.items())]
     notes_block = "## Notes\n\n" + "\n".join(f"- {note}" for note in notes) if notes else ""
@@ -73,4 +48,6 @@ def render_model_card(report: ConversionReport, repo_id: str, template_path: Pat
         "converter_version": report.converter_version,
         "notes": notes_block,
     }
-    return string.Template(template).safe_substitute(values)
+    # No licence in the front matter: the weights keep the source checkpoint's, which the converter cannot know.
+    data = card_data("image-feature-extraction", tags=("converted",))
+    return str(build_card(read_template("converted") if template is None else template, data, values))

@@ -21,7 +21,7 @@ accuracy and F1 for labels), always in the target's own units.
 
 The output folder loads with ``AutoModelForImageClassification.from_pretrained(dir,
 trust_remote_code=True)`` and ``AutoImageProcessor``, and holds ``README.md`` (model card from
-``model_cards/finetuned.md``), ``finetune_results.json`` and, for regressions, ``pred_vs_true.png``.
+``astropt_hf.model_cards.finetuned``), ``finetune_results.json`` and, for regressions, ``pred_vs_true.png``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import string
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from astropt_hf.model_cards.finetuned import render_finetuned_card
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ ORIENTATION_TARGETS = frozenset({"position_angle", "pa", "theta", "orientation"}
 TASKS = ("regression", "classification")
 DEFAULT_LEARNING_RATES = {"frozen": 3e-3, "full": 3e-4, "lora": 1e-3}
 LORA_TARGET_MODULES = ("qkv", "out_proj", "fc1", "fc2")
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "finetuned.md"
 
 __all__ = [
     "MODES",
@@ -58,7 +58,6 @@ __all__ = [
     "RegressionTarget",
     "finetune",
     "infer_target_task",
-    "render_finetuned_card",
 ]
 
 
@@ -550,76 +549,3 @@ def _remove_trainer_scratch(output_dir: Path) -> None:
     scratch = output_dir / "trainer_state"
     if scratch.is_dir() and not any(scratch.iterdir()):
         scratch.rmdir()
-
-
-# --------------------------------------------------------------------------- model card
-
-_FALLBACK_TEMPLATE = """---
-library_name: transformers
-pipeline_tag: image-classification
-base_model: $base_model
-tags:
-- astronomy
-- astropt
----
-
-# astroPT fine-tuned for `$target`
-
-$task ($mode fine-tuning of `$base_model`), $max_steps steps. Evaluation:
-
-$metrics_table
-"""
-
-
-def _metrics_table(metrics: dict[str, float]) -> str:
-    rows = [
-        (key.removeprefix("eval_"), value)
-        for key, value in metrics.items()
-        if key.startswith("eval_") and not key.endswith(("runtime", "per_second"))
-    ]
-    lines = ["| metric | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value:.4g} |" for name, value in rows]
-    return "\n".join(lines)
-
-
-def render_finetuned_card(result: FinetuneResult, base_model: str, config, dataset_description: str = "") -> str:
-    """README.md for a fine-tuned checkpoint, from `model_cards/finetuned.md` (a `string.Template`)."""
-    template = TEMPLATE_PATH.read_text() if TEMPLATE_PATH.is_file() else _FALLBACK_TEMPLATE
-    if result.task == "regression":
-        stats = result.regression_target or {}
-        output_note = (
-            f"The head outputs `{result.target}` in its own units. Training used standardised targets "
-            f"(mean {stats.get('mean', float('nan')):.6g}, std {stats.get('std', float('nan')):.6g} over the "
-            "training rows, also stored as `config.regression_target`); the head was rescaled before saving, "
-            "so `eval loss` below is the MSE in standardised units and the other metrics are in the target's units."
-        )
-        usage = "prediction = model(pixel_values=pixel_values).logits[:, 0]"
-    else:
-        labels = ", ".join(f"{index}: `{label}`" for index, label in (result.id2label or {}).items())
-        output_note = f"Classes (`config.id2label`): {labels}."
-        usage = "labels = [model.config.id2label[i] for i in model(pixel_values=pixel_values).logits.argmax(-1).tolist()]"
-    values = {
-        "target": result.target,
-        "task": result.task,
-        "mode": result.mode,
-        "base_model": base_model,
-        "max_steps": result.max_steps,
-        "learning_rate": f"{result.learning_rate:g}",
-        "head_init": "the linear probe of the training embeddings" if result.head_init == "probe" else "random",
-        "augment": "random 90-degree turns and mirror images" if result.augment == "dihedral" else "none",
-        "trainable_parameters": f"{result.num_trainable_parameters:,}",
-        "num_parameters": f"{result.num_parameters:,}",
-        "train_minutes": f"{result.train_seconds / 60:.1f}",
-        "metrics_table": _metrics_table(result.metrics),
-        "output_note": output_note,
-        "usage": usage,
-        "dataset": dataset_description or "not recorded",
-        "image_size": config.image_size,
-        "num_channels": config.num_channels,
-        "hidden_size": config.hidden_size,
-        "num_layers": config.num_hidden_layers,
-        "pooling": config.pooling,
-        "embedding_layer": config.embedding_layer,
-        "metrics_json": json.dumps(result.metrics, indent=2, sort_keys=True),
-    }
-    return string.Template(template).safe_substitute(values)

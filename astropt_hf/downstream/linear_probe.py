@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from astropt_hf.downstream.embeddings import compute_embeddings, load_backbone, pixel_batches, read_embeddings
+from astropt_hf.data.batching import pixel_batches
+from astropt_hf.downstream.embedding_store import read_embeddings
+from astropt_hf.downstream.embeddings import compute_embeddings, load_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ FEATURE_SETS = ("astropt", "random_init", "pixel_pca")
 
 __all__ = [
     "FEATURE_SETS",
+    "LinearProbeOptions",
     "ProbeWorkflowResult",
     "collect_pixels",
     "probe_trained_run",
@@ -100,43 +103,59 @@ def _aligned_embeddings(path: str | os.PathLike, dataset, id_column: str | None)
     return table.embeddings[[position[row_id] for row_id in dataset_ids]]
 
 
+@dataclass
+class LinearProbeOptions:
+    """How `run_linear_probes` gets its features and fits its probes.
+
+    Attributes:
+        embeddings_path: reuse astroPT embeddings extracted by `extract_embeddings` (matched by id).
+        baselines: any of "random_init", "pixel_pca".
+        batch_size, layer, pooling, pooling_num_patches, bf16: embedding choices, also used for the
+            random model.
+        n_folds, seed: the cross-validation folds, shared by every feature set.
+        robust_normalisation, target_clip: upstream-style robust target normalisation for ridge probes.
+        image_column, id_column: the dataset's image and id columns (the ids match reused embeddings).
+        device: where the models run (None: where they load).
+        progress: progress bars while embedding.
+    """
+
+    embeddings_path: str | os.PathLike | None = None
+    baselines: Sequence[str] = ("random_init", "pixel_pca")
+    batch_size: int = 64
+    layer: str | int | None = None
+    pooling: str | None = None
+    pooling_num_patches: int | None = None
+    bf16: bool = False
+    n_folds: int = 5
+    seed: int = 0
+    robust_normalisation: bool = False
+    target_clip: float | None = None
+    image_column: str = "image"
+    id_column: str | None = "id"
+    device: str | None = None
+    progress: bool = True
+
+
 def run_linear_probes(
     model_name_or_path: str | os.PathLike,
     dataset,
     targets: Sequence[str],
     output_dir: str | os.PathLike,
-    embeddings_path: str | os.PathLike | None = None,
-    baselines: Sequence[str] = ("random_init", "pixel_pca"),
-    batch_size: int = 64,
-    layer: str | int | None = None,
-    pooling: str | None = None,
-    pooling_num_patches: int | None = None,
-    bf16: bool = False,
-    n_folds: int = 5,
-    seed: int = 0,
-    robust_normalisation: bool = False,
-    target_clip: float | None = None,
-    image_column: str = "image",
-    id_column: str | None = "id",
-    device: str | None = None,
-    progress: bool = True,
-):
+    options: LinearProbeOptions | None = None,
+) -> ProbeWorkflowResult:
     """Probe `targets` from astroPT embeddings and the baselines; write JSON and figures to `output_dir`.
 
     Args:
         dataset: a map-style dataset with the image column and the target columns.
         targets: column names; float columns get ridge probes, others logistic ones.
-        embeddings_path: reuse astroPT embeddings extracted by `extract_embeddings` (matched by id).
-        baselines: any of "random_init", "pixel_pca".
-        layer, pooling, pooling_num_patches, bf16: embedding choices, also used for the random model.
-        robust_normalisation, target_clip: upstream-style robust target normalisation for ridge probes.
+        options: `LinearProbeOptions` (default: all defaults).
     Returns:
         `ProbeWorkflowResult`.
     """
     from astropt_hf.downstream.probes import run_probe_suite
-    from astropt_hf.plotting import plot_pred_vs_true_grid, plot_probe_bars
 
-    unknown = [b for b in baselines if b not in FEATURE_SETS[1:]]
+    options = options or LinearProbeOptions()
+    unknown = [b for b in options.baselines if b not in FEATURE_SETS[1:]]
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; expected any of {list(FEATURE_SETS[1:])}")
     missing = [t for t in targets if t not in dataset.column_names]
@@ -144,25 +163,55 @@ def run_linear_probes(
         raise ValueError(f"targets {missing or list(targets)} are not columns of the dataset: {dataset.column_names}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    embed = dict(batch_size=batch_size, layer=layer, pooling=pooling, pooling_num_patches=pooling_num_patches,
-                 bf16=bf16, image_column=image_column, progress=progress)  # fmt: skip
 
-    model, processor = load_backbone(model_name_or_path, device=device)
+    model, processor = load_backbone(model_name_or_path, device=options.device)
+    features, pixels = _model_features(model, processor, dataset, model_name_or_path, options)
+    target_values = {name: np.asarray(dataset[name]) for name in targets}
+    features, target_values, num_rows = _readable_features(features, pixels, target_values, options.seed)
+    suite = run_probe_suite(
+        features, target_values, n_folds=options.n_folds, seed=options.seed,
+        robust_normalisation=options.robust_normalisation, target_clip=options.target_clip,
+    )  # fmt: skip
+    suite.results["settings"].update(
+        {
+            "model": str(model_name_or_path),
+            "num_rows": num_rows,
+            "layer": str(model.config.embedding_layer if options.layer is None else options.layer),
+            "pooling": options.pooling or model.config.pooling,
+            "pooling_num_patches": options.pooling_num_patches or model.config.pooling_num_patches,
+            "embeddings_file": str(options.embeddings_path) if options.embeddings_path is not None else None,
+            "pixel_pca_input": "processor pixel values (what the model is fed)",
+        }
+    )
+    return _write_outputs(suite, list(features), output_dir, options.n_folds, len(dataset))
+
+
+def _model_features(model, processor, dataset, model_name_or_path, options: LinearProbeOptions):
+    """The astroPT (and random-init) embeddings, and the pixels when the PCA baseline is asked for."""
+    embed = dict(batch_size=options.batch_size, layer=options.layer, pooling=options.pooling,
+                 pooling_num_patches=options.pooling_num_patches, bf16=options.bf16,
+                 image_column=options.image_column, progress=options.progress)  # fmt: skip
     features: dict[str, np.ndarray] = {}
-    if embeddings_path is not None:
-        features["astropt"] = _aligned_embeddings(embeddings_path, dataset, id_column)
+    if options.embeddings_path is not None:
+        features["astropt"] = _aligned_embeddings(options.embeddings_path, dataset, options.id_column)
         if features["astropt"].shape[1] != model.config.hidden_size:
             raise ValueError(
-                f"{embeddings_path}: embeddings have {features['astropt'].shape[1]} dimensions; "
+                f"{options.embeddings_path}: embeddings have {features['astropt'].shape[1]} dimensions; "
                 f"the model {model_name_or_path} has hidden_size={model.config.hidden_size}"
             )
     else:
         features["astropt"] = compute_embeddings(model, dataset, processor, **embed)
-    if "random_init" in baselines:
-        features["random_init"] = compute_embeddings(random_init_like(model, seed), dataset, processor, **embed)
-    pixels = collect_pixels(dataset, processor, image_column) if "pixel_pca" in baselines else None
+    if "random_init" in options.baselines:
+        features["random_init"] = compute_embeddings(random_init_like(model, options.seed), dataset, processor, **embed)
+    pixels = collect_pixels(dataset, processor, options.image_column) if "pixel_pca" in options.baselines else None
+    return features, pixels
 
-    target_values = {name: np.asarray(dataset[name]) for name in targets}
+
+def _readable_features(features: dict[str, np.ndarray], pixels, target_values: dict[str, np.ndarray], seed: int):
+    """Drop rows whose image could not be read from every feature set and target; add the pixel PCA.
+
+    Returns (features, target values, number of rows kept).
+    """
     readable = np.all([np.isfinite(f).all(axis=1) for f in features.values()], axis=0)
     if pixels is not None:
         readable &= np.isfinite(pixels).all(axis=1)
@@ -176,28 +225,20 @@ def run_linear_probes(
         features["pixel_pca"] = pixel_pca_features(
             pixels[readable], n_components=features["astropt"].shape[1], seed=seed
         )
-    suite = run_probe_suite(
-        features, target_values, n_folds=n_folds, seed=seed,
-        robust_normalisation=robust_normalisation, target_clip=target_clip,
-    )  # fmt: skip
-    suite.results["settings"].update(
-        {
-            "model": str(model_name_or_path),
-            "num_rows": int(readable.sum()),
-            "layer": str(model.config.embedding_layer if layer is None else layer),
-            "pooling": pooling or model.config.pooling,
-            "pooling_num_patches": pooling_num_patches or model.config.pooling_num_patches,
-            "embeddings_file": str(embeddings_path) if embeddings_path is not None else None,
-            "pixel_pca_input": "processor pixel values (what the model is fed)",
-        }
-    )
+    return features, target_values, int(readable.sum())
+
+
+def _write_outputs(suite, feature_names: list[str], output_dir: Path, n_folds: int, num_galaxies: int):
+    """probe_results.json, the bar chart and one predicted-vs-true grid per feature set."""
+    from astropt_hf.plotting import plot_pred_vs_true_grid, plot_probe_bars
+
     json_path = suite.save_json(output_dir / "probe_results.json")
     bar_chart = plot_probe_bars(
-        suite, output_dir / "probe_bars.png", metric=("r2", "accuracy"), feature_order=list(features),
-        title=f"Linear probes ({n_folds}-fold CV, {len(dataset)} galaxies)",
+        suite, output_dir / "probe_bars.png", metric=("r2", "accuracy"), feature_order=feature_names,
+        title=f"Linear probes ({n_folds}-fold CV, {num_galaxies} galaxies)",
     )  # fmt: skip
     hexbins = {}
-    for feature_name in features:
+    for feature_name in feature_names:
         entries = {target: probes[feature_name] for target, probes in suite.probes.items()}
         try:
             hexbins[feature_name] = plot_pred_vs_true_grid(
@@ -222,8 +263,7 @@ def probe_trained_run(run_dir: str | os.PathLike, source, targets: Sequence[str]
         stored = json.loads(results_path.read_text()).get("targets", {})
         if all(target in stored for target in targets):
             return {target: stored[target] for target in targets}
-    result = run_linear_probes(
-        run_dir, source.dataset, list(targets), probe_dir, batch_size=batch_size, seed=seed,
-        image_column=source.image_column, id_column=source.id_column, device=device, progress=False,
-    )  # fmt: skip
+    options = LinearProbeOptions(batch_size=batch_size, seed=seed, image_column=source.image_column,
+                                 id_column=source.id_column, device=device, progress=False)  # fmt: skip
+    result = run_linear_probes(run_dir, source.dataset, list(targets), probe_dir, options)
     return result.suite.results["targets"]

@@ -400,22 +400,8 @@ def run_probe_suite(
     Returns:
         `ProbeSuiteResult` (`.results` for probe_results.json, `.probes` for plots).
     """
-    if not feature_sets:
-        raise ValueError("feature_sets is empty; give at least one name -> (N, D) array")
-    if not targets:
-        raise ValueError("targets is empty; give at least one name -> (N,) array")
     tasks = dict(tasks or {})
-    unknown = sorted(set(tasks) - set(targets))
-    if unknown:
-        raise ValueError(f"tasks names targets that were not given: {unknown}")
-    checked = {
-        name: _check_features(features, f"feature set {name!r}") for name, features in feature_sets.items()
-    }
-    n_rows = {name: features.shape[0] for name, features in checked.items()}
-    for name, values in targets.items():
-        n_rows[f"target {name!r}"] = len(values)
-    if len(set(n_rows.values())) != 1:
-        raise ValueError(f"feature sets and targets must have the same number of rows; got {n_rows}")
+    checked = _checked_inputs(feature_sets, targets, tasks)
     photo_z_set = (
         {name for name in targets if is_redshift_like(name)}
         if photo_z_targets is None
@@ -461,3 +447,25 @@ def run_probe_suite(
         "feature_dims": {name: int(features.shape[1]) for name, features in checked.items()},
     }
     return ProbeSuiteResult(results=results, probes=probes)
+
+
+def _checked_inputs(
+    feature_sets: Mapping[str, Any], targets: Mapping[str, Any], tasks: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """The feature sets as checked 2-D arrays, after checking every input has the same rows."""
+    if not feature_sets:
+        raise ValueError("feature_sets is empty; give at least one name -> (N, D) array")
+    if not targets:
+        raise ValueError("targets is empty; give at least one name -> (N,) array")
+    unknown = sorted(set(tasks) - set(targets))
+    if unknown:
+        raise ValueError(f"tasks names targets that were not given: {unknown}")
+    checked = {
+        name: _check_features(features, f"feature set {name!r}") for name, features in feature_sets.items()
+    }
+    n_rows = {name: features.shape[0] for name, features in checked.items()}
+    for name, values in targets.items():
+        n_rows[f"target {name!r}"] = len(values)
+    if len(set(n_rows.values())) != 1:
+        raise ValueError(f"feature sets and targets must have the same number of rows; got {n_rows}")
+    return checked

@@ -1,4 +1,4 @@
-"""The model card (`README.md`) written next to the final checkpoint, from `model_cards/pretrained.md`."""
+"""The model card (`README.md`) written next to the final checkpoint, from the shipped `pretrained` template."""
 
 from __future__ import annotations
 
@@ -7,30 +7,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-_TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "pretrained.md"
+from huggingface_hub import ModelCardData
 
-# Used when the package is installed without the repository's model_cards/ folder.
-_FALLBACK_TEMPLATE = """---
-library_name: transformers
-tags:
-- astronomy
-- astropt
-- custom_code
----
+from astropt_hf.model_cards import build_card, card_data, read_template
 
-# {{model_name}}
-
-An astroPT model ({{num_parameters}} parameters, {{num_hidden_layers}} layers, width {{hidden_size}}) trained for
-{{steps}} steps ({{tokens_seen}} tokens) on {{dataset}}. Final training loss {{final_train_loss}}, validation
-loss {{final_val_loss}}.
-
-```python
-from transformers import AutoModel
-model = AutoModel.from_pretrained("{{repo_id}}", trust_remote_code=True)
-```
-"""
-
-_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+# A hub dataset id ("owner/name"); local folders and files are not hub datasets.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _format(value: Any) -> str:
@@ -41,14 +23,26 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def render_card(values: dict[str, Any], template: str | None = None) -> str:
-    """Fill `{{name}}` placeholders; a placeholder without a value is an error (a stale template)."""
-    if template is None:
-        template = _TEMPLATE_PATH.read_text() if _TEMPLATE_PATH.is_file() else _FALLBACK_TEMPLATE
-    missing = sorted({m for m in _PLACEHOLDER.findall(template) if m not in values})
-    if missing:
-        raise KeyError(f"model card template needs values for {missing}")
-    return _PLACEHOLDER.sub(lambda m: _format(values[m.group(1)]), template)
+def pretrained_card_data(dataset: str = "synthetic") -> ModelCardData:
+    """Front matter of a pretrained card; `dataset` (the run's dataset spec) is listed when it is a hub id."""
+    spec = dataset.strip()
+    is_hub_dataset = bool(_HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
+    return card_data(
+        "image-feature-extraction",
+        tags=("self-supervised", "custom_code"),
+        license="apache-2.0",
+        datasets=[spec] if is_hub_dataset else None,
+    )
+
+
+def render_card(values: dict[str, Any], template: str | None = None, data: ModelCardData | None = None) -> str:
+    """Fill the template's `{{ name }}` placeholders (numbers formatted for reading) below `data`'s front matter.
+
+    A placeholder without a value is an error (a stale template).
+    """
+    template = read_template("pretrained") if template is None else template
+    data = pretrained_card_data() if data is None else data
+    return str(build_card(template, data, {name: _format(value) for name, value in values.items()}))
 
 
 def _duration(seconds: float) -> str:
@@ -113,8 +107,8 @@ def card_values(args, config, summary: dict[str, Any], repo_id: str) -> dict[str
 def write_model_card(path: str | os.PathLike, args, config, summary: dict[str, Any], repo_id: str) -> Path:
     """Render the card and write it to `path` (usually `output_dir/README.md`)."""
     path = Path(path)
-    path.write_text(render_card(card_values(args, config, summary, repo_id)))
+    path.write_text(render_card(card_values(args, config, summary, repo_id), data=pretrained_card_data(args.dataset)))
     return path
 
 
-__all__ = ["card_values", "render_card", "write_model_card"]
+__all__ = ["card_values", "pretrained_card_data", "render_card", "write_model_card"]

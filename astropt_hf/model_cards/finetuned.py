@@ -1,0 +1,81 @@
+"""The model card of a fine-tuned checkpoint (`astropt_hf.downstream.finetuning.finetune` writes it)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from . import build_card, card_data, read_template
+
+if TYPE_CHECKING:  # pragma: no cover
+    from astropt_hf.downstream.finetuning import FinetuneResult
+
+__all__ = ["render_finetuned_card"]
+
+
+def _evaluation_scores(metrics: dict[str, float]) -> list[tuple[str, float]]:
+    """(name, value) of the evaluation scores, without the trainer's timing entries."""
+    return [
+        (key.removeprefix("eval_"), value)
+        for key, value in metrics.items()
+        if key.startswith("eval_") and not key.endswith(("runtime", "per_second"))
+    ]
+
+
+def _metrics_table(metrics: dict[str, float]) -> str:
+    lines = ["| metric | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value:.4g} |" for name, value in _evaluation_scores(metrics)]
+    return "\n".join(lines)
+
+
+def _output_and_usage(result: FinetuneResult) -> tuple[str, str]:
+    """What the head outputs (a note for the card) and the line of code that reads it."""
+    if result.task == "regression":
+        stats = result.regression_target or {}
+        output_note = (
+            f"The head outputs `{result.target}` in its own units. Training used standardised targets "
+            f"(mean {stats.get('mean', float('nan')):.6g}, std {stats.get('std', float('nan')):.6g} over the "
+            "training rows, also stored as `config.regression_target`); the head was rescaled before saving, "
+            "so `eval loss` below is the MSE in standardised units and the other metrics are in the target's units."
+        )
+        return output_note, "prediction = model(pixel_values=pixel_values).logits[:, 0]"
+    labels = ", ".join(f"{index}: `{label}`" for index, label in (result.id2label or {}).items())
+    usage = "labels = [model.config.id2label[i] for i in model(pixel_values=pixel_values).logits.argmax(-1).tolist()]"
+    return f"Classes (`config.id2label`): {labels}.", usage
+
+
+def render_finetuned_card(result: FinetuneResult, base_model: str, config, dataset_description: str = "") -> str:
+    """README.md for a fine-tuned checkpoint, from the shipped `finetuned` template.
+
+    The front matter names the base model and the evaluation metrics (the loss is not a metric).
+    """
+    output_note, usage = _output_and_usage(result)
+    values = {
+        "target": result.target,
+        "task": result.task,
+        "mode": result.mode,
+        "base_model": base_model,
+        "max_steps": result.max_steps,
+        "learning_rate": f"{result.learning_rate:g}",
+        "head_init": "the linear probe of the training embeddings" if result.head_init == "probe" else "random",
+        "augment": "random 90-degree turns and mirror images" if result.augment == "dihedral" else "none",
+        "trainable_parameters": f"{result.num_trainable_parameters:,}",
+        "num_parameters": f"{result.num_parameters:,}",
+        "train_minutes": f"{result.train_seconds / 60:.1f}",
+        "metrics_table": _metrics_table(result.metrics),
+        "output_note": output_note,
+        "usage": usage,
+        "dataset": dataset_description or "not recorded",
+        "image_size": config.image_size,
+        "num_channels": config.num_channels,
+        "hidden_size": config.hidden_size,
+        "num_layers": config.num_hidden_layers,
+        "pooling": config.pooling,
+        "embedding_layer": config.embedding_layer,
+        "metrics_json": json.dumps(result.metrics, indent=2, sort_keys=True),
+    }
+    metrics = [name for name, _ in _evaluation_scores(result.metrics) if name != "loss"]
+    data = card_data(
+        "image-classification", tags=("fine-tuned",), base_model=base_model, metrics=metrics or None
+    )
+    return str(build_card(read_template("finetuned"), data, values))
