@@ -306,9 +306,9 @@ def _run(args: PretrainArguments) -> dict[str, Any]:
                                     args.num_workers)
         val_loss, _, _ = evaluate_loss(accelerator, model, loader, config)
         if plot_batch is not None:
-            inputs, predictions = predicted_images(accelerator, model, plot_batch["pixel_values"])
+            panels = predicted_images(accelerator, model, plot_batch["pixel_values"])
             if main:
-                save_prediction_grid(inputs, predictions, output_dir / "eval" / f"predictions-step{step:06d}.png",
+                save_prediction_grid(panels, output_dir / "eval" / f"predictions-step{step:06d}.png",
                                      plot_batch["ids"], step)
         if state["first_val_loss"] is None:
             state["first_val_loss"] = val_loss
