@@ -515,9 +515,16 @@ class AstroPTModel(AstroPTPreTrainedModel):
                 raise ValueError(
                     f"prefix_length needs attention_pattern='prefix'; this model is {self.config.attention_pattern!r}"
                 )
-            too_short = (prefix_length < 0).any() if torch.is_tensor(prefix_length) else prefix_length < 0
-            if too_short or (torch.is_tensor(prefix_length) and prefix_length.shape != sequence.shape[:1]):
-                raise ValueError(f"prefix_length must be an int >= 0 or a (batch,) tensor of them; got {prefix_length!r}")
+            # tensors are checked by shape only: reading their values would synchronise with the GPU
+            if torch.is_tensor(prefix_length):
+                invalid = prefix_length.dim() > 1 or prefix_length.numel() not in (1, sequence.shape[0])
+            else:
+                invalid = isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or prefix_length < 0
+            if invalid:
+                raise ValueError(
+                    f"prefix_length must be an int >= 0, or a tensor of one length or of one per image "
+                    f"({sequence.shape[0]}); got {prefix_length!r}"
+                )
 
     def _run_blocks(
         self,
@@ -586,7 +593,7 @@ class AstroPTModel(AstroPTPreTrainedModel):
             e.g. from `image_to_patches`, instead of `pixel_values`.
         bool_masked_pos (`torch.BoolTensor` of shape (B, T)): `masked_patch` models only; True marks the
             sequence positions whose embedding is replaced by the mask token.
-        prefix_length (`int` or `torch.LongTensor` of shape (B,)): `prefix` models only; the first
+        prefix_length (`int`, or `torch.LongTensor` of shape (B,) or (1,)): `prefix` models only; the first
             `prefix_length` positions attend to each other bidirectionally, later ones causally. Default:
             the whole sequence (bidirectional features).
         past_key_values (list of `AstroPTLayerCache`, one per block): keys and values of earlier positions,
@@ -704,12 +711,13 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         chosen = noise.argsort(dim=1)[:, :count]
         return torch.zeros(batch_size, length, dtype=torch.bool, device=device).scatter_(1, chosen, True)
 
-    def _default_prefix_length(self, length: int) -> int:
+    def _default_prefix_length(self, length: int, device: torch.device) -> int | torch.Tensor:
         """Training draws one prefix length per batch, uniform in [1, T-1] (AIM); evaluation uses half the
         sequence, so that validation losses are comparable. (The backbone's features default to the whole
-        image instead, but then no patch would be left to predict.)"""
+        image instead, but then no patch would be left to predict.) The drawn length stays a (1,) tensor on
+        the device: no host synchronisation, and torch.compile sees one graph for every length."""
         if self.training:
-            return int(torch.randint(1, max(length, 2), ()).item())
+            return torch.randint(1, max(length, 2), (1,), device=device)
         return max(1, length // 2)
 
     def _next_patch_loss(self, predictions, sequence, prefix_length) -> torch.Tensor | None:
@@ -756,7 +764,7 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         if masked and bool_masked_pos is None:
             bool_masked_pos = self.random_patch_mask(sequence.shape[0], sequence.device)
         if not masked and self.config.attention_pattern == "prefix" and prefix_length is None:
-            prefix_length = self._default_prefix_length(sequence.shape[1])
+            prefix_length = self._default_prefix_length(sequence.shape[1], sequence.device)
         outputs = self.astropt(
             input_patches=sequence, bool_masked_pos=bool_masked_pos, prefix_length=prefix_length,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,

@@ -331,3 +331,35 @@ def test_masked_model_loads_as_remote_code_without_astropt_hf(tmp_path, tiny_con
         assert result["loss"] == pytest.approx(model(images, bool_masked_pos=mask).loss.item(), abs=1e-6)
         torch.testing.assert_close(torch.tensor(result["filled"]), model.fill_masked_patches(images, mask))
         torch.testing.assert_close(torch.tensor(result["embedding"]), model.astropt(images).pooler_output)
+
+
+# --- the evaluation grid of a masked run ----------------------------------------------------------------
+
+
+def test_masked_evaluation_grid_greys_masked_patches_and_fills_them(tiny_config, tmp_path):
+    from accelerate import Accelerator
+
+    from astropt_hf.training.evaluation import predicted_images, save_prediction_grid
+    from astropt_hf.training.loop import _reset_accelerate_state
+
+    model = AstroPTForPreTraining(masked_config(tiny_config, patch_norm="none", mask_ratio=0.25))
+    images = torch.randn(3, 3, 16, 16)
+    try:
+        accelerator = Accelerator(cpu=True)
+        panels = predicted_images(accelerator, model, images)
+        again = predicted_images(accelerator, model, images)
+        next_patch = predicted_images(accelerator, AstroPTForPreTraining(tiny_config()), images)
+    finally:
+        _reset_accelerate_state()
+    assert [label for label, _, _ in panels.rows] == ["masked input", "reconstructed", "truth"]
+    (_, masked_input, grey), (_, reconstructed, _), (_, truth, _) = panels.rows
+    assert grey.shape == (3, 16, 16) and torch.all(grey.float().mean((1, 2)) == 0.25)  # 4 of 16 patches
+    assert torch.equal(grey, again.rows[0][2])  # the same masks at every evaluation
+    torch.testing.assert_close(truth, images)
+    visible = ~grey[:, None].expand_as(images)
+    assert torch.equal(reconstructed[visible], images[visible])
+    assert not torch.allclose(reconstructed[~visible], images[~visible])
+    assert [label for label, _, _ in next_patch.rows] == ["input", "predicted"]
+    for name, grid in (("masked.png", panels), ("next.png", next_patch)):
+        path = save_prediction_grid(grid, tmp_path / name, ids=["a", "b", "c"], step=7)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
