@@ -248,8 +248,9 @@ def attention_mask_for(
 
     `mask` is None where the pattern needs none: bidirectional attention, a single query (it is the last
     position, so it sees every key), a square causal pattern (`is_causal` lets SDPA use its fast kernels)
-    and a prefix that covers every key (also `prefix_length=None`). A prefix mask lets a query see every key inside the prefix and
-    every key not in its future; a (B,) `prefix_length` gives a (B, 1, Tq, Tk) mask, one per image.
+    and a prefix that covers every key (also `prefix_length=None`). A prefix mask lets a query see every
+    key inside the prefix and every key not in its future; a (B,) `prefix_length` gives a (B, 1, Tq, Tk)
+    mask, one per image.
     """
     if pattern == "bidirectional" or query_length == 1:
         return None, False
@@ -296,7 +297,7 @@ def attention_function(implementation: str | None):
     if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
         return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
     if implementation not in ALL_ATTENTION_FUNCTIONS:  # transformers before get_interface
-        raise KeyError(f"`{implementation}` is not a valid attention implementation registered in the AttentionInterface")
+        raise KeyError(f"`{implementation}` is not an attention implementation registered with transformers")
     return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
@@ -504,7 +505,9 @@ class AstroPTModel(AstroPTPreTrainedModel):
     def _check_pattern_inputs(self, bool_masked_pos, prefix_length, sequence: torch.Tensor) -> None:
         if bool_masked_pos is not None:
             if self.config.objective != "masked_patch":
-                raise ValueError(f"bool_masked_pos needs objective='masked_patch'; this model is {self.config.objective!r}")
+                raise ValueError(
+                    f"bool_masked_pos needs objective='masked_patch'; this model is {self.config.objective!r}"
+                )
             if bool_masked_pos.shape != sequence.shape[:2] or bool_masked_pos.dtype != torch.bool:
                 raise ValueError(
                     f"bool_masked_pos must be a bool tensor of shape {tuple(sequence.shape[:2])} (batch, patches); "
@@ -794,7 +797,9 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         patches (mean 0, variance 1), since a masked patch's own mean and variance are what is unknown.
         """
         if self.config.objective != "masked_patch":
-            raise ValueError(f"fill_masked_patches needs objective='masked_patch'; this model is {self.config.objective!r}")
+            raise ValueError(
+                f"fill_masked_patches needs objective='masked_patch'; this model is {self.config.objective!r}"
+            )
         output = self(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos, return_dict=True)
         filled = torch.where(output.mask[..., None], output.predictions.to(output.target_patches.dtype),
                              output.target_patches)

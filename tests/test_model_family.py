@@ -238,7 +238,10 @@ def test_prefix_generation_reads_the_prompt_bidirectionally(tiny_config, use_cac
         ({"attention_pattern": "prefix"}, {"prefix_length": torch.tensor([3, 12, 16])}),
         ({"attention_pattern": "bidirectional"}, {}),
         ({"objective": "masked_patch", "attention_pattern": "bidirectional"}, {"bool_masked_pos": "fixed"}),
-        ({"objective": "masked_patch", "attention_pattern": "prefix"}, {"bool_masked_pos": "fixed", "prefix_length": 7}),
+        (
+            {"objective": "masked_patch", "attention_pattern": "prefix"},
+            {"bool_masked_pos": "fixed", "prefix_length": 7},
+        ),
     ],
 )
 def test_eager_equals_sdpa_for_every_pattern(tiny_config, settings, call):

@@ -38,8 +38,9 @@ def _is_masked(model) -> bool:
     return getattr(model.config, "objective", "next_patch") == "masked_patch"
 
 
-def _evaluation_masks(unwrapped, count: int, generator: torch.Generator, device) -> torch.Tensor:
-    return unwrapped.random_patch_mask(count, generator=generator).to(device)
+def _evaluation_masks(unwrapped, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Masks for a batch, drawn on the CPU from `generator` (the same on every device)."""
+    return unwrapped.random_patch_mask(pixel_values.shape[0], generator=generator).to(pixel_values.device)
 
 
 @torch.no_grad()
@@ -70,7 +71,7 @@ def evaluate_loss(accelerator, model, batches: Iterable[dict], config) -> tuple[
         )
         inputs = {"pixel_values": pixel_values}
         if generator is not None:
-            inputs["bool_masked_pos"] = _evaluation_masks(unwrapped, pixel_values.shape[0], generator, accelerator.device)
+            inputs["bool_masked_pos"] = _evaluation_masks(unwrapped, pixel_values, generator)
         with accelerator.autocast():
             loss = model(**inputs).loss
         totals[0] += loss.double() * count
@@ -112,7 +113,7 @@ def predicted_images(accelerator, model, pixel_values: torch.Tensor) -> Predicti
     inputs = {"pixel_values": pixel_values}
     if masked:
         generator = torch.Generator().manual_seed(EVALUATION_MASK_SEED)
-        inputs["bool_masked_pos"] = _evaluation_masks(unwrapped, pixel_values.shape[0], generator, accelerator.device)
+        inputs["bool_masked_pos"] = _evaluation_masks(unwrapped, pixel_values, generator)
     with accelerator.autocast():
         output = model(**inputs)
     model.train(was_training)
@@ -146,7 +147,8 @@ def save_prediction_grid(panels: PredictionPanels, path: str | os.PathLike, ids:
     titles = [_short(str(i)) for i in ids] if ids else None
     if len(panels.rows) == 2 and panels.rows[0][2] is None:  # input above next-patch prediction
         (_, inputs, _), (_, predictions, _) = panels.rows
-        return plot_galaxy_grid(inputs, predictions, path, titles=titles, prediction_label=f"predicted (step {step})")
+        label = f"predicted (step {step})"
+        return plot_galaxy_grid(inputs, predictions, path, titles=titles, prediction_label=label)
     return _plot_rows(panels, path, titles, step)
 
 
