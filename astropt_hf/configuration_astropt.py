@@ -28,6 +28,8 @@ PATCH_ORDERS = ("spiral", "raster")
 PATCH_NORMS = ("per_patch", "per_image", "none")
 LOSSES = ("huber", "mse")
 POOLINGS = ("mean", "mean_first_k", "last")
+OBJECTIVES = ("next_patch", "masked_patch")
+ATTENTION_PATTERNS = ("causal", "prefix", "bidirectional")
 
 # One checkpoint serves all three heads: save_pretrained adds the saving class's entry on top of these.
 DEFAULT_AUTO_MAP = {
@@ -49,7 +51,8 @@ def _require_positive_int(field: str, value) -> None:
 
 
 class AstroPTConfig(PretrainedConfig):
-    r"""Configuration of an astroPT model: a causal transformer that regresses the next image patch.
+    r"""Configuration of an astroPT model: a transformer over image patches that regresses the next patch
+    (causal or prefix attention) or reconstructs masked patches (bidirectional attention).
 
     Args:
         image_size (`int`): side of the square input image in pixels.
@@ -77,6 +80,15 @@ class AstroPTConfig(PretrainedConfig):
             spiral order), or `"last"`.
         embedding_layer (`str` or `int`): which block's output feeds the pooling: `"last"` (after the final
             LayerNorm), `"middle"` (block `num_hidden_layers // 2`, as upstream v2) or a block index.
+        objective (`str`): `"next_patch"` (regress each patch from the ones before it; upstream `"ar"`) or
+            `"masked_patch"` (replace a random `mask_ratio` of the patch embeddings with a learned mask token
+            and reconstruct them, BERT-style; upstream `"mae"`).
+        mask_ratio (`float`): fraction of patches masked per image for `"masked_patch"`, in (0, 1).
+        norm_pix_loss (`bool`): for `"masked_patch"`, standardise each target patch (its mean and unbiased
+            variance + 1e-6) before the loss, as in MAE.
+        attention_pattern (`str`): `"causal"` (each patch sees the ones before it), `"prefix"` (bidirectional
+            inside a prefix, causal after it, as AIM; features default to the whole image as prefix) or
+            `"bidirectional"` (every patch sees every patch). `"masked_patch"` needs a non-causal pattern.
     """
 
     model_type = "astropt"
@@ -106,6 +118,10 @@ class AstroPTConfig(PretrainedConfig):
         pooling: str = "mean",
         pooling_num_patches: int = 64,
         embedding_layer: str | int = "last",
+        objective: str = "next_patch",
+        mask_ratio: float = 0.5,
+        norm_pix_loss: bool = False,
+        attention_pattern: str = "causal",
         **kwargs,
     ):
         self.image_size = image_size
@@ -132,6 +148,10 @@ class AstroPTConfig(PretrainedConfig):
         self.pooling = pooling
         self.pooling_num_patches = pooling_num_patches
         self.embedding_layer = embedding_layer
+        self.objective = objective
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.attention_pattern = attention_pattern
         kwargs.setdefault("auto_map", dict(DEFAULT_AUTO_MAP))
         super().__init__(**kwargs)
         self.validate_astropt()
@@ -199,6 +219,22 @@ class AstroPTConfig(PretrainedConfig):
         if not (self.huber_delta > 0 and math.isfinite(self.huber_delta)):
             raise ValueError(f"AstroPTConfig.huber_delta={self.huber_delta!r} is not valid; expected > 0")
         self.resolve_embedding_layer()
+        self._validate_objective()
+
+    def _validate_objective(self) -> None:
+        _require_choice("objective", self.objective, OBJECTIVES)
+        _require_choice("attention_pattern", self.attention_pattern, ATTENTION_PATTERNS)
+        if isinstance(self.mask_ratio, bool) or not isinstance(self.mask_ratio, (int, float)) or not (
+            0.0 < self.mask_ratio < 1.0
+        ):
+            raise ValueError(f"AstroPTConfig.mask_ratio={self.mask_ratio!r} is not valid; expected a value in (0, 1)")
+        if not isinstance(self.norm_pix_loss, bool):
+            raise ValueError(f"AstroPTConfig.norm_pix_loss={self.norm_pix_loss!r} is not valid; expected True or False")
+        if self.objective == "masked_patch" and self.attention_pattern == "causal":
+            raise ValueError(
+                "AstroPTConfig.objective='masked_patch' needs attention_pattern='bidirectional' or 'prefix' "
+                "(a masked patch is reconstructed from the patches around it); got attention_pattern='causal'"
+            )
 
     # --- presets ----------------------------------------------------------------------------------
     @classmethod
@@ -212,4 +248,4 @@ class AstroPTConfig(PretrainedConfig):
         return cls(**kwargs)
 
 
-__all__ = ["ASTROPT_PRESETS", "DEFAULT_AUTO_MAP", "AstroPTConfig"]
+__all__ = ["ASTROPT_PRESETS", "ATTENTION_PATTERNS", "DEFAULT_AUTO_MAP", "OBJECTIVES", "AstroPTConfig"]

@@ -1,7 +1,13 @@
-"""AstroPT: a GPT that reads a galaxy image as a sequence of patches and regresses the next patch.
+"""AstroPT: a transformer that reads a galaxy image as a sequence of patches and regresses patches.
 
-Read top to bottom: patch geometry (cut, order, normalise, and back), the patch tokeniser, the
-transformer block, the backbone, then the heads (next-patch pretraining, image classification).
+Two objectives share one backbone: `next_patch` (a GPT: each position predicts the next patch, with causal
+or prefix attention) and `masked_patch` (BERT-style: a learned mask token replaces some patch embeddings,
+attention is bidirectional, and every position is reconstructed).
+
+Read top to bottom: patch geometry (cut, order, normalise, and back), the patch tokeniser and embeddings
+(with the mask token), attention (masks for each pattern, one dispatch through transformers' registry),
+the transformer block, the backbone, then the heads (pretraining for both objectives, with generation and
+inpainting; image classification).
 
 This is one of the three "remote code" files copied next to every checkpoint: it imports only torch,
 numpy, transformers and its two siblings, so `AutoModel.from_pretrained(..., trust_remote_code=True)`
@@ -11,7 +17,6 @@ works without `astropt_hf` installed.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,16 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_astropt import AstroPTConfig
-from .image_processing_astropt import AstroPTImageProcessor
-
-try:  # flash-attention and other kernels registered with transformers (>= 4.48)
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-except ImportError:  # pragma: no cover - older transformers
-    ALL_ATTENTION_FUNCTIONS = {}
-
 
 # ------------------------------------------------------------------------------------------------
 # Patch geometry: image <-> sequence of patch vectors. The model owns it because the learned
@@ -66,9 +65,8 @@ def patch_order(config: AstroPTConfig) -> np.ndarray:
 class AstroPTPatchify(nn.Module):
     """Cuts images into ordered, normalised patch vectors and puts patch sequences back into images.
 
-    A patch vector is laid out (p1 p2 c), i.e. pixel rows, then pixel columns, then bands. Ordering and
-    cutting are one gather with a precomputed index, done while the data is still in its input dtype
-    (uint8 images are converted to float only once, after the copy).
+    A patch vector is laid out (p1 p2 c), i.e. pixel rows, then pixel columns, then bands. The two speed
+    helpers (`_cut_and_order`, `normalise`) are marked as such; everything else is plain geometry.
     """
 
     def __init__(self, config: AstroPTConfig):
@@ -91,20 +89,6 @@ class AstroPTPatchify(nn.Module):
             self._index_cache[device] = (order, order // self.grid_size, order % self.grid_size)
         return self._index_cache[device]
 
-    def _raster_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, T, P) patch vectors in raster order, still in the input dtype.
-
-        Two copies that each move contiguous runs: first to pixel-interleaved (B, rows, cols, C) (a no-op for
-        channels-last input), then whole patch rows of patch_size * C values. Cutting straight from (C, H, W)
-        would gather every value from C separate planes, which is about twice as slow.
-        """
-        batch, g, p, c = pixel_values.shape[0], self.grid_size, self.patch_size, self.num_channels
-        # upstream reads (C, W, H): transposing the image transposes both the grid and each patch
-        dims = (0, 3, 2, 1) if self.transpose_patch_grid else (0, 2, 3, 1)
-        interleaved = pixel_values.permute(*dims).contiguous()
-        grid = interleaved.view(batch, g, p, g, p * c).transpose(2, 3)  # (B, grid row, grid col, p1, p2 * C)
-        return grid.reshape(batch, g * g, p * p * c)
-
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         expected = (self.num_channels, self.grid_size * self.patch_size, self.grid_size * self.patch_size)
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
@@ -116,23 +100,40 @@ class AstroPTPatchify(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float or uint8 -> (B, T, P) float32 patches in sequence order, normalised."""
         self.check_pixel_values(pixel_values)
+        patches = self._cut_and_order(pixel_values)
+        # `patches` is a fresh tensor: normalise it in place unless autograd needs it as it is
+        return self.normalise(patches, inplace=not patches.requires_grad)
+
+    # --- speed helpers: the same result as a plain reshape / gather / std_mean, with less memory traffic ---
+    def _cut_and_order(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Speed helper. (B, C, H, W) -> (B, T, P) float32 patch vectors in sequence order, not normalised.
+
+        Cutting and ordering happen while the data is still in its input dtype (for uint8 images a quarter
+        of the float32 traffic), with two copies that each move contiguous runs: first to pixel-interleaved
+        (B, rows, cols, C) (a no-op for channels-last input), then whole patch rows of patch_size * C values;
+        cutting straight from (C, H, W) would gather every value from C separate planes. The order is one
+        gather with the precomputed index, and the conversion to float happens once, at the end.
+        """
+        batch, g, p, c = pixel_values.shape[0], self.grid_size, self.patch_size, self.num_channels
+        # upstream reads (C, W, H): transposing the image transposes both the grid and each patch
+        dims = (0, 3, 2, 1) if self.transpose_patch_grid else (0, 2, 3, 1)
+        interleaved = pixel_values.permute(*dims).contiguous()
+        grid = interleaved.view(batch, g, p, g, p * c).transpose(2, 3)  # (B, grid row, grid col, p1, p2 * C)
         order = self._grid_index(pixel_values.device)[0]
-        # Cut, then order (one gather of whole patch rows), both still in the input dtype: for uint8 images
-        # a quarter of the float32 memory traffic. Converted to float once, afterwards.
-        patches = self._raster_patches(pixel_values).index_select(1, order)
+        patches = grid.reshape(batch, g * g, p * p * c).index_select(1, order)
         if not patches.is_floating_point():
             scale = 1.0 / 255.0 if patches.dtype == torch.uint8 else 1.0
             patches = patches.float().mul_(scale)
         elif patches.dtype == torch.float64:
             patches = patches.float()
-        # `patches` is a fresh tensor: normalise it in place unless autograd needs it as it is
-        return self.normalise(patches, inplace=not patches.requires_grad)
+        return patches
 
     def normalise(self, patches: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """Per-patch (or per-image) standardisation, as upstream: minus the mean, over the unbiased std + eps.
+        """Speed helper. Per-patch (or per-image) standardisation, as upstream: minus the mean, over the
+        unbiased std + eps.
 
         Vectorised passes (shift, mean, then the norm of the centred values) instead of `torch.std_mean`,
-        whose double-precision Welford kernel is ~10x slower on CPUs. Shifting by each patch's first value
+        whose double-precision Welford kernel is much slower on CPUs. Shifting by each patch's first value
         first keeps the float32 mean accurate for data far from zero (e.g. a sky level of 1000), so the two
         agree to float32 rounding. `inplace` overwrites `patches` instead of allocating new tensors.
         """
@@ -159,7 +160,7 @@ class AstroPTPatchify(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# Patch tokeniser (patch vector -> hidden) and its mirror, the next-patch head (hidden -> patch).
+# Patch tokeniser (patch vector -> hidden) and its mirror, the patch head (hidden -> patch).
 # ------------------------------------------------------------------------------------------------
 
 
@@ -197,44 +198,107 @@ class AstroPTPatchDecoder(nn.Module):
 
 
 class AstroPTEmbeddings(nn.Module):
-    """Patch tokeniser plus learned positions (positions count along the sequence, not the image)."""
+    """Patch tokeniser plus learned positions (positions count along the sequence, not the image).
+
+    A `masked_patch` model also has the learned `mask_token` that replaces the embedding of every masked
+    patch; the position embedding is added to every token, masked or not, so the model knows where the
+    patch it reconstructs sits.
+    """
 
     def __init__(self, config: AstroPTConfig):
         super().__init__()
         self.patch_embeddings = AstroPTPatchEncoder(config)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.mask_token = (
+            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.objective == "masked_patch" else None
+        )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, patches: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
+    def forward(
+        self, patches: torch.Tensor, position_offset: int = 0, bool_masked_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
         length = patches.shape[1]
         if position_offset + length > self.position_embeddings.num_embeddings:
             raise ValueError(
                 f"sequence of {position_offset + length} patches is longer than max_position_embeddings="
                 f"{self.position_embeddings.num_embeddings}"
             )
+        tokens = self.patch_embeddings(patches)
+        if bool_masked_pos is not None:
+            tokens = torch.where(bool_masked_pos[..., None], self.mask_token.to(tokens.dtype), tokens)
         positions = torch.arange(position_offset, position_offset + length, device=patches.device)
-        return self.dropout(self.patch_embeddings(patches) + self.position_embeddings(positions))
+        return self.dropout(tokens + self.position_embeddings(positions))
 
 
 # ------------------------------------------------------------------------------------------------
-# Transformer block: pre-LayerNorm, causal self-attention, GELU MLP (as GPT-2 / nanoGPT).
+# Attention. The pattern becomes a boolean mask (True = may attend) or, where a kernel can do it
+# without one, `is_causal` / no mask; the backend comes from transformers' attention registry.
 # ------------------------------------------------------------------------------------------------
 
 
-def _causal_mask(query_length: int, key_length: int, device: torch.device) -> torch.Tensor | None:
-    """Boolean mask (True = may attend) for queries that are the last `query_length` of the keys."""
-    if query_length == 1:
-        return None
+def _causal_mask(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
+    """Boolean mask for queries that are the last `query_length` of the keys."""
     return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
 
 
-def eager_attention(query, key, value, mask, dropout: float, scaling: float, training: bool):
+def attention_mask_for(
+    pattern: str, query_length: int, key_length: int, prefix_length: int | torch.Tensor | None, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """(mask, is_causal) for queries that are the last `query_length` of `key_length` positions.
+
+    `mask` is None where the pattern needs none: bidirectional attention, a single query (it is the last
+    position, so it sees every key), a square causal pattern (`is_causal` lets SDPA use its fast kernels)
+    and a prefix that covers every key (also `prefix_length=None`). A prefix mask lets a query see every
+    key inside the prefix and every key not in its future; a (B,) `prefix_length` gives a (B, 1, Tq, Tk)
+    mask, one per image.
+    """
+    if pattern == "bidirectional" or query_length == 1:
+        return None, False
+    if pattern == "causal":
+        if query_length == key_length:
+            return None, True
+        return _causal_mask(query_length, key_length, device), False
+    if prefix_length is None or (not torch.is_tensor(prefix_length) and prefix_length >= key_length):
+        return None, False  # the whole sequence is the prefix
+    causal = _causal_mask(query_length, key_length, device)
+    keys = torch.arange(key_length, device=device)
+    if torch.is_tensor(prefix_length):
+        inside = keys < prefix_length.to(device).view(-1, 1, 1, 1)  # (B, 1, 1, Tk)
+        return causal | inside, False
+    return causal | (keys < prefix_length), False
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, with transformers' signature: (B, heads, T, head_dim) queries, keys and values
+    and a boolean mask (or `is_causal=True` without one) in; (B, T, heads, head_dim) and the weights out."""
+    if attention_mask is None and kwargs.get("is_causal") and query.shape[2] > 1:
+        attention_mask = _causal_mask(query.shape[2], key.shape[2], query.device)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=training)
-    return torch.matmul(weights, value), weights
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def attention_function(implementation: str | None):
+    """The attention backend for `config._attn_implementation`; an unknown name raises (no silent fallback)."""
+    if implementation in (None, "eager"):
+        return eager_attention_forward
+    if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
+        return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    if implementation not in ALL_ATTENTION_FUNCTIONS:  # transformers before get_interface
+        raise KeyError(f"`{implementation}` is not an attention implementation registered with transformers")
+    return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
 class AstroPTLayerCache:
@@ -265,7 +329,7 @@ class AstroPTLayerCache:
 
 
 class AstroPTAttention(nn.Module):
-    """Causal multi-head self-attention with one fused QKV projection and an optional key/value cache."""
+    """Multi-head self-attention with one fused QKV projection and an optional key/value cache."""
 
     def __init__(self, config: AstroPTConfig):
         super().__init__()
@@ -274,41 +338,40 @@ class AstroPTAttention(nn.Module):
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_probs_dropout_prob
-        self.is_causal = True
+        self.is_causal = config.attention_pattern == "causal"
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.use_bias)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
         self.out_proj._is_residual_projection = True  # GPT-2 scaled init
         self.resid_dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, hidden_states, layer_cache: AstroPTLayerCache | None = None, output_attentions: bool = False
-    ):
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        layer_cache: AstroPTLayerCache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
         if layer_cache is not None:
             key, value = layer_cache.append(key, value)
-        key_length = key.shape[2]
-        dropout = self.dropout if self.training else 0.0
-        implementation = getattr(self.config, "_attn_implementation", None) or "sdpa"
-        weights = None
-        if output_attentions or implementation == "eager":
-            mask = _causal_mask(length, key_length, hidden_states.device)
-            attended, weights = eager_attention(query, key, value, mask, dropout, self.scaling, self.training)
-            attended = attended.transpose(1, 2)
-        elif implementation == "sdpa" or implementation not in ALL_ATTENTION_FUNCTIONS:
-            # Square attention is plain causal (fast kernels); a cached step of one query sees every key.
-            square = length == key_length
-            mask = None if square else _causal_mask(length, key_length, hidden_states.device)
-            attended = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=square and length > 1
-            ).transpose(1, 2)
-        else:  # flash-attention & co., through transformers' registry: (B, T, heads, head_dim) out
-            attended, _ = ALL_ATTENTION_FUNCTIONS[implementation](
-                self, query, key, value, None, dropout=dropout, scaling=self.scaling, is_causal=True
+        implementation = self.config._attn_implementation
+        attention = attention_function(implementation)
+        if output_attentions:  # only the written-out attention returns its weights
+            attention = eager_attention_forward
+        elif attention_mask is not None and attention is not eager_attention_forward and implementation != "sdpa":
+            raise ValueError(
+                f"attn_implementation={implementation!r} takes no boolean attention mask; the "
+                f"{self.config.attention_pattern!r} pattern here needs 'sdpa' or 'eager'"
             )
+        attended, weights = attention(
+            self, query, key, value, attention_mask, scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0, is_causal=is_causal,
+        )
         attended = attended.reshape(batch, length, width)
-        return self.resid_dropout(self.out_proj(attended)), weights
+        return self.resid_dropout(self.out_proj(attended)), (weights if output_attentions else None)
 
 
 class AstroPTMLP(nn.Module):
@@ -324,6 +387,11 @@ class AstroPTMLP(nn.Module):
         return self.dropout(self.fc2(F.gelu(self.fc1(hidden_states), approximate="tanh")))
 
 
+# ------------------------------------------------------------------------------------------------
+# Transformer block: pre-LayerNorm self-attention and GELU MLP (as GPT-2 / nanoGPT).
+# ------------------------------------------------------------------------------------------------
+
+
 class AstroPTBlock(nn.Module):
     def __init__(self, config: AstroPTConfig):
         super().__init__()
@@ -333,9 +401,16 @@ class AstroPTBlock(nn.Module):
         self.mlp = AstroPTMLP(config)
 
     def forward(
-        self, hidden_states, layer_cache: AstroPTLayerCache | None = None, output_attentions: bool = False
-    ):
-        attended, weights = self.attention(self.layernorm_before(hidden_states), layer_cache, output_attentions)
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        layer_cache: AstroPTLayerCache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attention(
+            self.layernorm_before(hidden_states), attention_mask, is_causal, layer_cache, output_attentions
+        )
         hidden_states = hidden_states + attended
         hidden_states = hidden_states + self.mlp(self.layernorm_after(hidden_states))
         return hidden_states, weights
@@ -356,7 +431,8 @@ class AstroPTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        """GPT-2 init: N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers)."""
+        """GPT-2 init: N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers); the mask
+        token N(0, initializer_range) as upstream."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             if getattr(module, "_is_residual_projection", False):
@@ -370,15 +446,8 @@ class AstroPTPreTrainedModel(PreTrainedModel):
             nn.init.ones_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save as usual, and add the image processor the config implies when none was saved yet, so that
-        every checkpoint directory loads with `AutoImageProcessor` too."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        is_main_process = kwargs.get("is_main_process", True)
-        if is_main_process and not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
-            processor = AstroPTImageProcessor(image_size=self.config.image_size, num_channels=self.config.num_channels)
-            processor.save_pretrained(save_directory)
+        elif isinstance(module, AstroPTEmbeddings) and module.mask_token is not None:
+            nn.init.normal_(module.mask_token, mean=0.0, std=std)
 
 
 def pool_patch_embeddings(hidden_states: torch.Tensor, pooling: str, num_patches: int) -> torch.Tensor:
@@ -392,8 +461,21 @@ def pool_patch_embeddings(hidden_states: torch.Tensor, pooling: str, num_patches
     raise ValueError(f"pooling={pooling!r} is not valid; expected 'mean', 'mean_first_k' or 'last'")
 
 
+@dataclass
+class _BlockOutputs:
+    hidden: torch.Tensor  # after the final LayerNorm, or the raw output of the last block run
+    kept: torch.Tensor | None  # the output of block `keep_block` (the pooling source), if asked
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+
+
 class AstroPTModel(AstroPTPreTrainedModel):
-    """The astroPT backbone: pixels -> ordered patch sequence -> causal transformer -> patch embeddings."""
+    """The astroPT backbone: pixels -> ordered patch sequence -> transformer -> patch embeddings.
+
+    Attention follows `config.attention_pattern`. For a `prefix` model the features default to the whole
+    image as prefix (every patch sees every patch), AIM's recipe for downstream use; pass `prefix_length`
+    for anything else.
+    """
 
     _keys_to_ignore_on_load_unexpected = [r"patch_head\."]  # loading a pretraining checkpoint
 
@@ -412,52 +494,96 @@ class AstroPTModel(AstroPTPreTrainedModel):
     def image_to_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.patchify(pixel_values)
 
-    def run_blocks(
+    def patch_sequence(
+        self, pixel_values: torch.Tensor | None = None, input_patches: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The ordered, normalised (B, T, P) sequence of whichever input was given."""
+        if (pixel_values is None) == (input_patches is None):
+            raise ValueError("pass exactly one of pixel_values (B, C, H, W) or input_patches (B, T, P)")
+        return self.patchify(pixel_values) if input_patches is None else input_patches
+
+    def _check_pattern_inputs(self, bool_masked_pos, prefix_length, sequence: torch.Tensor) -> None:
+        if bool_masked_pos is not None:
+            if self.config.objective != "masked_patch":
+                raise ValueError(
+                    f"bool_masked_pos needs objective='masked_patch'; this model is {self.config.objective!r}"
+                )
+            if bool_masked_pos.shape != sequence.shape[:2] or bool_masked_pos.dtype != torch.bool:
+                raise ValueError(
+                    f"bool_masked_pos must be a bool tensor of shape {tuple(sequence.shape[:2])} (batch, patches); "
+                    f"got {bool_masked_pos.dtype} {tuple(bool_masked_pos.shape)}"
+                )
+        if prefix_length is not None:
+            if self.config.attention_pattern != "prefix":
+                raise ValueError(
+                    f"prefix_length needs attention_pattern='prefix'; this model is {self.config.attention_pattern!r}"
+                )
+            # tensors are checked by shape only: reading their values would synchronise with the GPU
+            if torch.is_tensor(prefix_length):
+                invalid = prefix_length.dim() > 1 or prefix_length.numel() not in (1, sequence.shape[0])
+            else:
+                invalid = isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or prefix_length < 0
+            if invalid:
+                raise ValueError(
+                    f"prefix_length must be an int >= 0, or a tensor of one length or of one per image "
+                    f"({sequence.shape[0]}); got {prefix_length!r}"
+                )
+
+    def _run_blocks(
         self,
-        patches: torch.Tensor,
+        sequence: torch.Tensor,
         *,
+        bool_masked_pos: torch.Tensor | None = None,
+        prefix_length: int | torch.Tensor | None = None,
+        past_key_values: list[AstroPTLayerCache] | None = None,
         num_blocks: int | None = None,
-        position_offset: int = 0,
-        cache: list[AstroPTLayerCache] | None = None,
+        keep_block: int | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-    ):
-        """Run the first `num_blocks` blocks on a patch sequence (by default all of them, then the final
-        LayerNorm; an explicit `num_blocks` returns that block's raw output).
-
-        Returns (hidden, all_hidden_states or None, attentions or None). Stopping early is what makes
-        middle-block embeddings cheap: upstream runs every block even when it keeps the middle one.
-        """
+    ) -> _BlockOutputs:
+        """Embed and run the first `num_blocks` blocks (by default all of them, then the final LayerNorm; an
+        explicit `num_blocks` returns that block's raw output). Stopping early is what makes middle-block
+        embeddings cheap: upstream runs every block even when it keeps the middle one."""
+        self._check_pattern_inputs(bool_masked_pos, prefix_length, sequence)
+        offset = past_key_values[0].length if past_key_values else 0
+        length = sequence.shape[1]
+        mask, is_causal = attention_mask_for(
+            self.config.attention_pattern, length, offset + length, prefix_length, sequence.device
+        )
         final_layernorm = num_blocks is None
         num_blocks = len(self.layers) if num_blocks is None else num_blocks
-        hidden = self.embeddings(patches, position_offset)
+        hidden = self.embeddings(sequence, offset, bool_masked_pos)
         all_hidden = [hidden] if output_hidden_states else None
         attentions = [] if output_attentions else None
+        kept = None
         for index, block in enumerate(self.layers[:num_blocks]):
-            layer_cache = cache[index] if cache is not None else None
+            layer_cache = past_key_values[index] if past_key_values is not None else None
             if self.gradient_checkpointing and self.training and layer_cache is None:
-                hidden, weights = self._gradient_checkpointing_func(block.__call__, hidden, None, output_attentions)
+                hidden, weights = self._gradient_checkpointing_func(
+                    block.__call__, hidden, mask, is_causal, None, output_attentions
+                )
             else:
-                hidden, weights = block(hidden, layer_cache, output_attentions)
+                hidden, weights = block(hidden, mask, is_causal, layer_cache, output_attentions)
+            if index == keep_block:
+                kept = hidden
             if all_hidden is not None:
                 all_hidden.append(hidden)
             if attentions is not None:
                 attentions.append(weights)
         if final_layernorm:
             hidden = self.layernorm(hidden)
-        return hidden, (tuple(all_hidden) if all_hidden is not None else None), (
-            tuple(attentions) if attentions is not None else None
+        return _BlockOutputs(
+            hidden, kept, tuple(all_hidden) if all_hidden is not None else None,
+            tuple(attentions) if attentions is not None else None,
         )
-
-    def _sequence(self, pixel_values, input_patches) -> torch.Tensor:
-        if (pixel_values is None) == (input_patches is None):
-            raise ValueError("pass exactly one of pixel_values (B, C, H, W) or input_patches (B, T, P)")
-        return self.patchify(pixel_values) if input_patches is None else input_patches
 
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         input_patches: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        prefix_length: int | torch.Tensor | None = None,
+        past_key_values: list[AstroPTLayerCache] | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -468,24 +594,32 @@ class AstroPTModel(AstroPTPreTrainedModel):
             raw uint8 images (scaled by 1/255 here).
         input_patches (`torch.Tensor` of shape (B, T, P)): an already ordered and normalised patch sequence,
             e.g. from `image_to_patches`, instead of `pixel_values`.
+        bool_masked_pos (`torch.BoolTensor` of shape (B, T)): `masked_patch` models only; True marks the
+            sequence positions whose embedding is replaced by the mask token.
+        prefix_length (`int`, or `torch.LongTensor` of shape (B,) or (1,)): `prefix` models only; the first
+            `prefix_length` positions attend to each other bidirectionally, later ones causally. Default:
+            the whole sequence (bidirectional features).
+        past_key_values (list of `AstroPTLayerCache`, one per block): keys and values of earlier positions,
+            extended in place; the new patches continue the cached sequence.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        sequence = self._sequence(pixel_values, input_patches)
-        last_hidden, all_hidden, attentions = self.run_blocks(
-            sequence, output_hidden_states=True, output_attentions=output_attentions
-        )
         layer = self.config.resolve_embedding_layer()
-        source = last_hidden if layer == self.config.num_hidden_layers else all_hidden[layer + 1]
+        run = self._run_blocks(
+            self.patch_sequence(pixel_values, input_patches),
+            bool_masked_pos=bool_masked_pos, prefix_length=prefix_length, past_key_values=past_key_values,
+            keep_block=layer, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )
+        source = run.hidden if layer == self.config.num_hidden_layers else run.kept
         pooled = pool_patch_embeddings(source, self.config.pooling, self.config.pooling_num_patches)
-        all_hidden = all_hidden if output_hidden_states else None
         if not return_dict:
-            return tuple(v for v in (last_hidden, pooled, all_hidden, attentions) if v is not None)
+            return tuple(v for v in (run.hidden, pooled, run.hidden_states, run.attentions) if v is not None)
         return BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden, pooler_output=pooled, hidden_states=all_hidden, attentions=attentions
+            last_hidden_state=run.hidden, pooler_output=pooled, hidden_states=run.hidden_states,
+            attentions=run.attentions,
         )
 
     def get_image_embeddings(
@@ -495,17 +629,20 @@ class AstroPTModel(AstroPTPreTrainedModel):
         layer: str | int | None = None,
         pooling: str | None = None,
         pooling_num_patches: int | None = None,
+        prefix_length: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One embedding per image, (B, D), running only the blocks the chosen layer needs.
 
         `layer`, `pooling` and `pooling_num_patches` default to the config's `embedding_layer`, `pooling`
-        and `pooling_num_patches`.
+        and `pooling_num_patches`; `prefix_length` (prefix models) to the whole image.
         """
         index = self.config.resolve_embedding_layer(layer)
         num_blocks = None if index == self.config.num_hidden_layers else index + 1
-        hidden, _, _ = self.run_blocks(self._sequence(pixel_values, input_patches), num_blocks=num_blocks)
+        run = self._run_blocks(
+            self.patch_sequence(pixel_values, input_patches), prefix_length=prefix_length, num_blocks=num_blocks
+        )
         return pool_patch_embeddings(
-            hidden,
+            run.hidden,
             pooling or self.config.pooling,
             pooling_num_patches if pooling_num_patches is not None else self.config.pooling_num_patches,
         )
@@ -519,20 +656,26 @@ class AstroPTModel(AstroPTPreTrainedModel):
 @dataclass
 class AstroPTForPreTrainingOutput(ModelOutput):
     """
-    loss: next-patch regression loss (Huber or MSE) over positions 0..T-2.
-    predictions (B, T, P): `predictions[:, t]` predicts sequence patch t + 1 (the last one looks past the image).
+    loss: `next_patch`: the regression loss (Huber or MSE) of the predictions of patches 1..T-1 (for a prefix
+        model only of the patches after the prefix); `masked_patch`: the loss over the masked positions.
+    predictions (B, T, P): `next_patch`: `predictions[:, t]` predicts sequence patch t + 1 (the last one looks
+        past the image); `masked_patch`: the reconstruction of every position (of the standardised patch with
+        `norm_pix_loss`).
     target_patches (B, T, P): the ordered, normalised input sequence the predictions are compared against.
+    mask (B, T): `masked_patch` only; True at the masked positions.
     """
 
     loss: torch.FloatTensor | None = None
     predictions: torch.FloatTensor | None = None
     target_patches: torch.FloatTensor | None = None
+    mask: torch.BoolTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class AstroPTForPreTraining(AstroPTPreTrainedModel):
-    """astroPT with its next-patch head: the pretraining objective, patch completion and image round trips."""
+    """astroPT with its patch head: the pretraining objective, patch completion (next-patch models),
+    inpainting (masked-patch models) and image round trips."""
 
     def __init__(self, config: AstroPTConfig):
         super().__init__(config)
@@ -553,29 +696,127 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
             return F.huber_loss(predictions, targets, delta=self.config.huber_delta)
         return F.mse_loss(predictions, targets)
 
+    def per_patch_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, T, P) -> (B, T): the configured loss averaged over each patch's values."""
+        if self.config.loss == "huber":
+            elementwise = F.huber_loss(predictions, targets, delta=self.config.huber_delta, reduction="none")
+        else:
+            elementwise = F.mse_loss(predictions, targets, reduction="none")
+        return elementwise.mean(dim=-1)
+
+    def random_patch_mask(
+        self, batch_size: int, device: torch.device | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(B, T) bool: round(mask_ratio * T) masked positions per image (at least one), drawn independently."""
+        length = self.config.num_patches
+        count = max(1, round(self.config.mask_ratio * length))
+        noise = torch.rand(batch_size, length, device=device, generator=generator)
+        chosen = noise.argsort(dim=1)[:, :count]
+        return torch.zeros(batch_size, length, dtype=torch.bool, device=device).scatter_(1, chosen, True)
+
+    def _default_prefix_length(self, length: int, device: torch.device) -> int | torch.Tensor:
+        """Training draws one prefix length per batch, uniform in [1, T-1] (AIM); evaluation uses half the
+        sequence, so that validation losses are comparable. (The backbone's features default to the whole
+        image instead, but then no patch would be left to predict.) The drawn length stays a (1,) tensor on
+        the device: no host synchronisation, and torch.compile sees one graph for every length."""
+        if self.training:
+            return torch.randint(1, max(length, 2), (1,), device=device)
+        return max(1, length // 2)
+
+    def _next_patch_loss(self, predictions, sequence, prefix_length) -> torch.Tensor | None:
+        length = sequence.shape[1]
+        if length <= 1:
+            return None
+        if prefix_length is None:
+            return self.patch_loss(predictions[:, :-1].float(), sequence[:, 1:].float())
+        # prediction t is of patch t + 1: count the patches from index prefix_length on
+        prefix = torch.as_tensor(prefix_length, device=sequence.device).reshape(-1, 1)
+        counted = (torch.arange(1, length, device=sequence.device) >= prefix).expand(sequence.shape[0], -1)
+        per_patch = self.per_patch_loss(predictions[:, :-1].float(), sequence[:, 1:].float())
+        return (per_patch * counted).sum() / counted.sum().clamp(min=1)
+
+    def _masked_patch_loss(self, predictions, sequence, mask) -> torch.Tensor:
+        targets = sequence.float()
+        if self.config.norm_pix_loss:
+            mean, var = targets.mean(dim=-1, keepdim=True), targets.var(dim=-1, keepdim=True)
+            targets = (targets - mean) / (var + 1e-6).sqrt()
+        per_patch = self.per_patch_loss(predictions.float(), targets)
+        return (per_patch * mask).sum() / mask.sum().clamp(min=1)
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         input_patches: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        prefix_length: int | torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AstroPTForPreTrainingOutput | tuple:
+        r"""
+        bool_masked_pos (`torch.BoolTensor` of shape (B, T)): `masked_patch` models; True marks a masked
+            sequence position (the BEiT/SimMIM convention). Default: a random mask of `mask_ratio` per image.
+        prefix_length (`int` or `torch.LongTensor` of shape (B,)): `prefix` models; patches inside the
+            prefix attend bidirectionally and are not predicted. Default: a random length per batch in
+            training, half the sequence in evaluation.
+        """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        sequence = self.astropt._sequence(pixel_values, input_patches)
-        hidden, all_hidden, attentions = self.astropt.run_blocks(
-            sequence,
-            output_hidden_states=bool(output_hidden_states or self.config.output_hidden_states),
-            output_attentions=bool(output_attentions or self.config.output_attentions),
+        sequence = self.astropt.patch_sequence(pixel_values, input_patches)
+        masked = self.config.objective == "masked_patch"
+        if masked and bool_masked_pos is None:
+            bool_masked_pos = self.random_patch_mask(sequence.shape[0], sequence.device)
+        if not masked and self.config.attention_pattern == "prefix" and prefix_length is None:
+            prefix_length = self._default_prefix_length(sequence.shape[1], sequence.device)
+        outputs = self.astropt(
+            input_patches=sequence, bool_masked_pos=bool_masked_pos, prefix_length=prefix_length,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
-        predictions = self.patch_head(hidden)
-        loss = self.patch_loss(predictions[:, :-1].float(), sequence[:, 1:].float()) if sequence.shape[1] > 1 else None
+        predictions = self.patch_head(outputs.last_hidden_state)
+        if masked:
+            loss = self._masked_patch_loss(predictions, sequence, bool_masked_pos)
+        else:
+            loss = self._next_patch_loss(predictions, sequence, prefix_length)
+        mask = bool_masked_pos if masked else None
         if not return_dict:
-            return tuple(v for v in (loss, predictions, sequence, all_hidden, attentions) if v is not None)
+            values = (loss, predictions, sequence, mask, outputs.hidden_states, outputs.attentions)
+            return tuple(v for v in values if v is not None)
         return AstroPTForPreTrainingOutput(
-            loss=loss, predictions=predictions, target_patches=sequence, hidden_states=all_hidden, attentions=attentions
+            loss=loss, predictions=predictions, target_patches=sequence, mask=mask,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
+
+    @torch.no_grad()
+    def fill_masked_patches(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+        """Inpainting: (B, C, H, W) images with the patches marked in `bool_masked_pos` (B, T, sequence order)
+        replaced by the model's reconstruction. `masked_patch` models only.
+
+        The result is in the model's patch space (after its normalisation, like `patches_to_image`): the
+        unmasked patches are exactly `patches_to_image(image_to_patches(pixel_values))`, which equals
+        `pixel_values` for `patch_norm="none"`. With `norm_pix_loss` the reconstructions are of standardised
+        patches (mean 0, variance 1), since a masked patch's own mean and variance are what is unknown.
+        """
+        if self.config.objective != "masked_patch":
+            raise ValueError(
+                f"fill_masked_patches needs objective='masked_patch'; this model is {self.config.objective!r}"
+            )
+        output = self(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos, return_dict=True)
+        filled = torch.where(output.mask[..., None], output.predictions.to(output.target_patches.dtype),
+                             output.target_patches)
+        return self.patches_to_image(filled)
+
+    def _check_generation(self, prompt_length: int, total: int) -> None:
+        if self.config.objective != "next_patch" or self.config.attention_pattern == "bidirectional":
+            raise ValueError(
+                "generate_patches needs objective='next_patch' with attention_pattern 'causal' or 'prefix'; this "
+                f"model is {self.config.objective!r} with {self.config.attention_pattern!r} attention"
+                + (" (use fill_masked_patches)" if self.config.objective == "masked_patch" else "")
+            )
+        if total - 1 > self.config.max_position_embeddings:
+            raise ValueError(
+                f"prompt of {prompt_length} patches plus {total - prompt_length} new ones exceeds "
+                f"max_position_embeddings={self.config.max_position_embeddings}"
+            )
 
     @torch.no_grad()
     def generate_patches(
@@ -589,24 +830,26 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         """Continue a (B, T0, P) prompt in sequence order by `num_new_patches`; returns (B, T0 + N, P).
 
         Each new patch is the head's regression output plus Gaussian noise of std `temperature` (0: none),
-        as upstream. With `use_cache`, keys and values are kept, so each new patch costs one single-position
+        as upstream. A prefix model reads the prompt as its prefix (bidirectionally) and the new patches
+        causally. With `use_cache`, keys and values are kept, so each new patch costs one single-position
         forward instead of re-running the whole sequence.
         """
         if num_new_patches <= 0:
             return prompt_patches
         prompt_length = prompt_patches.shape[1]
         total = prompt_length + num_new_patches
-        if total - 1 > self.config.max_position_embeddings:
-            raise ValueError(
-                f"prompt of {prompt_length} patches plus {num_new_patches} new ones exceeds "
-                f"max_position_embeddings={self.config.max_position_embeddings}"
-            )
+        self._check_generation(prompt_length, total)
+        prefix_length = prompt_length if self.config.attention_pattern == "prefix" else None
         # the last new patch is never fed back, so the cache needs total - 1 positions
         cache = [AstroPTLayerCache(total - 1) for _ in self.astropt.layers] if use_cache else None
         sequence = None  # (B, total, P), allocated once the first patch shows the output dtype
-        step_input, offset = prompt_patches, 0
+        step_input = prompt_patches
         for position in range(prompt_length, total):
-            hidden, _, _ = self.astropt.run_blocks(step_input, position_offset=offset, cache=cache)
+            step_prefix = prefix_length if cache is None or position == prompt_length else None
+            hidden = self.astropt(
+                input_patches=step_input, prefix_length=step_prefix, past_key_values=cache, return_dict=True,
+                output_attentions=False, output_hidden_states=False,
+            ).last_hidden_state
             new_patch = self.patch_head(hidden[:, -1:])
             if temperature > 0:
                 noise = torch.randn(new_patch.shape, generator=generator, device=new_patch.device, dtype=new_patch.dtype)
@@ -616,10 +859,7 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
                 sequence = prompt_patches.new_empty((prompt_patches.shape[0], total, prompt_patches.shape[2]), dtype=dtype)
                 sequence[:, :prompt_length] = prompt_patches
             sequence[:, position : position + 1] = new_patch  # written in place: no copy of the history
-            if use_cache:
-                step_input, offset = new_patch, position
-            else:
-                step_input = sequence[:, : position + 1]
+            step_input = new_patch if use_cache else sequence[:, : position + 1]
         return sequence
 
 
@@ -637,27 +877,11 @@ class AstroPTForImageClassification(AstroPTPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
-    def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        labels = labels.to(logits.device)
-        if self.config.problem_type is None:
-            if self.num_labels == 1:
-                self.config.problem_type = "regression"
-            elif self.num_labels > 1 and labels.dtype in (torch.long, torch.int):
-                self.config.problem_type = "single_label_classification"
-            else:
-                self.config.problem_type = "multi_label_classification"
-        if self.config.problem_type == "regression":
-            if self.num_labels == 1:
-                return F.mse_loss(logits.squeeze(-1).float(), labels.squeeze(-1).float())
-            return F.mse_loss(logits.float(), labels.float())
-        if self.config.problem_type == "single_label_classification":
-            return F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        prefix_length: int | torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -667,21 +891,24 @@ class AstroPTForImageClassification(AstroPTPreTrainedModel):
         labels (`torch.Tensor` of shape (B,) or (B, num_labels)): class indices for single-label
             classification, floats for regression (`num_labels == 1` or `problem_type="regression"`) and
             multi-hot floats for multi-label classification.
+        prefix_length: as for `AstroPTModel` (prefix models; default the whole image).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        hidden_states = attentions = None
-        if output_attentions or output_hidden_states:
-            outputs = self.astropt(
-                pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
-            )
-            pooled, hidden_states, attentions = outputs.pooler_output, outputs.hidden_states, outputs.attentions
-        else:  # only the blocks the embedding layer needs
-            pooled = self.astropt.get_image_embeddings(pixel_values)
-        logits = self.classifier(self.dropout(pooled))
-        loss = self._classification_loss(logits, labels) if labels is not None else None
+        outputs = self.astropt(
+            pixel_values, prefix_length=prefix_length, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            # in float32 whatever the autocast dtype; float labels follow the logits' dtype
+            labels = labels.float() if labels.is_floating_point() else labels
+            loss = self.loss_function(labels, logits.float(), self.config)
         if not return_dict:
-            return tuple(v for v in (loss, logits, hidden_states, attentions) if v is not None)
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+            return tuple(v for v in (loss, logits, outputs.hidden_states, outputs.attentions) if v is not None)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 __all__ = [

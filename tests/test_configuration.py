@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from astropt_hf import ASTROPT_PRESETS, AstroPTConfig
@@ -18,6 +20,12 @@ from astropt_hf import ASTROPT_PRESETS, AstroPTConfig
         ({"embedding_layer": "first"}, "embedding_layer", "'first'"),
         ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob", "1.5"),
         ({"num_hidden_layers": 0}, "num_hidden_layers", "0"),
+        ({"objective": "mae"}, "objective", "'mae'"),
+        ({"attention_pattern": "full"}, "attention_pattern", "'full'"),
+        ({"mask_ratio": 0.0, "objective": "masked_patch", "attention_pattern": "bidirectional"}, "mask_ratio", "0.0"),
+        ({"mask_ratio": 1.0}, "mask_ratio", "1.0"),
+        ({"norm_pix_loss": "yes"}, "norm_pix_loss", "'yes'"),
+        ({"objective": "masked_patch"}, "attention_pattern", "'causal'"),
     ],
 )
 def test_invalid_values_name_field_and_value(overrides, field, value):
@@ -67,3 +75,22 @@ def test_config_round_trips_through_json(tmp_path):
     loaded = AstroPTConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
     assert set(loaded.auto_map) >= {"AutoConfig", "AutoModel", "AutoModelForPreTraining", "AutoModelForImageClassification"}
+
+
+def test_config_json_without_the_family_fields_loads_as_next_patch_causal(tmp_path):
+    config = AstroPTConfig(image_size=32, patch_size=8, hidden_size=32, num_attention_heads=4)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("objective", "mask_ratio", "norm_pix_loss", "attention_pattern"):
+        del saved[key]  # as written before these fields existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = AstroPTConfig.from_pretrained(tmp_path)
+    assert (loaded.objective, loaded.attention_pattern, loaded.norm_pix_loss) == ("next_patch", "causal", False)
+    assert 0 < loaded.mask_ratio < 1
+
+
+@pytest.mark.parametrize("pattern", ["bidirectional", "prefix"])
+def test_masked_patch_with_a_non_causal_pattern(pattern):
+    config = AstroPTConfig(image_size=32, patch_size=8, hidden_size=32, num_attention_heads=4,
+                           objective="masked_patch", attention_pattern=pattern, mask_ratio=0.75, norm_pix_loss=True)
+    assert (config.objective, config.attention_pattern, config.mask_ratio) == ("masked_patch", pattern, 0.75)

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoModelForPreTraining
 
 from astropt_hf import AstroPTForPreTraining, AstroPTImageProcessor
 
@@ -96,8 +97,13 @@ def test_checkpoint_loads_in_fresh_process_without_astropt_hf(tmp_path, tiny_con
     assert result["features_shape"] == [1, 16, 32]  # (1, T, D)
 
 
-def test_model_save_alone_writes_a_matching_processor(tmp_path, tiny_config):
-    AstroPTForPreTraining(tiny_config(num_channels=1, image_size=8)).save_pretrained(tmp_path)
-    processor = AstroPTImageProcessor.from_pretrained(tmp_path)
-    assert (processor.image_size, processor.num_channels) == (8, 1)
-    assert REMOTE_FILES <= {p.name for p in tmp_path.iterdir()}
+def test_model_save_writes_no_processor_and_loads_without_one(tmp_path, tiny_config):
+    model = AstroPTForPreTraining(tiny_config(num_channels=1, image_size=8)).eval()
+    model.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert "preprocessor_config.json" not in files  # saving the processor is the caller's job
+    assert {"configuration_astropt.py", "modeling_astropt.py", "config.json"} <= files
+    loaded = AutoModelForPreTraining.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    images = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images).predictions, model(images).predictions, rtol=0, atol=0)

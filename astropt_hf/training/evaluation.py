@@ -1,13 +1,18 @@
-"""Validation loss on the fixed subset, and the picture of inputs beside next-patch predictions."""
+"""Validation loss on the fixed subset, and the evaluation grid: inputs above next-patch predictions, or
+(masked runs) masked inputs, reconstructions and truths."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
-from ..plotting import plot_galaxy_grid
+from ..plotting import galaxy_rgb, plot_galaxy_grid
 from .collectives import any_process
 
 
@@ -17,15 +22,32 @@ def dummy_pixel_values(config, device) -> torch.Tensor:
     return torch.zeros(1, config.num_channels, size, size, device=device)
 
 
+# Masked runs draw their evaluation masks from this seed, so every evaluation masks the same patches and
+# validation losses (and grids) are comparable from one evaluation to the next.
+EVALUATION_MASK_SEED = 0
+
+
+def _is_masked(model) -> bool:
+    return getattr(model.config, "objective", "next_patch") == "masked_patch"
+
+
+def _evaluation_masks(unwrapped, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Masks for a batch, drawn on the CPU from `generator` (the same on every device)."""
+    return unwrapped.random_patch_mask(pixel_values.shape[0], generator=generator).to(pixel_values.device)
+
+
 @torch.no_grad()
 def evaluate_loss(accelerator, model, batches: Iterable[dict], config) -> tuple[float, int, int]:
     """Mean validation loss over all images of all processes' batches.
 
     Returns (loss, images, skipped). Processes with fewer batches (or empty ones, all items skipped) run
     a weight-zero forward on a blank image, so every process runs the same number of forward passes.
+    Masked-patch runs use masks from a fixed seed (`EVALUATION_MASK_SEED`).
     """
     was_training = model.training
     model.eval()
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    generator = torch.Generator().manual_seed(EVALUATION_MASK_SEED) if _is_masked(unwrapped) else None
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss x images, images, skipped
     iterator = iter(batches)
     while True:
@@ -40,8 +62,11 @@ def evaluate_loss(accelerator, model, batches: Iterable[dict], config) -> tuple[
             if count
             else dummy_pixel_values(config, accelerator.device)
         )
+        inputs = {"pixel_values": pixel_values}
+        if generator is not None:
+            inputs["bool_masked_pos"] = _evaluation_masks(unwrapped, pixel_values, generator)
         with accelerator.autocast():
-            loss = model(pixel_values=pixel_values).loss
+            loss = model(**inputs).loss
         totals[0] += loss.double() * count
         totals[1] += count
     totals = accelerator.reduce(totals, reduction="sum") if accelerator.num_processes > 1 else totals
@@ -51,35 +76,98 @@ def evaluate_loss(accelerator, model, batches: Iterable[dict], config) -> tuple[
     return loss, images, int(totals[2].item())
 
 
-@torch.no_grad()
-def predicted_images(accelerator, model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, predictions) as images, both in the model's normalised patch space.
+@dataclass
+class PredictionPanels:
+    """Rows of images (N, C, H, W), all in the model's normalised patch space, for the evaluation grid.
 
-    The input sequence and the next-patch predictions go back through the same un-ordering and
-    un-patchifying, so they are directly comparable. The first patch has no prediction (nothing comes
-    before it): it is shown as the input's own first patch.
+    `rows` holds (label, images, grey) per row: `grey` (N, H, W) bool marks pixels drawn flat grey (the
+    masked patches of a masked run's input), or is None.
+    """
+
+    rows: list[tuple[str, torch.Tensor, torch.Tensor | None]]
+
+
+@torch.no_grad()
+def predicted_images(accelerator, model, pixel_values: torch.Tensor) -> PredictionPanels:
+    """The evaluation grid's rows: input and next-patch prediction, or (masked runs) the input with the
+    masked patches greyed, its reconstruction and the truth.
+
+    Inputs and predictions go back through the same un-ordering and un-patchifying, so they are directly
+    comparable. Next-patch: the first patch has no prediction (nothing comes before it) and is shown as
+    the input's own first patch. Masked: the reconstruction keeps the visible patches and fills the masked
+    ones; with `norm_pix_loss` the model predicts standardised patches, which are put back on the true
+    patch's mean and spread for display only.
     """
     was_training = model.training
     model.eval()
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    pixel_values = pixel_values.to(accelerator.device)
+    masked = _is_masked(unwrapped)
+    inputs = {"pixel_values": pixel_values}
+    if masked:
+        generator = torch.Generator().manual_seed(EVALUATION_MASK_SEED)
+        inputs["bool_masked_pos"] = _evaluation_masks(unwrapped, pixel_values, generator)
     with accelerator.autocast():
-        output = model(pixel_values=pixel_values.to(accelerator.device))
+        output = model(**inputs)
     model.train(was_training)
     targets = output.target_patches.float()
-    predictions = torch.cat([targets[:, :1], output.predictions[:, :-1].float()], dim=1)
-    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    return unwrapped.patches_to_image(targets).cpu(), unwrapped.patches_to_image(predictions).cpu()
+    to_image = unwrapped.patches_to_image
+    if not masked:
+        predictions = torch.cat([targets[:, :1], output.predictions[:, :-1].float()], dim=1)
+        return PredictionPanels([("input", to_image(targets).cpu(), None),
+                                 ("predicted", to_image(predictions).cpu(), None)])
+    predictions = output.predictions.float()
+    if unwrapped.config.norm_pix_loss:
+        mean, var = targets.mean(-1, keepdim=True), targets.var(-1, keepdim=True)
+        predictions = predictions * (var + 1e-6).sqrt() + mean
+    mask = output.mask[..., None]
+    filled = torch.where(mask, predictions, targets)
+    grey = to_image(mask.expand_as(targets).float())[:, 0] > 0.5  # (N, H, W) pixels of masked patches
+    return PredictionPanels([
+        ("masked input", to_image(targets).cpu(), grey.cpu()),
+        ("reconstructed", to_image(filled).cpu(), None),
+        ("truth", to_image(targets).cpu(), None),
+    ])
 
 
 def _short(name: str, width: int = 16) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
-def save_prediction_grid(
-    inputs: torch.Tensor, predictions: torch.Tensor, path: str | os.PathLike, ids: list, step: int
-) -> None:
-    """PNG of input galaxies (top) and their next-patch predictions (below), bands as RGB with an asinh stretch."""
+def save_prediction_grid(panels: PredictionPanels, path: str | os.PathLike, ids: list, step: int) -> Path:
+    """PNG of the panels' rows (inputs on top), bands as RGB with an asinh stretch, one galaxy per column,
+    captioned with its id; the prediction row's label carries the step."""
     titles = [_short(str(i)) for i in ids] if ids else None
-    plot_galaxy_grid(inputs, predictions, path, titles=titles, prediction_label=f"predicted (step {step})")
+    if len(panels.rows) == 2 and panels.rows[0][2] is None:  # input above next-patch prediction
+        (_, inputs, _), (_, predictions, _) = panels.rows
+        label = f"predicted (step {step})"
+        return plot_galaxy_grid(inputs, predictions, path, titles=titles, prediction_label=label)
+    return _plot_rows(panels, path, titles, step)
 
 
-__all__ = ["dummy_pixel_values", "evaluate_loss", "predicted_images", "save_prediction_grid"]
+def _plot_rows(panels: PredictionPanels, path, titles, step: int, max_columns: int = 8) -> Path:
+    count = panels.rows[0][1].shape[0]
+    ncols = max(1, min(max_columns, count))
+    blocks, nrows = math.ceil(count / ncols), len(panels.rows)
+    fig = Figure(figsize=(1.7 * ncols, 1.75 * nrows * blocks))
+    axes = fig.subplots(nrows * blocks, ncols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for index in range(count):
+        block, column = divmod(index, ncols)
+        for row, (label, images, grey) in enumerate(panels.rows):
+            rgb = galaxy_rgb(images[index].numpy())
+            if grey is not None:
+                rgb[grey[index].numpy()] = 0.5
+            ax = axes[nrows * block + row, column]
+            ax.imshow(rgb, interpolation="nearest")
+            caption = titles[index] if row == 0 and titles is not None else label
+            ax.set_title(f"{caption} (step {step})" if label == "reconstructed" else caption, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+__all__ = ["PredictionPanels", "dummy_pixel_values", "evaluate_loss", "predicted_images", "save_prediction_grid"]

@@ -361,9 +361,9 @@ class Pretrainer:
                                     self.rank, self.world, args.num_workers)
         val_loss, _, _ = evaluate_loss(self.accelerator, self.model, loader, self.config)
         if self.plot_batch is not None:
-            inputs, predictions = predicted_images(self.accelerator, self.model, self.plot_batch["pixel_values"])
+            panels = predicted_images(self.accelerator, self.model, self.plot_batch["pixel_values"])
             if self.main:
-                save_prediction_grid(inputs, predictions, self.output_dir / "eval" / f"predictions-step{step:06d}.png",
+                save_prediction_grid(panels, self.output_dir / "eval" / f"predictions-step{step:06d}.png",
                                      self.plot_batch["ids"], step)
         if self.state["first_val_loss"] is None:
             self.state["first_val_loss"] = val_loss
