@@ -1,0 +1,184 @@
+"""Hostile and careless inputs to the data layer and the image processor: bounded memory, skipped and
+counted items, and validation errors that name the field, the expected domain and the value."""
+
+import logging
+import os
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from numpy.lib import format as npy_format
+from PIL import Image
+
+from astropt_hf import AstroPTImageProcessor
+from astropt_hf.data import (
+    CorruptSampleError,
+    DecodeLimits,
+    GalaxyCollator,
+    decode_image,
+    load_galaxy_dataset,
+)
+
+SIZE = 32
+LIMITS = DecodeLimits.for_image_size(SIZE, 3)  # planes up to 512 x 512 pixels
+
+
+@pytest.fixture
+def processor():
+    return AstroPTImageProcessor(image_size=SIZE, num_channels=3)
+
+
+def _huge_npy(path, shape=(100_000, 100_000, 3)):
+    """A .npy file of a few hundred bytes whose header declares a 224 GiB float64 array."""
+    with open(path, "wb") as handle:
+        npy_format.write_array_header_1_0(handle, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        handle.write(b"\0" * 64)
+
+
+def _fits_header(*cards: str) -> bytes:
+    return b"".join(card.ljust(80).encode() for card in (*cards, "END")).ljust(2880, b" ")
+
+
+def _huge_fits(path, side=100_000):
+    header = _fits_header(
+        "SIMPLE  =                    T", "BITPIX  =                  -64", "NAXIS   =                    2",
+        f"NAXIS1  = {side:20d}", f"NAXIS2  = {side:20d}",
+    )
+    path.write_bytes(header + b"\0" * 2880)
+
+
+def _peak_bytes(function):
+    tracemalloc.start()
+    try:
+        function()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+# ------------------------------------------------------------------------------------------ declared sizes
+
+
+def test_npy_declaring_a_huge_array_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "bomb.npy"
+    _huge_npy(path)
+    assert path.stat().st_size < 1024
+    with pytest.raises(CorruptSampleError, match="header declares") as info:
+        decode_image(path)
+    assert "bomb.npy" in str(info.value)
+    # a moderately large one (fits in RAM) is also refused before allocating, under the model's limits
+    _huge_npy(path, shape=(3, 2048, 2048))
+    peak = _peak_bytes(lambda: pytest.raises(CorruptSampleError, decode_image, path, limits=LIMITS))
+    assert peak < 10 * 2**20
+
+
+def test_truncated_npy_is_refused_before_reading(tmp_path):
+    path = tmp_path / "short.npy"
+    _huge_npy(path, shape=(3, 40, 40))
+    with pytest.raises(CorruptSampleError, match="truncated"):
+        decode_image(path)
+
+
+def test_large_png_is_refused_from_its_header_not_decoded(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("L", (2000, 2000)).save(path)  # a few KB on disk, 4 MB decoded
+    assert decode_image(path).shape == (2000, 2000)  # the default limits let it through
+    start = time.perf_counter()
+    peak = _peak_bytes(lambda: pytest.raises(CorruptSampleError, decode_image, path, limits=LIMITS))
+    assert peak < 2**20 and time.perf_counter() - start < 1.0
+    with pytest.raises(CorruptSampleError, match="2000x2000 pixels.*decode limit"):
+        decode_image(path, limits=LIMITS)
+
+
+def test_png_declaring_12000_squared_pixels_is_refused_cheaply():
+    # A PNG header (IHDR) declaring 12000 x 12000 pixels, under PIL's own bomb limit; the data is never read.
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 12000, 12000, 8, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 12001)) + chunk(b"IEND", b"")
+    with pytest.raises(CorruptSampleError, match="12000x12000 pixels"):
+        decode_image(data, source="bomb.png", limits=LIMITS)
+
+
+def test_tiff_with_too_many_pages_is_refused_before_reading_them(tmp_path):
+    path = tmp_path / "pages.tiff"
+    pages = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in range(40)]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    assert decode_image(path).shape == (40, 8, 8)  # within the default 64 planes
+    with pytest.raises(CorruptSampleError, match="more than 16 pages"):
+        decode_image(path, limits=DecodeLimits(max_pixels=10**6, max_bytes=10**8, max_planes=16))
+
+
+def test_fits_declaring_a_huge_image_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "bomb.fits"
+    _huge_fits(path)
+    with pytest.raises(CorruptSampleError, match="declares shape \\(100000, 100000\\)"):
+        decode_image(path)
+    _huge_fits(path, side=4096)  # 128 MB declared: allocatable, but over the model's limits
+    peak = _peak_bytes(lambda: pytest.raises(CorruptSampleError, decode_image, path, limits=LIMITS))
+    assert peak < 10 * 2**20
+
+
+def test_decode_limits_reject_nonsense():
+    with pytest.raises(ValueError, match="max_pixels"):
+        DecodeLimits(max_pixels=0, max_bytes=1, max_planes=1)
+    assert DecodeLimits.for_image_size(32, 3, max_side_factor=2).max_pixels == 64 * 64
+
+
+def test_collator_skips_and_counts_oversized_items(tmp_path, processor, caplog):
+    _huge_npy(tmp_path / "bomb.npy")
+    _huge_fits(tmp_path / "bomb.fits")
+    Image.new("RGB", (600, 600)).save(tmp_path / "wide.png")  # over 16 x 32 on a side
+    Image.new("RGB", (100, 100)).save(tmp_path / "fine.png")
+    rows = [{"image": str(tmp_path / name)} for name in ("bomb.npy", "bomb.fits", "wide.png", "fine.png")]
+    with caplog.at_level(logging.WARNING, logger="astropt_hf.data.collate"):
+        batch = GalaxyCollator(processor)(rows)
+    assert batch["num_skipped"] == 3 and batch["ids"] == [str(tmp_path / "fine.png")]
+    assert sum("decode limit" in r.getMessage() for r in caplog.records) == 3
+    # the limit follows the collator's option
+    generous = DecodeLimits.for_image_size(SIZE, 3, max_side_factor=20)
+    assert GalaxyCollator(processor, decode_limits=generous)(rows[2:])["num_skipped"] == 0
+
+
+def test_memory_error_while_decoding_is_a_skipped_sample(tmp_path, processor):
+    # A declared size that passes generous limits but cannot be allocated: MemoryError becomes a skip.
+    path = tmp_path / "big.fits"
+    _huge_fits(path, side=3_000_000)
+    limits = DecodeLimits(max_pixels=10**16, max_bytes=10**17, max_planes=4)
+    with pytest.raises(CorruptSampleError):
+        decode_image(path, limits=limits)
+    batch = GalaxyCollator(processor, decode_limits=limits)([{"image": str(path)}])
+    assert batch["num_skipped"] == 1
+
+
+# ------------------------------------------------------------------------------------------ data folders
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that stores raw bytes in names")
+def test_odd_folder_entries_are_skipped_and_counted_with_a_reason(tmp_path, processor, caplog):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (40, 40)).save(folder / name)
+    Image.new("RGB", (40, 40)).save(os.path.join(os.fsencode(folder), b"bad\xff.png"))  # not UTF-8
+    os.mkfifo(folder / "fifo.png")
+    (folder / "dir.png").mkdir()
+    os.symlink("loop.png", folder / "loop.png")
+    os.symlink("nowhere.png", folder / "dangling.png")
+
+    source = load_galaxy_dataset(str(folder), split="all")
+    assert len(source.dataset) == 7
+    with caplog.at_level(logging.WARNING, logger="astropt_hf.data.collate"):
+        batch = GalaxyCollator(processor, source.image_column, source.id_column)(list(source.dataset))
+    assert sorted(batch["ids"]) == ["a", "b"] and batch["num_skipped"] == 5
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    for reason in ("bad\\xff: the file name is not valid UTF-8", "fifo: not a regular file (a FIFO)",
+                   "dir: a directory", "loop: symbolic link loop", "dangling: dangling symbolic link"):
+        assert reason in warned
