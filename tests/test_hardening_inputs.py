@@ -6,9 +6,14 @@ import os
 import sys
 import time
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from numpy.lib import format as npy_format
 from PIL import Image
 
@@ -182,3 +187,161 @@ def test_odd_folder_entries_are_skipped_and_counted_with_a_reason(tmp_path, proc
     for reason in ("bad\\xff: the file name is not valid UTF-8", "fifo: not a regular file (a FIFO)",
                    "dir: a directory", "loop: symbolic link loop", "dangling: dangling symbolic link"):
         assert reason in warned
+
+
+# ------------------------------------------------------------------------------------------ image processor
+
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FIELDS = ("image_size", "num_channels", "resize_mode", "stretch", "asinh_scale", "do_rescale", "nan_fill_value")
+ANY_VALUE = st.one_of(
+    st.integers(-3, 24),
+    st.integers(5_000, 10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([np.int64(8), np.float32(0.5), np.bool_(True), 8.0]),
+    st.text(max_size=6),
+    st.sampled_from(["none", "asinh", "resize", "center_crop", "8"]),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+def _plausible_count(value):
+    """int(value) when it is a whole number from 1 to 24 (not a bool), else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    if not np.isfinite(value) or float(value) != int(value) or not 1 <= value <= 24:
+        return None
+    return int(value)
+
+
+def _bands(count, side=12):
+    image = np.random.default_rng(0).uniform(0, 5, size=(count, side, side)).astype(np.float32)
+    image[0, 0, 0] = np.nan
+    return image
+
+
+@FUZZ
+@given(field=st.sampled_from(FIELDS), value=ANY_VALUE)
+def test_fuzzed_settings_work_or_name_the_field(field, value):
+    """Constructor and per-call: either a finite float32 batch of the right shape, or an error naming the field."""
+    side = 8 if (field, value) == ("resize_mode", "none") else 12  # "none" needs the exact size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            processor = AstroPTImageProcessor(**{"image_size": 8, "num_channels": 3, field: value})
+        except (TypeError, ValueError) as err:
+            assert field in str(err)
+        else:
+            pixel_values = processor(_bands(processor.num_channels, side))["pixel_values"]
+            assert pixel_values.shape == (1, processor.num_channels, processor.image_size, processor.image_size)
+            assert pixel_values.dtype == torch.float32 and torch.isfinite(pixel_values).all()
+
+        count = (_plausible_count(value) if field == "num_channels" else None) or 3
+        try:
+            pixel_values = AstroPTImageProcessor(image_size=8, num_channels=3)(_bands(count, side), **{field: value})
+        except (TypeError, ValueError) as err:
+            assert field in str(err)
+            return
+    size = (_plausible_count(value) if field == "image_size" else None) or 8
+    assert pixel_values["pixel_values"].shape == (1, count, size, size)
+    assert torch.isfinite(pixel_values["pixel_values"]).all()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"image_size": 0}, "image_size=0 is not valid; expected an integer >= 1"),
+        ({"stretch": "log"}, "stretch='log' is not valid; expected one of"),
+        ({"resize_mode": "pad"}, "resize_mode='pad' is not valid; expected one of"),
+        ({"asinh_scale": 0}, "asinh_scale=0 is not valid; expected a finite number > 0"),
+        ({"asinh_scale": -1.0}, "asinh_scale=-1.0 is not valid"),
+        ({"nan_fill_value": float("nan")}, "nan_fill_value=nan is not valid; expected a finite number"),
+        ({"image_size": 100_000}, "image_size=100000 is over the limit of 4096.*MAX_IMAGE_SIZE to lift it"),
+        ({"num_channels": "3"}, "num_channels must be an integer, got str '3'"),
+        ({"strech": "asinh"}, "unknown keyword argument.*strech"),
+    ],
+)
+def test_per_call_overrides_are_validated_like_the_constructor(overrides, message):
+    processor = AstroPTImageProcessor(image_size=8, num_channels=3)
+    with pytest.raises((TypeError, ValueError), match=message):
+        processor(np.ones((3, 8, 8), np.float32), **overrides)
+    known = {k: v for k, v in overrides.items() if k in FIELDS}
+    if known:
+        with pytest.raises((TypeError, ValueError), match=message):
+            AstroPTImageProcessor(**{"image_size": 8, "num_channels": 3, **known})
+
+
+def test_size_cap_can_be_lifted():
+    class Bigger(AstroPTImageProcessor):
+        MAX_IMAGE_SIZE = 10_000
+
+    assert Bigger(image_size=5000).image_size == 5000
+    with pytest.raises(ValueError, match="MAX_IMAGE_SIZE"):
+        AstroPTImageProcessor(image_size=5000)
+
+
+@st.composite
+def image_arrays(draw):
+    dtype = np.dtype(draw(st.sampled_from(["uint8", "uint16", "int32", "int64", "float16", "float32", "float64", "bool"])))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=14))
+    if dtype.kind == "f":
+        elements = st.floats(-1e4, 1e4, width=16) | st.sampled_from([np.nan, np.inf, -np.inf])
+    else:
+        elements = None
+    return draw(hnp.arrays(dtype=dtype, shape=shape, elements=elements))
+
+
+@FUZZ
+@given(array=image_arrays(), resize_mode=st.sampled_from(["center_crop", "resize", "none"]))
+def test_fuzzed_arrays_give_a_batch_or_a_value_error(array, resize_mode):
+    processor = AstroPTImageProcessor(image_size=8, num_channels=3, resize_mode=resize_mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            pixel_values = processor(array)["pixel_values"]
+        except ValueError:
+            return
+    assert pixel_values.shape[1:] == (3, 8, 8) and pixel_values.dtype == torch.float32
+    assert torch.isfinite(pixel_values).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 0, 8), (0, 8, 3), (3, 8, 0), (0, 0)])
+def test_zero_size_images_are_refused_clearly(shape):
+    with pytest.raises(ValueError, match="no pixels"):
+        AstroPTImageProcessor(image_size=8, num_channels=3 if len(shape) == 3 else 1)(np.zeros(shape, np.float32))
+
+
+def test_bf16_tensors_are_read_as_float32():
+    image = torch.rand(3, 8, 8)
+    pixel_values = AstroPTImageProcessor(image_size=8, num_channels=3)(image.to(torch.bfloat16))["pixel_values"]
+    torch.testing.assert_close(pixel_values[0], image.to(torch.bfloat16).float())
+
+
+def test_pil_lab_image_is_converted_to_rgb_not_read_as_rgba():
+    lab = Image.new("LAB", (8, 8), (128, 180, 100))
+    pixel_values = AstroPTImageProcessor(image_size=8, num_channels=3)(lab)["pixel_values"]
+    expected = torch.from_numpy(np.array(lab.convert("RGB"))).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(pixel_values[0], expected)
+    assert decode_image(lab).shape == (8, 8, 3)  # the data layer converts the same way
+
+
+def test_pil_mode_1_is_greyscale_0_or_1_after_rescaling():
+    bilevel = Image.fromarray(np.eye(8, dtype=bool))
+    assert bilevel.mode == "1"
+    pixel_values = AstroPTImageProcessor(image_size=8, num_channels=1)(bilevel)["pixel_values"]
+    torch.testing.assert_close(pixel_values[0, 0], torch.eye(8))
+    assert decode_image(bilevel).dtype == np.uint8
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "F", "I;16", "LA", "PA"])
+def test_every_pil_mode_gives_a_batch_or_a_band_count_error(mode):
+    image = Image.new(mode, (8, 8))
+    for channels in (1, 3):
+        try:
+            pixel_values = AstroPTImageProcessor(image_size=8, num_channels=channels)(image)["pixel_values"]
+        except ValueError as err:
+            assert "expected num_channels" in str(err)
+            continue
+        assert pixel_values.shape == (1, channels, 8, 8) and torch.isfinite(pixel_values).all()
