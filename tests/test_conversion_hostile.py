@@ -145,17 +145,22 @@ def test_stride_zero_checkpoint_does_not_build_a_huge_model(tmp_path):
         convert_upstream_checkpoint(path, None, parity_check=False)
 
 
-def test_numpy_array_built_directly_is_refused(tmp_path):
+def test_numpy_array_built_directly_is_refused_but_ordinary_values_load(tmp_path):
     import numpy as np
 
     path = tmp_path / "ckpt.pt"
     _plain_pickle(path, {"model": {}, "x": _Call(np.ndarray, (2**33,))})
     with pytest.raises(UnsafeCheckpointError, match="numpy.ndarray"):
         load_upstream_checkpoint(path)
-    # arrays pickled the ordinary way still load
-    _plain_pickle(path, {"x": np.arange(5.0)})
-    with pytest.raises(CorruptCheckpointError):  # a plain pickle is not a torch checkpoint
-        load_upstream_checkpoint(path)
+    # numpy values, bytes and small sets pickled the ordinary way still load, in both torch formats
+    values = {"x": np.arange(5.0), "loss": np.float64(0.25), "raw": bytearray(b"ab"), "ids": set(range(3))}
+    weight = torch.randn(3, 4)
+    for zip_format in (True, False):
+        torch.save({"model": {"w": weight, "row": weight[1]}, **values}, path, _use_new_zipfile_serialization=zip_format)
+        loaded = load_upstream_checkpoint(path)
+        assert torch.equal(loaded["model"]["w"], weight) and torch.equal(loaded["model"]["row"], weight[1])
+        np.testing.assert_array_equal(loaded["x"], values["x"])
+        assert (loaded["loss"], loaded["raw"], loaded["ids"]) == (0.25, b"ab", {0, 1, 2})
 
 
 # ------------------------------------------------------------------------------------------ compressed zips

@@ -152,8 +152,8 @@ def test_collator_skips_and_counts_oversized_items(tmp_path, processor, caplog):
     assert GalaxyCollator(processor, decode_limits=generous)(rows[2:])["num_skipped"] == 0
 
 
-def test_memory_error_while_decoding_is_a_skipped_sample(tmp_path, processor):
-    # A declared size that passes generous limits but cannot be allocated: MemoryError becomes a skip.
+def test_declared_size_within_limits_but_unallocatable_is_a_skipped_sample(tmp_path, processor):
+    # 72 TB declared, under deliberately huge limits: the failed allocation is a skip, not a crash.
     path = tmp_path / "big.fits"
     _huge_fits(path, side=3_000_000)
     limits = DecodeLimits(max_pixels=10**16, max_bytes=10**17, max_planes=4)

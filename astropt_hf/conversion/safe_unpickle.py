@@ -94,8 +94,8 @@ class _NamedType:
 
     def __init__(self, qualified_name: str, real: Any):
         self.qualified_name, self.real = qualified_name, real
-        self.dtype = getattr(real, "dtype", torch.uint8) if isinstance(getattr(real, "dtype", None), torch.dtype) else torch.uint8
-        self._dtype = self.dtype
+        dtype = getattr(real, "dtype", None)  # typed storage classes carry their dtype; untyped ones are bytes
+        self.dtype = self._dtype = dtype if isinstance(dtype, torch.dtype) else torch.uint8
 
     def __call__(self, *args, **kwargs):
         raise _refuse(f"its pickle calls {self.qualified_name}(...) directly, which allocates memory")
