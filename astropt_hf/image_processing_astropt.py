@@ -9,6 +9,8 @@ PIL, torch and transformers.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import numpy as np
@@ -23,6 +25,59 @@ except ImportError:  # pragma: no cover - pillow is a transformers vision depend
 
 RESIZE_MODES = ("center_crop", "resize", "none")
 STRETCHES = ("none", "asinh")
+SETTINGS = ("image_size", "num_channels", "resize_mode", "stretch", "asinh_scale", "do_rescale", "nan_fill_value")
+# PIL modes whose raw bytes are not the bands themselves: converted to RGB (RGBA for "PA") first.
+_PIL_COLOUR_MODES = ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def _check_integer(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        if not (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and float(value).is_integer()):
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < low:
+        raise ValueError(f"{name}={value!r} is not valid; expected an integer >= {low}")
+    if value > high:
+        raise ValueError(
+            f"{name}={value!r} is over the limit of {high} (each image would be allocated at that size); "
+            f"raise AstroPTImageProcessor.MAX_{name.upper()} to lift it"
+        )
+    return value
+
+
+def _check_real(name: str, value, positive: bool = False) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or (positive and number <= 0):
+        raise ValueError(f"{name}={value!r} is not valid; expected a finite number{' > 0' if positive else ''}")
+    return number
+
+
+def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; expected one of {list(choices)}")
+    return value
+
+
+def validate_settings(settings: dict, max_image_size: int, max_num_channels: int) -> dict:
+    """The processor's settings (`SETTINGS`), checked and normalised (Python int/float/bool/str).
+
+    The one validation path for constructor and per-call arguments: raises `TypeError` for a value of the
+    wrong kind and `ValueError` for one outside its domain, each naming the field, the domain and the value.
+    """
+    do_rescale = settings["do_rescale"]
+    if not isinstance(do_rescale, (bool, np.bool_)):
+        raise TypeError(f"do_rescale must be True or False, got {type(do_rescale).__name__} {do_rescale!r}")
+    return {
+        "image_size": _check_integer("image_size", settings["image_size"], 1, max_image_size),
+        "num_channels": _check_integer("num_channels", settings["num_channels"], 1, max_num_channels),
+        "resize_mode": _check_choice("resize_mode", settings["resize_mode"], RESIZE_MODES),
+        "stretch": _check_choice("stretch", settings["stretch"], STRETCHES),
+        "asinh_scale": _check_real("asinh_scale", settings["asinh_scale"], positive=True),
+        "do_rescale": bool(do_rescale),
+        "nan_fill_value": _check_real("nan_fill_value", settings["nan_fill_value"]),
+    }
 
 
 class AstroPTImageProcessor(BaseImageProcessor):
@@ -41,12 +96,22 @@ class AstroPTImageProcessor(BaseImageProcessor):
     6. stretch: `"asinh"` maps x -> asinh(x / asinh_scale), which compresses the bright cores of galaxies
        while keeping faint outskirts visible.
 
+    PIL images in colour modes (P, CMYK, YCbCr, LAB, HSV) are converted to RGB (PA to RGBA); bilevel mode `1`
+    images are read as greyscale 0 / 255 (so 0 / 1 after `do_rescale`); bf16 and other low-precision float
+    tensors are read as float32.
+
+    Every setting is checked when the processor is built and again when it is overridden for one call: a
+    `TypeError` or `ValueError` names the field, its domain and the value. `image_size` is capped at
+    `MAX_IMAGE_SIZE` and `num_channels` at `MAX_NUM_CHANNELS` (class attributes; raise them to lift the cap).
+
     Args:
         image_size (`int`): output side in pixels.
         num_channels (`int`): expected number of bands.
     """
 
     model_input_names = ["pixel_values"]
+    MAX_IMAGE_SIZE = 4096
+    MAX_NUM_CHANNELS = 512
 
     def __init__(
         self,
@@ -60,40 +125,43 @@ class AstroPTImageProcessor(BaseImageProcessor):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.image_size = int(image_size)
-        self.num_channels = int(num_channels)
-        self.resize_mode = resize_mode
-        self.stretch = stretch
-        self.asinh_scale = float(asinh_scale)
-        self.do_rescale = do_rescale
-        self.nan_fill_value = float(nan_fill_value)
-        self._validate()
+        given = dict(image_size=image_size, num_channels=num_channels, resize_mode=resize_mode, stretch=stretch,
+                     asinh_scale=asinh_scale, do_rescale=do_rescale, nan_fill_value=nan_fill_value)  # fmt: skip
+        for name, value in self._validated(given).items():
+            setattr(self, name, value)
 
-    def _validate(self) -> None:
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode={self.resize_mode!r} is not valid; expected one of {list(RESIZE_MODES)}")
-        if self.stretch not in STRETCHES:
-            raise ValueError(f"stretch={self.stretch!r} is not valid; expected one of {list(STRETCHES)}")
-        if not self.asinh_scale > 0:
-            raise ValueError(f"asinh_scale={self.asinh_scale!r} is not valid; expected > 0")
-        if self.image_size <= 0 or self.num_channels <= 0:
-            raise ValueError(
-                f"image_size={self.image_size} and num_channels={self.num_channels} must both be positive"
-            )
+    def _validated(self, settings: dict) -> dict:
+        return validate_settings(settings, self.MAX_IMAGE_SIZE, self.MAX_NUM_CHANNELS)
+
+    def _settings_for_call(self, overrides: dict) -> dict:
+        """The constructor's settings with this call's overrides (None means "keep"), validated again."""
+        unknown = sorted(set(overrides) - set(SETTINGS))
+        if unknown:
+            raise TypeError(f"unknown keyword argument(s) {unknown} for this image processor; expected {list(SETTINGS)}")
+        settings = {name: getattr(self, name) for name in SETTINGS}
+        settings.update({name: value for name, value in overrides.items() if value is not None})
+        return self._validated(settings)
 
     # --- one image --------------------------------------------------------------------------------
     def _to_chw(self, image, input_data_format: str | None) -> np.ndarray:
         """Any supported image -> numpy (C, H, W) in its original dtype."""
         if PILImage is not None and isinstance(image, PILImage.Image):
-            if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-                image = image.convert("RGBA" if "A" in image.mode else "RGB")
+            if image.mode in _PIL_COLOUR_MODES:
+                image = image.convert("RGBA" if image.mode == "PA" else "RGB")
+            elif image.mode == "1":
+                image = image.convert("L")
             image = np.asarray(image)
             input_data_format = "channels_last"
         elif isinstance(image, torch.Tensor):
-            image = image.detach().cpu().numpy()
+            image = image.detach().cpu()
+            if image.is_floating_point() and image.dtype not in (torch.float16, torch.float32, torch.float64):
+                image = image.float()  # bf16 and float8 have no numpy dtype
+            image = image.numpy()
         image = np.asarray(image)
         if image.dtype == np.bool_ or image.dtype.kind not in "uif":
             raise ValueError(f"image has dtype {image.dtype}; expected an integer or floating point array")
+        if image.size == 0:
+            raise ValueError(f"image has no pixels (shape {image.shape})")
         if image.ndim == 2:
             return image[None]
         if image.ndim != 3:
@@ -132,8 +200,7 @@ class AstroPTImageProcessor(BaseImageProcessor):
 
     def process_one(self, image, input_data_format: str | None = None, **overrides) -> torch.Tensor:
         """One image -> (C, H, W) float32 tensor."""
-        settings = {k: overrides.get(k) if overrides.get(k) is not None else getattr(self, k) for k in (
-            "image_size", "num_channels", "resize_mode", "stretch", "asinh_scale", "do_rescale", "nan_fill_value")}
+        settings = self._settings_for_call(overrides)
         array = self._to_chw(image, input_data_format)
         if array.shape[0] != settings["num_channels"]:
             raise ValueError(
@@ -184,4 +251,4 @@ class AstroPTImageProcessor(BaseImageProcessor):
         return self.preprocess(images, *args, **kwargs)
 
 
-__all__ = ["AstroPTImageProcessor"]
+__all__ = ["AstroPTImageProcessor", "validate_settings"]

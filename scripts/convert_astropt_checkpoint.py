@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             parity_check=not args.no_parity_check,
         )
     except (UnsafeCheckpointError, ParityCheckError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        return 1
+    except Exception as error:  # whatever else a malformed file sets off still ends in one line naming it
+        print(f"error: {args.checkpoint}: conversion failed ({type(error).__name__}: {' '.join(str(error).split())})",
+              file=sys.stderr)  # fmt: skip
         return 1
     print(report.summary())
     print(f"reload:      AutoModel(trust_remote_code=True) -> {check_reload(args.output_dir)}")

@@ -141,14 +141,43 @@ def _require_key(state_dict: dict[str, torch.Tensor], key: str, source: str) -> 
     return state_dict[key]
 
 
+def has_internal_overlap(tensor: torch.Tensor) -> bool:
+    """True when two elements of `tensor` share memory (a stride-0 / expanded or otherwise overlapping view).
+
+    Sorted by stride, each dimension must step past everything the smaller-stride dimensions span.
+    """
+    span = 0
+    dims = sorted((stride, size) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1)
+    for stride, size in dims:
+        if stride <= span:
+            return True
+        span += stride * (size - 1)
+    return False
+
+
+def check_weights_are_plain(state_dict: dict, source: str = "checkpoint") -> None:
+    """Refuse entries that are not tensors, and views whose elements share memory: a 12 KB file of stride-0
+    expanded tensors would otherwise be materialised (and a model built) at gigabytes."""
+    for key, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{source}: state dict entry {key!r} is a {type(tensor).__name__}, not a tensor")
+        if has_internal_overlap(tensor):
+            raise ValueError(
+                f"{source}: weight {key!r} is a stride-0 or overlapping view (shape {tuple(tensor.shape)}, strides "
+                f"{tensor.stride()}) over {tensor.untyped_storage().nbytes():,} bytes; a saved model stores every "
+                "value of every weight, so this file is malformed (refusing to materialise it)"
+            )
+
+
 def read_upstream_weights(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> UpstreamWeights:
     """Recognise the layout of `state_dict` and read the architecture off its tensor shapes.
 
-    Raises `ValueError` for unknown layouts, for checkpoints whose modalities are anything but a single
+    Raises `ValueError` for entries that are not tensors or are stride-0 / overlapping views, unknown layouts, for checkpoints whose modalities are anything but a single
     `images` modality ("not supported: modalities [...]"), for LoRA weights and for continuous
     (non-embedding) positions.
     """
     state_dict, had_prefix = strip_compile_prefix(state_dict)
+    check_weights_are_plain(state_dict, source)
     fmt = detect_upstream_format(state_dict, source)
     modalities = list_modalities(state_dict, fmt)
     if modalities != [IMAGE_MODALITY]:

@@ -1,7 +1,14 @@
 """Galaxy data: the synthetic GalSim set, dataset sources, image decoding and batch collation."""
 
 from .collate import GalaxyCollator
-from .decoding import IMAGE_SUFFIXES, CorruptSampleError, decode_image
+from .decoding import (
+    DEFAULT_DECODE_LIMITS,
+    DEFAULT_MAX_SIDE_FACTOR,
+    IMAGE_SUFFIXES,
+    CorruptSampleError,
+    DecodeLimits,
+    decode_image,
+)
 from .sources import VALIDATION_FRACTION, GalaxySource, is_streaming_dataset, load_galaxy_dataset
 from .synthetic import (
     BANDS,
@@ -16,11 +23,14 @@ from .synthetic import (
 
 __all__ = [
     "BANDS",
+    "DEFAULT_DECODE_LIMITS",
+    "DEFAULT_MAX_SIDE_FACTOR",
     "IMAGE_SUFFIXES",
     "PIXEL_SCALE",
     "TRUTH_COLUMNS",
     "VALIDATION_FRACTION",
     "CorruptSampleError",
+    "DecodeLimits",
     "GalaxyCollator",
     "GalaxyParams",
     "GalaxySource",

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .decoding import CorruptSampleError, decode_image
+from .decoding import CorruptSampleError, DecodeLimits, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +18,9 @@ class GalaxyCollator:
     """``collate_fn`` that turns dataset rows into ``pixel_values`` with the image processor.
 
     Each example's image is decoded with ``decode_image`` and processed on its own. Examples that
-    cannot be decoded (``CorruptSampleError``) or that the processor rejects (``ValueError``, e.g.
-    a wrong band count) are skipped with a ``logger.warning`` naming the item and the reason;
+    cannot be decoded (``CorruptSampleError``, which includes files whose headers declare more than
+    ``decode_limits`` allow) or that the processor rejects (``ValueError``, e.g. a wrong band count;
+    ``MemoryError``) are skipped with a ``logger.warning`` naming the item and the reason;
     their number travels in the batch as ``num_skipped`` so that DataLoader workers can report
     it. Every kept image comes out at the processor's size: a processed image of any other shape
     is skipped too, never reshaped.
@@ -36,6 +37,9 @@ class GalaxyCollator:
         id_column: the column holding ids; without one, an item is named by its file path if
             known, else by its position in the batch.
         keep_columns: other columns to carry into the batch (e.g. truth for probes).
+        decode_limits: largest declared image to decode; default
+            ``DecodeLimits.for_image_size(image_size, num_channels)`` from the processor, i.e. planes
+            up to 16 times the processor's side (``DEFAULT_MAX_SIDE_FACTOR``).
     """
 
     def __init__(
@@ -44,12 +48,15 @@ class GalaxyCollator:
         image_column: str = "image",
         id_column: str | None = None,
         keep_columns: Sequence[str] = (),
+        decode_limits: DecodeLimits | None = None,
     ):
         self.image_processor = image_processor
         self.image_column = image_column
         self.id_column = id_column
         self.keep_columns = tuple(keep_columns)
         self.expected_shape = _processor_output_shape(image_processor)
+        channels, height, width = self.expected_shape
+        self.decode_limits = decode_limits or DecodeLimits.for_image_size(max(height, width), channels)
 
     def __call__(self, examples: list[dict]) -> dict[str, Any]:
         pixels: list[torch.Tensor] = []
@@ -60,8 +67,10 @@ class GalaxyCollator:
             item = self._item_name(example, position)
             try:
                 image = self._process(example, item)
-            except (CorruptSampleError, ValueError) as err:
+            except (CorruptSampleError, ValueError, MemoryError) as err:
                 reason = err.reason if isinstance(err, CorruptSampleError) else str(err)
+                if isinstance(err, MemoryError):
+                    reason = f"out of memory while processing it ({reason})"
                 logger.warning("Skipping sample %s: %s", item, reason)
                 num_skipped += 1
                 continue
@@ -83,7 +92,7 @@ class GalaxyCollator:
     def _process(self, example: dict, item: Any) -> torch.Tensor:
         if self.image_column not in example:
             raise CorruptSampleError(item, f"no column {self.image_column!r} (has {sorted(example)})")
-        array = decode_image(example[self.image_column], source=item)
+        array = decode_image(example[self.image_column], source=item, limits=self.decode_limits)
         processed = self.image_processor(array, return_tensors="pt")["pixel_values"]
         processed = torch.as_tensor(processed, dtype=torch.float32)
         if processed.ndim == 4 and processed.shape[0] == 1:

@@ -17,6 +17,13 @@ of its row number / relative path, if it has no id) falls in the lowest ``VALIDA
 (10%), so the carve is deterministic, needs no shuffling, works while streaming, and keeps items in
 place when more data are added. ``split="all"`` returns every split together.
 
+**Image folders** list every entry whose name ends in an image suffix (hidden names excepted),
+whatever it is: empty files, FIFOs, directories named like images, dangling links, symbolic link
+loops and files whose names are not valid UTF-8 all become rows that ``GalaxyCollator`` skips and
+counts, with the reason in its warning, instead of being left out silently or aborting the load. A
+name that is not valid UTF-8 is shown with its undecodable bytes as ``\\xNN`` escapes (datasets
+cannot store it as it is), so that row's file is never read.
+
 Image columns holding ``datasets.Image`` features are cast to ``decode=False``, so a corrupt image
 reaches ``GalaxyCollator`` as raw bytes (and is skipped and counted there) instead of raising
 inside the dataset.
@@ -27,11 +34,14 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from .decoding import IMAGE_SUFFIXES, has_suffix
+from .decoding import IMAGE_SUFFIXES, has_suffix, printable_path
+
+logger = logging.getLogger(__name__)
 
 VALIDATION_FRACTION = 0.1
 IMAGE_COLUMN_CANDIDATES = ("image", "pixel_values", "img")
@@ -217,7 +227,7 @@ def _folder_splits(path: Path) -> dict:
             if not files:
                 raise ValueError(f"folder {root} holds no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
             return datasets.Dataset.from_dict(
-                {"image": [str(f) for f in files], "id": _file_ids(files, root)}
+                {"image": [printable_path(f) for f in files], "id": _file_ids(files, root)}
             )
 
         return load
@@ -226,13 +236,17 @@ def _folder_splits(path: Path) -> dict:
 
 
 def _image_files(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted, hidden files skipped; empty files kept so
-    that they are counted as bad samples rather than silently dropped)."""
-    return [
-        p
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and has_suffix(p.name, IMAGE_SUFFIXES) and not p.name.startswith(".")
-    ]
+    """Entries under ``root`` named like images (recursive, sorted, hidden names skipped). Entries
+    that are not readable image files (empty, FIFO, directory, broken link, undecodable name) are
+    kept, so that the collator counts them as bad samples rather than they silently vanish."""
+    entries = [p for p in sorted(root.rglob("*")) if has_suffix(p.name, IMAGE_SUFFIXES) and not p.name.startswith(".")]
+    undecodable = [printable_path(p) for p in entries if printable_path(p) != str(p)]
+    if undecodable:
+        logger.warning(
+            "%d file name(s) under %s are not valid UTF-8; they are skipped and counted as bad samples: %s",
+            len(undecodable), printable_path(root), ", ".join(undecodable[:5]) + (" ..." if len(undecodable) > 5 else ""),
+        )
+    return entries
 
 
 def _strip_suffix(name: str) -> str:
@@ -243,10 +257,10 @@ def _strip_suffix(name: str) -> str:
 
 
 def _file_ids(files: list[Path], root: Path) -> list[str]:
-    stems = [_strip_suffix(f.name) for f in files]
+    stems = [_strip_suffix(printable_path(f.name)) for f in files]
     if len(set(stems)) == len(stems):
         return stems
-    return [_strip_suffix(f.relative_to(root).as_posix()) for f in files]
+    return [_strip_suffix(printable_path(f.relative_to(root).as_posix())) for f in files]
 
 
 # --------------------------------------------------------------------------- split selection
