@@ -13,9 +13,9 @@ import logging
 import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning. Measured on a busy 2-core machine: a training step of the
-# demo model took 3.7-5.3 s with spinning threads and 0.54 s without (0.52 s on one thread). Must be set
-# before torch is imported; an explicit OMP_WAIT_POLICY in the environment wins.
+# Idle OpenMP threads sleep instead of spinning: on a machine shared with other work, spinning threads stall
+# every parallel region of a training step. Must be set before torch is imported; an explicit
+# OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from astropt_hf.training import ConfigError, parse_pretrain_args, run_pretraining  # noqa: E402
