@@ -13,7 +13,6 @@ With no `--config` the defaults are the demo run (`scripts/configs/demo.yaml` sp
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import os
@@ -190,18 +189,27 @@ def known_keys() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class PresetFile:
+    """The flag read first: the preset whose values become the defaults of every other key."""
+
+    config: str | None = option(None, "YAML preset (default: the demo settings)")
+
+
 class _PretrainParser(ArgumentParser):
     """The parser of every pretraining key; raises `ConfigError` instead of exiting, so library callers
     (the sweep, the normalisation study) can catch it."""
 
-    def __init__(self):
+    def __init__(self, dataclass_types=(PretrainArguments, ModelKeys, ProcessorKeys), **kwargs):
         super().__init__(
-            (PretrainArguments, ModelKeys, ProcessorKeys),
+            dataclass_types,
             prog="pretrain.py",
             usage="pretrain.py [-h] [--config FILE] [--KEY VALUE ...]",
             description="Pretrain astroPT (next-patch regression). Every config key can be given as --key value.",
+            **kwargs,
         )
-        self.add_argument("--config", help="YAML preset (default: the demo settings)")
+        if PresetFile not in self.dataclass_types:  # listed in --help, read beforehand by `parse_pretrain_args`
+            self.add_argument("--config", help=dataclasses.fields(PresetFile)[0].metadata["help"])
 
     def error(self, message: str):
         raise ConfigError(f"command line: {message}")
@@ -238,9 +246,7 @@ def parse_pretrain_args(argv: list[str] | None = None) -> PretrainArguments:
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    config = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    config.add_argument("--config")
-    config_path = config.parse_known_args(argv)[0].config
+    config_path = _PretrainParser((PresetFile,), add_help=False).parse_known(argv)[0].config
     preset = load_yaml_config(config_path) if config_path is not None else {}
     return _PretrainParser().arguments(argv, preset, f"config file {config_path!r}")
 
