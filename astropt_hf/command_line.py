@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import logging
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +29,7 @@ from typing import Any, Literal
 
 from transformers import HfArgumentParser
 
-__all__ = ["ArgumentParser", "NOT_A_FLAG", "is_literal", "option", "value_converter"]
+__all__ = ["ArgumentParser", "NOT_A_FLAG", "is_literal", "option", "run_pretraining_driver", "value_converter"]
 
 # Metadata that marks a dataclass field as set by code, never from the command line.
 NOT_A_FLAG = {"flag": False}
@@ -217,3 +219,25 @@ def _convert_action_value(action: argparse.Action, raw):
     if action.choices is not None and value not in action.choices:
         raise ValueError(f"got {raw!r}; expected one of {list(action.choices)}")
     return value
+
+
+def run_pretraining_driver(parser: ArgumentParser, argv: Sequence[str] | None, make_options: Callable,
+                           check: Callable, run: Callable) -> int:
+    """The `main` of a script that trains several pretraining runs (the scaling sweep, the normalisation study).
+
+    Its own flags come from `parser`; every other flag is a pretraining setting shared by all runs.
+    `make_options(own, pretrain_argv)` builds the driver's options and `check(options)` checks every run's
+    settings, so that a bad one is an error exit (2) naming it before `run(options)` trains anything.
+    """
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    own, pretrain_argv = parser.parse_known(argv)
+    from astropt_hf.training import ConfigError
+
+    try:
+        options = make_options(own, pretrain_argv)
+        check(options)
+    except (ConfigError, ValueError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    run(options)
+    return 0

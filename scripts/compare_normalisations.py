@@ -14,7 +14,6 @@ variants (default: the demo, scripts/configs/demo.yaml). Writes OUTPUT_DIR/norma
 (the table) and .png (bar chart); each variant trains in OUTPUT_DIR/<variant>. Run it again to resume.
 """
 
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Literal
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep (see scripts/pretrain.py)
 
-from astropt_hf.command_line import ArgumentParser, option  # noqa: E402
+from astropt_hf.command_line import ArgumentParser, option, run_pretraining_driver  # noqa: E402
 from astropt_hf.studies.normalisation_study import (  # noqa: E402
     DEFAULT_ASINH_SCALE,
     VARIANTS,
@@ -47,26 +46,20 @@ class StudyArguments:
 
 
 def build_parser() -> ArgumentParser:
-    return ArgumentParser(StudyArguments, description=__doc__)
+    return ArgumentParser(StudyArguments, prog="compare_normalisations.py", description=__doc__)
+
+
+def study_options(own: StudyArguments, pretrain_argv: list[str]) -> StudyOptions:
+    return StudyOptions(
+        output_dir=Path(own.output_dir), variants=parse_variants(own.variants),
+        targets=[t.strip() for t in own.targets.split(",") if t.strip()], pretrain_argv=pretrain_argv,
+        asinh_scale=own.asinh_scale, probe_split=own.probe_split, probe_batch_size=own.probe_batch_size,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    own, pretrain_argv = build_parser().parse_known(argv)
-    from astropt_hf.training import ConfigError
-
-    try:
-        options = StudyOptions(
-            output_dir=Path(own.output_dir), variants=parse_variants(own.variants),
-            targets=[t.strip() for t in own.targets.split(",") if t.strip()], pretrain_argv=pretrain_argv,
-            asinh_scale=own.asinh_scale, probe_split=own.probe_split, probe_batch_size=own.probe_batch_size,
-        )
-        check_study_options(options)  # every variant's settings, before any training
-    except (ConfigError, ValueError) as err:
-        print(f"compare_normalisations.py: error: {err}", file=sys.stderr)
-        return 2
-    run_normalisation_study(options)
-    return 0
+    # check_study_options parses every variant's settings before any training
+    return run_pretraining_driver(build_parser(), argv, study_options, check_study_options, run_normalisation_study)
 
 
 if __name__ == "__main__":

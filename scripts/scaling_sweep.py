@@ -15,13 +15,12 @@ trains in OUTPUT_DIR/sizes/<name>. Run it again to resume: finished sizes are re
 continues from its latest checkpoint, and new sizes can be added to the ladder.
 """
 
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from astropt_hf.command_line import ArgumentParser, option
+from astropt_hf.command_line import ArgumentParser, option, run_pretraining_driver
 from astropt_hf.studies.scaling_sweep import (
     PARAM_COUNTS,
     SweepOptions,
@@ -51,31 +50,25 @@ class SweepArguments:
 
 
 def build_parser() -> ArgumentParser:
-    return ArgumentParser(SweepArguments, description=__doc__)
+    return ArgumentParser(SweepArguments, prog="scaling_sweep.py", description=__doc__)
+
+
+def sweep_options(own: SweepArguments, pretrain_argv: list[str]) -> SweepOptions:
+    return SweepOptions(
+        sizes=parse_sizes(own.sizes),
+        output_dir=Path(own.output_dir),
+        pretrain_argv=pretrain_argv,
+        probe_targets=[t.strip() for t in own.probe_targets.split(",") if t.strip()],
+        probe_split=own.probe_split,
+        param_count=own.param_count,
+        preset_learning_rates=own.preset_learning_rates,
+        probe_batch_size=own.probe_batch_size,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    own, pretrain_argv = build_parser().parse_known(argv)
-    from astropt_hf.training import ConfigError
-
-    try:
-        options = SweepOptions(
-            sizes=parse_sizes(own.sizes),
-            output_dir=Path(own.output_dir),
-            pretrain_argv=pretrain_argv,
-            probe_targets=[t.strip() for t in own.probe_targets.split(",") if t.strip()],
-            probe_split=own.probe_split,
-            param_count=own.param_count,
-            preset_learning_rates=own.preset_learning_rates,
-            probe_batch_size=own.probe_batch_size,
-        )
-        validate_sweep_options(options)  # every size's settings, before any training
-    except (ConfigError, ValueError) as err:
-        print(f"scaling_sweep.py: error: {err}", file=sys.stderr)
-        return 2
-    run_scaling_sweep(options)
-    return 0
+    # validate_sweep_options parses every size's settings before any training
+    return run_pretraining_driver(build_parser(), argv, sweep_options, validate_sweep_options, run_scaling_sweep)
 
 
 if __name__ == "__main__":
