@@ -8,11 +8,9 @@
 Needs upstream's model: pip install --no-deps astropt==2.0.9 loralib einops
 """
 
-from __future__ import annotations
-
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 # Idle OpenMP threads sleep instead of spinning (as scripts/pretrain.py): on a busy machine spinning threads
 # stall every parallel region, which distorts both sides. Set before torch loads; the environment wins.
@@ -25,22 +23,28 @@ from astropt_hf.benchmarking import (  # noqa: E402
     settings_for,
     write_json,
 )
+from astropt_hf.command_line import ArgumentParser, option  # noqa: E402
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, one repeat: a smoke test")
-    parser.add_argument("--output", help="write the rows, machine and settings as JSON here")
-    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(MEASURES)}")
-    parser.add_argument("--repeats", type=int, help="repeats of the fast measures (default: per device)")
-    parser.add_argument("--slow-repeats", type=int, help="repeats of embeddings and completion")
-    parser.add_argument("--embed-batch", type=int, help="embedding batch (issue: 32; CPU default: 8)")
-    parser.add_argument("--train-batch", type=int, help="train-step batch (default: 4)")
-    parser.add_argument("--large-batch", type=int, help="batch of the GPU 89M bf16 train step (default: 16)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads for both sides (default: torch's)")
-    parser.add_argument("--peak-tflops", type=float, help="accelerator bf16 dense peak for MFU (default: from the GPU name, H100/H200 989, A100 312)")
-    return parser.parse_args(argv)
+@dataclass
+class BenchmarkArguments:
+    device: str = option("cpu", "cpu or cuda[:N] (default: cpu)")
+    quick: bool = option(False, "tiny shapes, one repeat: a smoke test")
+    output: str | None = option(None, "write the rows, machine and settings as JSON here")
+    only: str | None = option(None, f"comma-separated subset of: {', '.join(MEASURES)}")
+    repeats: int | None = option(None, "repeats of the fast measures (default: per device)")
+    slow_repeats: int | None = option(None, "repeats of embeddings and completion")
+    embed_batch: int | None = option(None, "embedding batch (issue: 32; CPU default: 8)")
+    train_batch: int | None = option(None, "train-step batch (default: 4)")
+    large_batch: int | None = option(None, "batch of the GPU 89M bf16 train step (default: 16)")
+    threads: int | None = option(None, "torch intra-op threads for both sides (default: torch's)")
+    peak_tflops: float | None = option(
+        None, "accelerator bf16 dense peak for MFU (default: from the GPU name, H100/H200 989, A100 312)"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
+    return ArgumentParser(BenchmarkArguments, description=__doc__).parse(argv)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

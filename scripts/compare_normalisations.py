@@ -14,14 +14,15 @@ variants (default: the demo, scripts/configs/demo.yaml). Writes OUTPUT_DIR/norma
 (the table) and .png (bar chart); each variant trains in OUTPUT_DIR/<variant>. Run it again to resume.
 """
 
-import argparse
-import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep (see scripts/pretrain.py)
 
+from astropt_hf.command_line import ArgumentParser, option, run_pretraining_driver  # noqa: E402
 from astropt_hf.studies.normalisation_study import (  # noqa: E402
     DEFAULT_ASINH_SCALE,
     VARIANTS,
@@ -32,37 +33,33 @@ from astropt_hf.studies.normalisation_study import (  # noqa: E402
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+@dataclass
+class StudyArguments:
+    output_dir: str = option()
+    targets: str = option(help="comma-separated catalogue columns to probe")
+    variants: str = option(",".join(VARIANTS), f"subset of {','.join(VARIANTS)}")
+    asinh_scale: float = option(
+        DEFAULT_ASINH_SCALE, "softening of the asinh variant (default 0.02 nanomaggies: ~3 sigma of the synthetic sky)"
     )
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--targets", required=True, help="comma-separated catalogue columns to probe")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
-    parser.add_argument("--asinh_scale", type=float, default=DEFAULT_ASINH_SCALE,
-                        help="softening of the asinh variant (default 0.02 nanomaggies: ~3 sigma of the synthetic sky)")
-    parser.add_argument("--probe_split", default="test", choices=("train", "validation", "test", "all"))
-    parser.add_argument("--probe_batch_size", type=int, default=64)
-    return parser
+    probe_split: Literal["train", "validation", "test", "all"] = option("test")
+    probe_batch_size: int = option(64)
+
+
+def build_parser() -> ArgumentParser:
+    return ArgumentParser(StudyArguments, prog="compare_normalisations.py", description=__doc__)
+
+
+def study_options(own: StudyArguments, pretrain_argv: list[str]) -> StudyOptions:
+    return StudyOptions(
+        output_dir=Path(own.output_dir), variants=parse_variants(own.variants),
+        targets=[t.strip() for t in own.targets.split(",") if t.strip()], pretrain_argv=pretrain_argv,
+        asinh_scale=own.asinh_scale, probe_split=own.probe_split, probe_batch_size=own.probe_batch_size,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    own, pretrain_argv = build_parser().parse_known_args(argv)
-    from astropt_hf.training import ConfigError
-
-    try:
-        options = StudyOptions(
-            output_dir=Path(own.output_dir), variants=parse_variants(own.variants),
-            targets=[t.strip() for t in own.targets.split(",") if t.strip()], pretrain_argv=pretrain_argv,
-            asinh_scale=own.asinh_scale, probe_split=own.probe_split, probe_batch_size=own.probe_batch_size,
-        )
-        check_study_options(options)  # every variant's settings, before any training
-    except (ConfigError, ValueError) as err:
-        print(f"compare_normalisations.py: error: {err}", file=sys.stderr)
-        return 2
-    run_normalisation_study(options)
-    return 0
+    # check_study_options parses every variant's settings before any training
+    return run_pretraining_driver(build_parser(), argv, study_options, check_study_options, run_normalisation_study)
 
 
 if __name__ == "__main__":

@@ -8,29 +8,29 @@ The file is loaded without running code from it; the converted model is checked 
 re-implementation of upstream's forward pass, then reloaded with AutoModel (trust_remote_code=True).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
+from dataclasses import dataclass
 
+from astropt_hf.command_line import ArgumentParser, option
 from astropt_hf.conversion import ParityCheckError, UnsafeCheckpointError, convert_upstream_checkpoint
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="upstream astroPT ckpt.pt (v1, v2.x or v3 layout)")
-    parser.add_argument("--output_dir", required=True, help="directory to write the converted model into")
-    parser.add_argument(
-        "--image_size",
-        type=int,
-        default=None,
-        help="image side the model was trained on; default: 512 for v1, 256 for the v2.0 release, the size "
-        "recorded in the checkpoint's training config, else sqrt(block_size + 1) * patch_size",
+@dataclass
+class ConvertArguments:
+    checkpoint: str = option(help="upstream astroPT ckpt.pt (v1, v2.x or v3 layout)")
+    output_dir: str = option(help="directory to write the converted model into")
+    image_size: int | None = option(
+        None, "image side the model was trained on; default: 512 for v1, 256 for the v2.0 release, the size "
+        "recorded in the checkpoint's training config, else sqrt(block_size + 1) * patch_size"
     )
-    parser.add_argument("--no_parity_check", action="store_true", help="skip the check against upstream's forward")
-    parser.add_argument("--push_to_hub", action="store_true", help="upload the output directory to the hub")
-    parser.add_argument("--hub_model_id", default=None, help="hub repository for --push_to_hub, e.g. name/astropt")
-    args = parser.parse_args(argv)
+    no_parity_check: bool = option(False, "skip the check against upstream's forward")
+    push_to_hub: bool = option(False, "upload the output directory to the hub")
+    hub_model_id: str | None = option(None, "hub repository for --push_to_hub, e.g. name/astropt")
+
+
+def parse_args(argv: list[str] | None = None) -> ConvertArguments:
+    parser = ArgumentParser(ConvertArguments, description=__doc__)
+    (args,) = parser.parse(argv)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
     return args

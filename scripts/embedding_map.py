@@ -10,27 +10,26 @@ pca is linear and fast. The thumbnails come from the dataset recorded in the emb
 """
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
-from transformers import HfArgumentParser
+from astropt_hf.command_line import ArgumentParser, option
 
 
 @dataclass
 class EmbeddingMapArguments:
-    embeddings: str = field(metadata={"help": "Parquet file from extract_embeddings.py"})
-    color_by: str = field(metadata={"help": "catalogue column of the file to colour the points by"})
-    output: str = field(metadata={"help": "PNG to write"})
-    method: str = field(default="auto", metadata={"choices": ["auto", "umap", "tsne", "pca"],
-                                                  "help": "projection (auto: UMAP if installed, else t-SNE)"})
-    thumbnails: int = field(default=60, metadata={"help": "galaxies drawn as thumbnails (0: points only)"})
-    split: str | None = field(default=None, metadata={"help": "reopen this split of the recorded dataset"})
-    seed: int = field(default=0, metadata={"help": "seed of the projection and the thumbnail sample"})
-    title: str | None = field(default=None, metadata={"help": "figure title"})
+    embeddings: str = option(help="Parquet file from extract_embeddings.py")
+    color_by: str = option(help="catalogue column of the file to colour the points by")
+    output: str = option(help="PNG to write")
+    method: Literal["auto", "umap", "tsne", "pca"] = option("auto", "projection (auto: UMAP if installed, else t-SNE)")
+    thumbnails: int = option(60, "galaxies drawn as thumbnails (0: points only)")
+    split: str | None = option(None, "reopen this split of the recorded dataset")
+    seed: int = option(0, "seed of the projection and the thumbnail sample")
+    title: str | None = option(None, "figure title")
 
 
 def parse_args(argv=None) -> EmbeddingMapArguments:
-    parser = HfArgumentParser(EmbeddingMapArguments, description=__doc__, allow_abbrev=False)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = ArgumentParser(EmbeddingMapArguments, description=__doc__).parse(argv)
     return args
 
 

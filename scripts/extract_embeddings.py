@@ -9,51 +9,49 @@
 Rerunning the same command resumes: rows already in the output (or in its .parts/ folder) are skipped.
 """
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass
+from typing import Literal
 
-from astropt_hf.data.arguments import add_dataset_arguments, dataset_spec, open_dataset
+from astropt_hf.command_line import ArgumentParser, option
+from astropt_hf.data.arguments import DataArguments, open_dataset
+
+SPLITS = Literal["train", "validation", "test", "all"]
+POOLINGS = Literal["mean", "mean_first_k", "last"]
 
 
-def layer_choice(value: str):
-    """'last', 'middle' or a block index."""
-    return int(value) if value.lstrip("-").isdigit() else value
+@dataclass
+class ExtractArguments:
+    model: str = option(help="pretrained astroPT folder or hub id")
+    output: str = option(help="Parquet file to write (resumed if it exists)")
+    split: SPLITS = option("test", "split to use (default: test)")
+    batch_size: int = option(64)
+    bf16: bool = option(False, "bfloat16 autocast for the forward pass")
+    layer: int | str | None = option(None, "'last', 'middle' (upstream v2) or a block index (default: the model config's)")
+    pooling: POOLINGS | None = option(None, "pooling over patches (default: the model config's)")
+    pooling_num_patches: int | None = option(None, "k for mean_first_k (upstream probes: 64)")
+    carry_columns: str | None = option(None, "comma-separated catalogue columns to copy (default: every scalar column)")
+    rows_per_chunk: int = option(4096, "rows per chunk file / row group; a killed run loses at most one chunk per process")
+    num_workers: int = option(0, "DataLoader workers per process")
+    overwrite: bool = option(False, "start afresh instead of resuming")
+    no_trust_remote_code: bool = option(False, "refuse remote code from the hub")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="pretrained astroPT folder or hub id")
-    parser.add_argument("--output", required=True, help="Parquet file to write (resumed if it exists)")
-    add_dataset_arguments(parser)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
-    parser.add_argument("--layer", type=layer_choice, default=None,
-                        help="'last', 'middle' (upstream v2) or a block index (default: the model config's)")
-    parser.add_argument("--pooling", choices=("mean", "mean_first_k", "last"), default=None,
-                        help="pooling over patches (default: the model config's)")
-    parser.add_argument("--pooling_num_patches", type=int, default=None,
-                        help="k for mean_first_k (upstream probes: 64)")
-    parser.add_argument("--carry_columns", default=None,
-                        help="comma-separated catalogue columns to copy (default: every scalar column)")
-    parser.add_argument("--rows_per_chunk", type=int, default=4096,
-                        help="rows per chunk file / row group; a killed run loses at most one chunk per process")
-    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers per process")
-    parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    parser.add_argument("--no_trust_remote_code", action="store_true", help="refuse remote code from the hub")
-    return parser.parse_args(argv)
+def parse_args(argv=None) -> tuple[ExtractArguments, DataArguments]:
+    return ArgumentParser((ExtractArguments, DataArguments), description=__doc__).parse(argv)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    args = parse_args(argv)
+    args, data = parse_args(argv)
     from accelerate import Accelerator
 
     from astropt_hf.downstream.embeddings import ExtractionOptions, extract_embeddings, load_backbone
 
     accelerator = Accelerator()
     model, processor = load_backbone(args.model, accelerator.device, trust_remote_code=not args.no_trust_remote_code)
-    spec = dataset_spec(args, image_size=model.config.image_size)
+    spec = data.spec(args.split, image_size=model.config.image_size)
     source = open_dataset(spec)
     options = ExtractionOptions(
         batch_size=args.batch_size,

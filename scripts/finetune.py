@@ -11,86 +11,37 @@ loads with AutoModelForImageClassification.from_pretrained(dir, trust_remote_cod
 card (README.md) with the metrics, finetune_results.json and, for regressions, pred_vs_true.png.
 """
 
-import argparse
 import json
 import logging
 import sys
 
-from astropt_hf.data.arguments import add_dataset_arguments, dataset_spec, open_dataset
+from astropt_hf.command_line import ArgumentParser
+from astropt_hf.data.arguments import DataArguments, open_dataset
+from astropt_hf.downstream.finetuning import FinetuneArguments
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="pretrained astroPT folder or hub id")
-    parser.add_argument("--target", required=True, help="catalogue column to predict")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--task", choices=("regression", "classification"), default=None,
-                        help="default: regression for float columns, classification otherwise")
-    parser.add_argument("--mode", choices=("frozen", "full", "lora"), default="full")
-    parser.add_argument("--head_init", choices=("probe", "random"), default=None,
-                        help="start the head from the linear probe of the training embeddings or at random "
-                        "(default: probe for --mode frozen, random otherwise)")
-    parser.add_argument("--augment", choices=("none", "dihedral"), default="none",
-                        help="dihedral: train on random 90-degree turns and mirror images (not for position angles)")
-    add_dataset_arguments(parser, default_split=None)
-    parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="test")
-    parser.add_argument("--max_steps", type=int, default=1500,
-                        help="optimizer steps (default 1500: on the demo galaxies 500 full-mode steps did not yet beat the frozen head)")
-    parser.add_argument("--learning_rate", type=float, default=None, help="default per mode: frozen 3e-3, full 3e-4, lora 1e-3")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--weight_decay", type=float, default=0.01)
-    parser.add_argument("--warmup_ratio", type=float, default=0.05)
-    parser.add_argument("--eval_steps", type=int, default=None, help="default: 5 evaluations per run")
-    parser.add_argument("--logging_steps", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lora_r", type=int, default=8)
-    parser.add_argument("--lora_alpha", type=int, default=16)
-    parser.add_argument("--lora_dropout", type=float, default=0.0)
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--num_workers", type=int, default=0)
-    parser.add_argument("--report_to", default="none", help="none, tensorboard, wandb, ...")
-    return parser.parse_args(argv)
+def parse_args(argv=None) -> tuple[FinetuneArguments, DataArguments]:
+    return ArgumentParser((FinetuneArguments, DataArguments), description=__doc__).parse(argv)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("astropt_hf").setLevel(logging.INFO)
-    args = parse_args(argv)
+    options, data = parse_args(argv)
     from transformers import AutoConfig
 
     from astropt_hf.downstream.finetuning import finetune
 
-    image_size = AutoConfig.from_pretrained(args.model, trust_remote_code=True).image_size
-    spec = dataset_spec(args, image_size=image_size)
-    train, evaluation = open_dataset(spec, args.train_split), open_dataset(spec, args.eval_split)
+    image_size = AutoConfig.from_pretrained(options.model, trust_remote_code=True).image_size
+    spec = data.spec(None, image_size=image_size)
+    train, evaluation = open_dataset(spec, options.train_split), open_dataset(spec, options.eval_split)
     if train.image_column != evaluation.image_column:
         sys.exit(f"finetune.py: the splits name their image columns differently: {train.image_column}, {evaluation.image_column}")
     result = finetune(
-        args.model,
+        options,
         train.dataset,
         evaluation.dataset,
-        args.target,
-        args.output_dir,
-        mode=args.mode,
-        task=args.task,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        eval_steps=args.eval_steps,
-        logging_steps=args.logging_steps,
-        seed=args.seed,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        head_init=args.head_init,
-        augment=args.augment,
         image_column=train.image_column,
-        bf16=args.bf16,
-        dataloader_num_workers=args.num_workers,
-        report_to=args.report_to,
         dataset_description=f"{train.origin} for training, {evaluation.origin} for evaluation",
     )
     print(json.dumps({k: round(v, 5) for k, v in result.metrics.items()}, indent=2))

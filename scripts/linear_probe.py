@@ -10,52 +10,55 @@ Writes OUTPUT_DIR/probe_results.json ({"targets": {T: {"astropt": {"r2": ...}, "
 probes (R², MAE; σ_NMAD and outlier fraction for redshifts), other columns logistic ones (accuracy, F1).
 """
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass
+from typing import Literal
 
-from astropt_hf.data.arguments import add_dataset_arguments, dataset_spec, open_dataset
+from astropt_hf.command_line import ArgumentParser, option
+from astropt_hf.data.arguments import DataArguments, open_dataset
 
 
-def layer_choice(value: str):
-    return int(value) if value.lstrip("-").isdigit() else value
+@dataclass
+class ProbeArguments:
+    model: str = option(help="pretrained astroPT folder or hub id")
+    targets: str = option(help="comma-separated catalogue columns to probe")
+    output_dir: str = option()
+    embeddings: str | None = option(
+        None, "reuse astroPT embeddings from extract_embeddings.py (matched to the dataset by id)"
+    )
+    split: Literal["train", "validation", "test", "all"] = option("test", "split to use (default: test)")
+    baselines: str = option("random_init,pixel_pca", "comma-separated: random_init, pixel_pca (empty: none)")
+    n_folds: int = option(5)
+    seed: int = option(0)
+    robust_normalisation: bool = option(
+        False, "fit ridge on (y - median) / (1.4826 MAD) targets, as upstream's probes can"
+    )
+    target_clip: float | None = option(
+        None, "with --robust_normalisation: clip training targets to +-this many robust sigmas"
+    )
+    layer: int | str | None = option(None, "'last', 'middle' or a block index")
+    pooling: Literal["mean", "mean_first_k", "last"] | None = option(None)
+    pooling_num_patches: int | None = option(None)
+    batch_size: int = option(64)
+    bf16: bool = option(False)
+    device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="pretrained astroPT folder or hub id")
-    parser.add_argument("--targets", required=True, help="comma-separated catalogue columns to probe")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--embeddings", default=None,
-                        help="reuse astroPT embeddings from extract_embeddings.py (matched to the dataset by id)")
-    add_dataset_arguments(parser)
-    parser.add_argument("--baselines", default="random_init,pixel_pca",
-                        help="comma-separated: random_init, pixel_pca (empty: none)")
-    parser.add_argument("--n_folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--robust_normalisation", action="store_true",
-                        help="fit ridge on (y - median) / (1.4826 MAD) targets, as upstream's probes can")
-    parser.add_argument("--target_clip", type=float, default=None,
-                        help="with --robust_normalisation: clip training targets to +-this many robust sigmas")
-    parser.add_argument("--layer", type=layer_choice, default=None, help="'last', 'middle' or a block index")
-    parser.add_argument("--pooling", choices=("mean", "mean_first_k", "last"), default=None)
-    parser.add_argument("--pooling_num_patches", type=int, default=None)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    return parser.parse_args(argv)
+def parse_args(argv=None) -> tuple[ProbeArguments, DataArguments]:
+    return ArgumentParser((ProbeArguments, DataArguments), description=__doc__).parse(argv)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    args = parse_args(argv)
+    args, data = parse_args(argv)
     import torch
     from transformers import AutoConfig
 
     from astropt_hf.downstream.linear_probe import LinearProbeOptions, run_linear_probes
 
     image_size = AutoConfig.from_pretrained(args.model, trust_remote_code=True).image_size
-    source = open_dataset(dataset_spec(args, image_size=image_size))
+    source = open_dataset(data.spec(args.split, image_size=image_size))
     options = LinearProbeOptions(
         embeddings_path=args.embeddings,
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],

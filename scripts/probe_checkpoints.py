@@ -11,31 +11,29 @@ checkpoints (or targets, or layers) it has not probed yet.
 
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
-from transformers import HfArgumentParser
-
-from astropt_hf.data.arguments import add_dataset_arguments, dataset_spec
+from astropt_hf.command_line import ArgumentParser, option
+from astropt_hf.data.arguments import DataArguments
 
 
 @dataclass
 class ProbeCheckpointsArguments:
-    run: str = field(metadata={"help": "pretraining output folder holding checkpoint-<step> folders"})
-    targets: str = field(metadata={"help": "comma-separated catalogue columns to probe"})
-    layers: str | None = field(default=None, metadata={"help": "also probe these layers: 'all' or e.g. 0,2,4"})
-    output_dir: str | None = field(default=None, metadata={"help": "default: RUN/checkpoint_probes"})
-    n_folds: int = 5
-    seed: int = 0
-    batch_size: int = 64
-    bf16: bool = False
-    device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
+    run: str = option(help="pretraining output folder holding checkpoint-<step> folders")
+    targets: str = option(help="comma-separated catalogue columns to probe")
+    split: Literal["train", "validation", "test", "all"] = option("test", "split to probe (default: test)")
+    layers: str | None = option(None, "also probe these layers: 'all' or e.g. 0,2,4")
+    output_dir: str | None = option(None, "default: RUN/checkpoint_probes")
+    n_folds: int = option(5)
+    seed: int = option(0)
+    batch_size: int = option(64)
+    bf16: bool = option(False)
+    device: str | None = option(None, "torch device (default: cuda if available)")
 
 
-def parse_args(argv=None):
-    parser = HfArgumentParser(ProbeCheckpointsArguments, description=__doc__, allow_abbrev=False)
-    add_dataset_arguments(parser)
-    args, data_args = parser.parse_args_into_dataclasses(args=argv)
-    return args, data_args
+def parse_args(argv=None) -> tuple[ProbeCheckpointsArguments, DataArguments]:
+    return ArgumentParser((ProbeCheckpointsArguments, DataArguments), description=__doc__).parse(argv)
 
 
 def main(argv=None) -> int:
@@ -58,9 +56,9 @@ def main(argv=None) -> int:
     if not checkpoints:
         sys.exit(f"probe_checkpoints.py: {args.run} holds no loadable checkpoint-<step> folders")
     config = AutoConfig.from_pretrained(str(checkpoint_model_dir(checkpoints[0][1])), trust_remote_code=True)
-    spec = dataset_spec(data_args, image_size=config.image_size)
+    spec = data_args.spec(args.split, image_size=config.image_size)
     options = CheckpointProbeOptions(
-        split=data_args.split, layers=args.layers, n_folds=args.n_folds, seed=args.seed, batch_size=args.batch_size,
+        split=args.split, layers=args.layers, n_folds=args.n_folds, seed=args.seed, batch_size=args.batch_size,
         bf16=args.bf16, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         output_dir=args.output_dir,
     )  # fmt: skip

@@ -15,56 +15,55 @@ trains in OUTPUT_DIR/sizes/<name>. Run it again to resume: finished sizes are re
 continues from its latest checkpoint, and new sizes can be added to the ladder.
 """
 
-import argparse
-import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from astropt_hf.command_line import ArgumentParser, option, run_pretraining_driver
 from astropt_hf.studies.scaling_laws import PARAM_COUNTS, parse_sizes
 from astropt_hf.studies.scaling_sweep import SweepOptions, run_scaling_sweep, validate_sweep_options
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+@dataclass
+class SweepArguments:
+    sizes: str = option(help="comma-separated preset names or LAYERSxHEADSxWIDTH shapes")
+    output_dir: str = option(help="sweep folder")
+    probe_targets: str = option(
+        "", "comma-separated catalogue columns to linear-probe on every size (e.g. redshift,mag_r)"
     )
-    parser.add_argument("--sizes", required=True, help="comma-separated preset names or LAYERSxHEADSxWIDTH shapes")
-    parser.add_argument("--output_dir", required=True, help="sweep folder")
-    parser.add_argument("--probe_targets", default="",
-                        help="comma-separated catalogue columns to linear-probe on every size (e.g. redshift,mag_r)")
-    parser.add_argument("--probe_split", default="test", choices=("train", "validation", "test", "all"),
-                        help="split the probes read (default: test, held out from pretraining)")
-    parser.add_argument("--probe_batch_size", type=int, default=64)
-    parser.add_argument("--param_count", default="non_embedding", choices=PARAM_COUNTS,
-                        help="parameter count for the fit and plots (both are recorded); default non_embedding")
-    parser.add_argument("--preset_learning_rates", action="store_true",
-                        help="preset names use their upstream peak learning rate instead of the shared one")
-    return parser
+    probe_split: Literal["train", "validation", "test", "all"] = option(
+        "test", "split the probes read (default: test, held out from pretraining)"
+    )
+    probe_batch_size: int = option(64)
+    param_count: Literal[PARAM_COUNTS] = option(
+        "non_embedding", "parameter count for the fit and plots (both are recorded); default non_embedding"
+    )
+    preset_learning_rates: bool = option(
+        False, "preset names use their upstream peak learning rate instead of the shared one"
+    )
+
+
+def build_parser() -> ArgumentParser:
+    return ArgumentParser(SweepArguments, prog="scaling_sweep.py", description=__doc__)
+
+
+def sweep_options(own: SweepArguments, pretrain_argv: list[str]) -> SweepOptions:
+    return SweepOptions(
+        sizes=parse_sizes(own.sizes),
+        output_dir=Path(own.output_dir),
+        pretrain_argv=pretrain_argv,
+        probe_targets=[t.strip() for t in own.probe_targets.split(",") if t.strip()],
+        probe_split=own.probe_split,
+        param_count=own.param_count,
+        preset_learning_rates=own.preset_learning_rates,
+        probe_batch_size=own.probe_batch_size,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    parser = build_parser()
-    own, pretrain_argv = parser.parse_known_args(argv)
-    from astropt_hf.training import ConfigError
-
-    try:
-        options = SweepOptions(
-            sizes=parse_sizes(own.sizes),
-            output_dir=Path(own.output_dir),
-            pretrain_argv=pretrain_argv,
-            probe_targets=[t.strip() for t in own.probe_targets.split(",") if t.strip()],
-            probe_split=own.probe_split,
-            param_count=own.param_count,
-            preset_learning_rates=own.preset_learning_rates,
-            probe_batch_size=own.probe_batch_size,
-        )
-        validate_sweep_options(options)  # every size's settings, before any training
-    except (ConfigError, ValueError) as err:
-        print(f"scaling_sweep.py: error: {err}", file=sys.stderr)
-        return 2
-    run_scaling_sweep(options)
-    return 0
+    # validate_sweep_options parses every size's settings before any training
+    return run_pretraining_driver(build_parser(), argv, sweep_options, validate_sweep_options, run_scaling_sweep)
 
 
 if __name__ == "__main__":

@@ -11,41 +11,66 @@ The printed list starts with the query itself (rank 0, similarity 1); the PNG sh
 k nearest other galaxies.
 """
 
-import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
+from typing import Literal
 
-from astropt_hf.data.arguments import add_dataset_arguments, dataset_spec
+from astropt_hf.command_line import ArgumentParser, option
+from astropt_hf.data.arguments import DataArguments
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--embeddings", help="Parquet file from extract_embeddings.py")
-    query = parser.add_mutually_exclusive_group()
-    query.add_argument("--query_index", type=int, help="row of the embeddings file to search from")
-    query.add_argument("--query_id", help="id of the galaxy to search from")
-    parser.add_argument("--k", type=int, default=8, help="neighbours to find (besides the query)")
-    parser.add_argument("--output", help="PNG to write")
-    parser.add_argument("--backend", choices=("exact", "faiss_flat", "faiss_hnsw"), default="exact")
-    parser.add_argument("--no_centre", action="store_true",
-                        help="cosine of the raw embeddings (default: of the embeddings minus the catalogue mean)")
-    add_dataset_arguments(parser, default_split=None, default_dataset=None)
-    bench = parser.add_argument_group("benchmark")
-    bench.add_argument("--benchmark", action="store_true", help="time the backends instead of searching")
-    bench.add_argument("--benchmark_sizes", default="1000,10000,100000,1000000")
-    bench.add_argument("--benchmark_dim", type=int, default=128)
-    bench.add_argument("--benchmark_queries", type=int, default=200)
-    bench.add_argument("--benchmark_output", default=None, help="also write the rows as JSON here")
-    bench.add_argument("--benchmark_plot", default=None, help="also draw query and build times as this PNG")
-    args = parser.parse_args(argv)
-    if not args.benchmark:
+@dataclass
+class SearchArguments:
+    embeddings: str | None = option(None, "Parquet file from extract_embeddings.py")
+    query_index: int | None = option(None, "row of the embeddings file to search from")
+    query_id: str | None = option(None, "id of the galaxy to search from")
+    k: int = option(8, "neighbours to find (besides the query)")
+    output: str | None = option(None, "PNG to write")
+    backend: Literal["exact", "faiss_flat", "faiss_hnsw"] = option("exact")
+    no_centre: bool = option(
+        False, "cosine of the raw embeddings (default: of the embeddings minus the catalogue mean)"
+    )
+    split: Literal["train", "validation", "test", "all"] | None = option(
+        None, "split to use (default: the one recorded in the embeddings file)"
+    )
+
+
+@dataclass
+class RecordedDataArguments(DataArguments):
+    """The dataset options, by default the dataset recorded in the embeddings file."""
+
+    dataset: str | None = option(
+        None, "'synthetic', an image folder, parquet/arrow file(s), a save_to_disk folder or a hub dataset id "
+        "(default: the one recorded in the embeddings file)"
+    )
+
+
+@dataclass
+class BenchmarkArguments:
+    _argument_group_name = "benchmark"
+
+    benchmark: bool = option(False, "time the backends instead of searching")
+    benchmark_sizes: str = option("1000,10000,100000,1000000")
+    benchmark_dim: int = option(128)
+    benchmark_queries: int = option(200)
+    benchmark_output: str | None = option(None, "also write the rows as JSON here")
+    benchmark_plot: str | None = option(None, "also draw query and build times as this PNG")
+
+
+def parse_args(argv=None) -> tuple[SearchArguments, RecordedDataArguments, BenchmarkArguments]:
+    parser = ArgumentParser((SearchArguments, RecordedDataArguments, BenchmarkArguments), description=__doc__)
+    args, data, bench = parser.parse(argv)
+    if args.query_index is not None and args.query_id is not None:
+        parser.error("argument --query_id: not allowed with argument --query_index")
+    if not bench.benchmark:
         missing = [flag for flag, value in (("--embeddings", args.embeddings), ("--output", args.output)) if not value]
         if args.query_index is None and args.query_id is None:
             missing.append("--query_index or --query_id")
         if missing:
             parser.error(f"the following arguments are required: {', '.join(missing)}")
-    return args
+    return args, data, bench
 
 
 def run_benchmark(args) -> int:
@@ -79,16 +104,16 @@ def run_benchmark(args) -> int:
 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    args = parse_args(argv)
-    if args.benchmark:
-        return run_benchmark(args)
+    args, data, bench = parse_args(argv)
+    if bench.benchmark:
+        return run_benchmark(bench)
     from astropt_hf.downstream.embeddings import read_embeddings
     from astropt_hf.downstream.similarity import find_neighbours, neighbour_images
 
     table = read_embeddings(args.embeddings, columns=["row"])
     spec = dict(table.metadata.get("dataset") or {})
-    if args.dataset is not None:
-        spec = dataset_spec(args, image_size=(spec.get("synthetic") or {}).get("image_size"))
+    if data.dataset is not None:
+        spec = data.spec(args.split, image_size=(spec.get("synthetic") or {}).get("image_size"))
     elif args.split is not None:
         spec["split"] = args.split
     if not spec:

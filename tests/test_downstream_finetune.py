@@ -9,7 +9,7 @@ import torch
 from downstream_helpers import PYTHON, dataset_flags, load_script, run_script, save_tiny_model, tiny_split
 from safetensors.torch import load_file
 
-from astropt_hf.downstream.finetuning import finetune
+from astropt_hf.downstream.finetuning import FinetuneArguments, finetune
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +92,9 @@ def _morphology(split):
 
 def test_frozen_classification_trains_only_the_head(tiny_model, splits, tmp_path):
     train, test = (_morphology(split) for split in splits)
-    result = finetune(tiny_model, train, test, "morphology", tmp_path / "cls", mode="frozen", max_steps=6,
-                      batch_size=8, logging_steps=2)  # fmt: skip
+    options = FinetuneArguments(model=tiny_model, target="morphology", output_dir=tmp_path / "cls", mode="frozen",
+                                max_steps=6, batch_size=8, logging_steps=2)  # fmt: skip
+    result = finetune(options, train, test)
     assert result.task == "classification" and set(result.id2label.values()) == {"bulge", "disk"}
     assert {"eval_loss", "eval_accuracy", "eval_f1_macro"} <= set(result.metrics)
     assert result.num_trainable_parameters == 32 * 2 + 2  # the linear head only
@@ -111,8 +112,9 @@ def test_frozen_classification_trains_only_the_head(tiny_model, splits, tmp_path
 def test_lora_mode_merges_adapters_into_a_plain_checkpoint(tiny_model, splits, tmp_path):
     pytest.importorskip("peft")
     train, test = splits
-    result = finetune(tiny_model, train.dataset, test.dataset, "mag_r", tmp_path / "lora", mode="lora", max_steps=6,
-                      batch_size=8, lora_r=2, lora_alpha=4, learning_rate=5e-2)  # fmt: skip
+    options = FinetuneArguments(model=tiny_model, target="mag_r", output_dir=tmp_path / "lora", mode="lora",
+                                max_steps=6, batch_size=8, lora_r=2, lora_alpha=4, learning_rate=5e-2)  # fmt: skip
+    result = finetune(options, train.dataset, test.dataset)
     assert result.num_trainable_parameters < result.num_parameters / 3
     saved = load_file(tmp_path / "lora" / "model.safetensors")
     assert not any("lora" in name or "base_layer" in name for name in saved)
@@ -129,9 +131,11 @@ def test_lora_mode_merges_adapters_into_a_plain_checkpoint(tiny_model, splits, t
 def test_bad_target_and_mode_fail_clearly(tiny_model, splits, tmp_path):
     train, test = splits
     with pytest.raises(ValueError, match="no column 'colour'"):
-        finetune(tiny_model, train.dataset, test.dataset, "colour", tmp_path / "x")
+        finetune(FinetuneArguments(model=tiny_model, target="colour", output_dir=tmp_path / "x"),
+                 train.dataset, test.dataset)
     with pytest.raises(ValueError, match="mode='partial'"):
-        finetune(tiny_model, train.dataset, test.dataset, "redshift", tmp_path / "x", mode="partial")
+        finetune(FinetuneArguments(model=tiny_model, target="redshift", output_dir=tmp_path / "x", mode="partial"),
+                 train.dataset, test.dataset)
 
 
 def test_probe_head_init_equals_the_ridge_probe_of_the_training_embeddings(tiny_model, splits, tmp_path):
@@ -144,8 +148,9 @@ def test_probe_head_init_equals_the_ridge_probe_of_the_training_embeddings(tiny_
 
     train, test = splits
     # learning rate 0: the saved head is exactly the probe the fine-tuning started from
-    result = finetune(tiny_model, train.dataset, test.dataset, "g_r", tmp_path / "lp", mode="frozen", max_steps=1,
-                      batch_size=8, learning_rate=0.0, head_init="probe")  # fmt: skip
+    options = FinetuneArguments(model=tiny_model, target="g_r", output_dir=tmp_path / "lp", mode="frozen", max_steps=1,
+                                batch_size=8, learning_rate=0.0, head_init="probe")  # fmt: skip
+    result = finetune(options, train.dataset, test.dataset)
     backbone, processor = load_backbone(tiny_model)
     features = compute_embeddings(backbone, train.dataset, processor, progress=False)
     ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.asarray(DEFAULT_ALPHAS)))
@@ -167,4 +172,5 @@ def test_dihedral_augmentation_gives_the_eight_orientations_and_refuses_position
     assert seen == orientations and len(orientations) == 8
     train, test = splits
     with pytest.raises(ValueError, match="position_angle"):
-        finetune(tiny_model, train.dataset, test.dataset, "position_angle", tmp_path / "pa", augment="dihedral")
+        finetune(FinetuneArguments(model=tiny_model, target="position_angle", output_dir=tmp_path / "pa",
+                                   augment="dihedral"), train.dataset, test.dataset)

@@ -1,60 +1,67 @@
-"""Command-line dataset options shared by the downstream scripts, with the same names as pretraining's.
+"""The dataset options of every script (pretraining, fine-tuning, embedding extraction, probes, similarity
+search): one `DataArguments` dataclass, parsed by `astropt_hf.command_line.ArgumentParser`.
 
-`add_dataset_arguments(parser)` adds ``--dataset``, ``--split``, ``--streaming``, ``--image_column``,
-``--id_column``, ``--data_cache_dir`` and the ``--synthetic_*`` sizes; `dataset_spec(args, image_size)`
-turns them into a small JSON-able dict that `open_dataset(spec)` loads through
-`astropt_hf.data.load_galaxy_dataset`. Embedding files record the spec, so a later step (similarity
-search) can reopen the same rows without being told again.
+`DataArguments.spec(split, image_size)` turns the options into a small JSON-able dict that
+`open_dataset(spec)` loads through `astropt_hf.data.load_galaxy_dataset`. Embedding files record the
+spec, so a later step (similarity search) can reopen the same rows without being told again. Which split
+a script reads is the script's own option (pretraining reads train and validation, fine-tuning two
+splits, extraction one).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from typing import Any
 
-# Same defaults as pretraining's demo (astropt_hf.training.arguments), so the cached set is reused.
-SYNTHETIC_DEFAULTS = {"num_train": 3000, "num_validation": 256, "num_test": 512, "seed": 0}
+from ..command_line import option
 
-__all__ = ["add_dataset_arguments", "dataset_spec", "open_dataset"]
-
-
-def add_dataset_arguments(
-    parser: argparse.ArgumentParser, default_split: str | None = "test", default_dataset: str | None = "synthetic"
-) -> None:
-    """Add the dataset options to `parser` (in their own argument group)."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default=default_dataset,
-                       help="'synthetic', an image folder, parquet/arrow file(s), a save_to_disk folder or a hub id"
-                       + ("" if default_dataset else " (default: the one recorded in the embeddings file)"))
-    group.add_argument("--split", default=default_split, choices=("train", "validation", "test", "all"),
-                       help=f"split to use (default: {default_split or 'the one recorded in the embeddings file'})")
-    group.add_argument("--streaming", action="store_true", help="read the dataset lazily (IterableDataset)")
-    group.add_argument("--image_column", default=None, help="image column (auto-detected when omitted)")
-    group.add_argument("--id_column", default=None, help="id column (auto-detected when omitted)")
-    group.add_argument("--data_cache_dir", default=None, help="cache for the synthetic set / datasets downloads")
-    for name, default in SYNTHETIC_DEFAULTS.items():
-        group.add_argument(f"--synthetic_{name}", type=int, default=default, help=f"synthetic set: {name}")
-    group.add_argument("--synthetic_image_size", type=int, default=None,
-                       help="synthetic stamp size in pixels (default: the model's image_size)")  # fmt: skip
+__all__ = ["DataArguments", "open_dataset"]
 
 
-def dataset_spec(args: argparse.Namespace, image_size: int | None = None) -> dict[str, Any]:
-    """The parsed options as a JSON-able dict; `image_size` fills in the synthetic stamp size."""
-    spec: dict[str, Any] = {
-        "dataset": args.dataset,
-        "split": args.split,
-        "streaming": bool(args.streaming),
-        "image_column": args.image_column,
-        "id_column": args.id_column,
-        "data_cache_dir": args.data_cache_dir,
-    }
-    if args.dataset.strip().lower() == "synthetic":
-        synthetic = {name: getattr(args, f"synthetic_{name}") for name in SYNTHETIC_DEFAULTS}
-        size = args.synthetic_image_size or image_size
-        if size is not None:
-            synthetic["image_size"] = int(size)
-        spec["synthetic"] = synthetic
-    return spec
+@dataclasses.dataclass
+class DataArguments:
+    """Where the galaxies come from, and the size of the built-in synthetic set."""
+
+    _argument_group_name = "data"
+
+    dataset: str = option(
+        "synthetic", "'synthetic', an image folder, parquet/arrow file(s), a save_to_disk folder or a hub dataset id"
+    )
+    streaming: bool = option(False, "read the dataset lazily (IterableDataset), for data larger than the disk")
+    image_column: str | None = option(None, "image column (auto-detected when null)")
+    id_column: str | None = option(None, "id column (auto-detected when null)")
+    data_cache_dir: str | None = option(None, "cache for the synthetic set / datasets downloads (null: default)")
+    synthetic_num_train: int = option(3000, "synthetic set: training galaxies", minimum=1)
+    synthetic_num_validation: int = option(256, "synthetic set: validation galaxies", minimum=1)
+    synthetic_num_test: int = option(512, "synthetic set: test galaxies", minimum=0)
+    synthetic_image_size: int | None = option(None, "synthetic stamp size in pixels (null: the model's image_size)")
+    synthetic_seed: int = option(0, "seed of the synthetic set (separate from the training seed, so the cache is reused)")
+
+    def is_synthetic(self) -> bool:
+        return self.dataset is not None and self.dataset.strip().lower() == "synthetic"
+
+    def spec(self, split: str | None, image_size: int | None = None) -> dict[str, Any]:
+        """The options as a JSON-able dict; `image_size` fills in the synthetic stamp size."""
+        spec: dict[str, Any] = {
+            "dataset": self.dataset,
+            "split": split,
+            "streaming": bool(self.streaming),
+            "image_column": self.image_column,
+            "id_column": self.id_column,
+            "data_cache_dir": self.data_cache_dir,
+        }
+        if self.is_synthetic():
+            synthetic = {
+                "num_train": self.synthetic_num_train,
+                "num_validation": self.synthetic_num_validation,
+                "num_test": self.synthetic_num_test,
+                "seed": self.synthetic_seed,
+            }
+            size = self.synthetic_image_size or image_size
+            if size is not None:
+                synthetic["image_size"] = int(size)
+            spec["synthetic"] = synthetic
+        return spec
 
 
 def open_dataset(spec: dict[str, Any], split: str | None = None):

@@ -29,15 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from astropt_hf.command_line import NOT_A_FLAG, option
 from astropt_hf.model_cards.finetuned import render_finetuned_card
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ LORA_TARGET_MODULES = ("qkv", "out_proj", "fc1", "fc2")
 
 __all__ = [
     "MODES",
+    "FinetuneArguments",
     "FinetuneResult",
     "LabelCollator",
     "random_dihedral",
@@ -341,208 +342,257 @@ def _trainer_class():
     return _FinetuneTrainer
 
 
-def _training_arguments(output_dir: Path, **kwargs):
+@dataclass
+class FinetuneArguments:
+    """What `finetune` trains, and how: the options of `scripts/finetune.py` (one flag per field).
+
+    The head starts from the linear probe (``head_init="probe"``: ridge / logistic regression on the training
+    rows' embeddings, LP-FT) or from the usual random init. Default: "probe" for `frozen` (the head then
+    starts where a ridge probe ends), "random" for `full` and `lora` (a probe head's large weights turn the
+    first backbone updates into large output swings).
+    """
+
+    model: str = option(help="pretrained astroPT folder or hub id")
+    target: str = option(help="catalogue column to predict")
+    output_dir: str = option()
+    task: Literal["regression", "classification"] | None = option(
+        None, "default: regression for float columns, classification otherwise"
+    )
+    mode: Literal["frozen", "full", "lora"] = option("full")
+    head_init: Literal["probe", "random"] | None = option(
+        None, "start the head from the linear probe of the training embeddings or at random "
+        "(default: probe for --mode frozen, random otherwise)"
+    )
+    augment: Literal["none", "dihedral"] = option(
+        "none", "dihedral: train on random 90-degree turns and mirror images (not for position angles)"
+    )
+    train_split: str = option("train")
+    eval_split: str = option("test")
+    max_steps: int = option(
+        1500, "optimizer steps (default 1500: on the demo galaxies 500 full-mode steps did not yet beat the frozen head)"
+    )
+    learning_rate: float | None = option(None, "default per mode: frozen 3e-3, full 3e-4, lora 1e-3")
+    batch_size: int = option(32)
+    weight_decay: float = option(0.01)
+    warmup_ratio: float = option(0.05)
+    eval_steps: int | None = option(None, "default: 5 evaluations per run")
+    logging_steps: int = option(10)
+    seed: int = option(0)
+    lora_r: int = option(8)
+    lora_alpha: int = option(16)
+    lora_dropout: float = option(0.0)
+    bf16: bool = option(False)
+    num_workers: int = option(0)
+    report_to: str = option("none", "none, tensorboard, wandb, ...")
+    # Set by code, not on the command line:
+    # σ_NMAD and the outlier fraction in the metrics (default: when the target looks like a redshift)
+    photo_z: bool | None = field(default=None, metadata=NOT_A_FLAG)
+    trust_remote_code: bool = field(default=True, metadata=NOT_A_FLAG)
+
+    def resolved_head_init(self) -> str:
+        return self.head_init or ("probe" if self.mode == "frozen" else "random")
+
+    def resolved_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.mode]
+
+
+@dataclass
+class _Labels:
+    """How the target is encoded for training: a standardised regression or class indices."""
+
+    task: str
+    regression: RegressionTarget | None = None
+    id2label: dict[int, str] | None = None
+
+    @property
+    def label2id(self) -> dict[str, int] | None:
+        return {label: index for index, label in self.id2label.items()} if self.id2label else None
+
+    def model_kwargs(self) -> dict[str, Any]:
+        if self.regression is not None:
+            return {"num_labels": 1, "problem_type": "regression"}
+        return {"num_labels": len(self.id2label), "problem_type": "single_label_classification",
+                "id2label": self.id2label, "label2id": self.label2id}
+
+
+def _check_options(options: FinetuneArguments, train_dataset, eval_dataset) -> str:
+    """Refuse impossible settings before anything is loaded; returns the task."""
+    if options.mode not in MODES:
+        raise ValueError(f"mode={options.mode!r} is not valid; expected one of {list(MODES)}")
+    if options.resolved_head_init() not in HEAD_INITS:
+        raise ValueError(f"head_init={options.head_init!r} is not valid; expected one of {list(HEAD_INITS)}")
+    if options.augment not in AUGMENTATIONS:
+        raise ValueError(f"augment={options.augment!r} is not valid; expected one of {list(AUGMENTATIONS)}")
+    if options.augment != "none" and options.target.lower() in ORIENTATION_TARGETS:
+        raise ValueError(
+            f"augment={options.augment!r} turns the images, which changes {options.target!r}; use augment='none'"
+        )
+    task = options.task or infer_target_task(train_dataset, options.target)
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not valid; expected one of {list(TASKS)}")
+    if eval_dataset is not None and options.target not in eval_dataset.column_names:
+        raise ValueError(
+            f"evaluation dataset has no column {options.target!r}; columns are {eval_dataset.column_names}"
+        )
+    if options.max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1; got {options.max_steps}")
+    return task
+
+
+def _encode_labels(train_dataset, eval_dataset, target: str, task: str) -> _Labels:
+    if task == "regression":
+        return _Labels(task, regression=RegressionTarget.fit(target, train_dataset[target]))
+    classes = sorted({_label_key(v) for split in (train_dataset, eval_dataset) for v in split[target]})
+    if len(classes) < 2:
+        raise ValueError(f"classification of {target!r} needs at least 2 classes; got {classes}")
+    return _Labels(task, id2label=dict(enumerate(classes)))
+
+
+def _load_model(options: FinetuneArguments, labels: _Labels, train_dataset, image_column: str):
+    """The classifier (head initialised, mode applied) and its processor."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    import astropt_hf  # noqa: F401  (Auto classes for local folders)
+
+    name = str(options.model)
+    processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=options.trust_remote_code)
+    model = AutoModelForImageClassification.from_pretrained(
+        name, trust_remote_code=options.trust_remote_code, ignore_mismatched_sizes=True, **labels.model_kwargs()
+    )
+    if options.resolved_head_init() == "probe":
+        _init_head_from_probe(model, processor, train_dataset, image_column, options.target, labels.task,
+                              labels.regression, labels.label2id, options.batch_size)  # fmt: skip
+    model = _apply_mode(model, options.mode, options.lora_r, options.lora_alpha, options.lora_dropout)
+    return model, processor
+
+
+def _training_arguments(options: FinetuneArguments, output_dir: Path):
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(output_dir / "trainer_state"),
         save_strategy="no",
         eval_strategy="steps",
-        report_to=kwargs.pop("report_to"),
+        report_to=options.report_to,
         remove_unused_columns=False,  # the collator needs the raw image and target columns
         label_names=["labels"],
         lr_scheduler_type="cosine",
-        **kwargs,
+        max_steps=options.max_steps,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=max(options.batch_size, 64),
+        learning_rate=options.resolved_learning_rate(),
+        weight_decay=options.weight_decay,
+        warmup_steps=int(round(options.warmup_ratio * options.max_steps)),
+        eval_steps=options.eval_steps or max(1, options.max_steps // 5),
+        logging_steps=options.logging_steps,
+        seed=options.seed,
+        bf16=options.bf16,
+        dataloader_num_workers=options.num_workers,
     )
 
 
-def finetune(
-    model_name_or_path: str | os.PathLike,
-    train_dataset,
-    eval_dataset,
-    target: str,
-    output_dir: str | os.PathLike,
-    mode: str = "full",
-    task: str | None = None,
-    max_steps: int = 1500,
-    learning_rate: float | None = None,
-    batch_size: int = 32,
-    weight_decay: float = 0.01,
-    warmup_ratio: float = 0.05,
-    eval_steps: int | None = None,
-    logging_steps: int = 10,
-    seed: int = 0,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.0,
-    head_init: str | None = None,
-    augment: str = "none",
-    image_column: str = "image",
-    bf16: bool = False,
-    dataloader_num_workers: int = 0,
-    report_to: str | list[str] = "none",
-    photo_z: bool | None = None,
-    dataset_description: str = "",
-    trust_remote_code: bool = True,
-) -> FinetuneResult:
-    """Fine-tune astroPT on `target` and save a checkpoint, its processor, metrics and a model card.
+def _build_trainer(options: FinetuneArguments, model, processor, labels: _Labels, datasets: tuple,
+                   image_column: str, photo_z: bool, output_dir: Path):
+    collator = LabelCollator(processor, image_column, options.target, labels.regression, labels.label2id)
+    train_collator = (
+        LabelCollator(processor, image_column, options.target, labels.regression, labels.label2id,
+                      augment=options.augment)
+        if options.augment != "none" else None
+    )  # fmt: skip
+    return _trainer_class()(
+        model=model,
+        args=_training_arguments(options, output_dir),
+        train_dataset=datasets[0],
+        eval_dataset=datasets[1],
+        data_collator=collator,
+        train_collator=train_collator,
+        compute_metrics=_compute_metrics_fn(labels.task, labels.regression, photo_z and labels.task == "regression"),
+    )
+
+
+def _save_plain_model(trainer, processor, options: FinetuneArguments, labels: _Labels, output_dir: Path):
+    """Save a plain AstroPTForImageClassification: adapters merged, head in the target's units."""
+    model = trainer.model
+    if options.mode == "lora":
+        model = model.merge_and_unload()
+    if labels.regression is not None:
+        _bake_standardisation(model, labels.regression)
+        model.config.regression_target = asdict(labels.regression)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)  # a frozen backbone is a training choice, not part of the checkpoint
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return model
+
+
+def finetune(options: FinetuneArguments, train_dataset, eval_dataset, image_column: str = "image",
+             dataset_description: str = "") -> FinetuneResult:
+    """Fine-tune astroPT on `options.target` and save a checkpoint, its processor, metrics and a model card.
 
     Args:
-        model_name_or_path: a pretrained astroPT folder or hub id (any head; the backbone is used).
-        train_dataset, eval_dataset: map-style datasets with `image_column` and `target`.
-        mode: "frozen", "full" or "lora" (see the module docstring).
-        head_init: "probe" starts the head from the linear probe (ridge / logistic regression) of the
-            training rows' embeddings (LP-FT); "random" from the usual random init. Default: "probe" for
-            `frozen` (the head then starts where a ridge probe ends), "random" for `full` and `lora`
-            (a probe head's large weights turn the first backbone updates into large output swings).
-        augment: "dihedral" trains on randomly turned and mirrored images (not for orientation targets).
-        task: "regression" or "classification"; default: inferred from the column type.
-        learning_rate: default per mode (`DEFAULT_LEARNING_RATES`).
-        eval_steps: evaluate every this many steps (default: 5 times per run).
-        photo_z: report σ_NMAD and the outlier fraction; default: when the target looks like a redshift.
+        options: the model (a pretrained astroPT folder or hub id, any head: the backbone is used), target,
+            output folder, mode ("frozen", "full" or "lora", see the module docstring) and training settings.
+        train_dataset, eval_dataset: map-style datasets with `image_column` and the target column.
         dataset_description: one line for the model card (where the rows came from).
     Returns:
         `FinetuneResult` with the final evaluation metrics (also written to finetune_results.json).
     """
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, set_seed
+    from transformers import set_seed
 
-    import astropt_hf  # noqa: F401  (Auto classes for local folders)
     from astropt_hf.downstream.probes import is_redshift_like
 
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not valid; expected one of {list(MODES)}")
-    head_init = head_init or ("probe" if mode == "frozen" else "random")
-    if head_init not in HEAD_INITS:
-        raise ValueError(f"head_init={head_init!r} is not valid; expected one of {list(HEAD_INITS)}")
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"augment={augment!r} is not valid; expected one of {list(AUGMENTATIONS)}")
-    if augment != "none" and target.lower() in ORIENTATION_TARGETS:
-        raise ValueError(f"augment={augment!r} turns the images, which changes {target!r}; use augment='none'")
-    task = task or infer_target_task(train_dataset, target)
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is not valid; expected one of {list(TASKS)}")
-    if eval_dataset is not None and target not in eval_dataset.column_names:
-        raise ValueError(f"evaluation dataset has no column {target!r}; columns are {eval_dataset.column_names}")
-    if max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1; got {max_steps}")
-    output_dir = Path(output_dir)
+    task = _check_options(options, train_dataset, eval_dataset)
+    target, output_dir = options.target, Path(options.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(seed)
-    learning_rate = learning_rate if learning_rate is not None else DEFAULT_LEARNING_RATES[mode]
-    photo_z = is_redshift_like(target) if photo_z is None else photo_z
-
+    set_seed(options.seed)
+    photo_z = is_redshift_like(target) if options.photo_z is None else options.photo_z
     train_dataset = _drop_missing(train_dataset.select_columns([image_column, target]), target, task, "train")
     eval_dataset = _drop_missing(eval_dataset.select_columns([image_column, target]), target, task, "eval")
-
-    regression = id2label = None
-    model_kwargs: dict[str, Any] = {}
-    if task == "regression":
-        regression = RegressionTarget.fit(target, train_dataset[target])
-        model_kwargs.update(num_labels=1, problem_type="regression")
-    else:
-        classes = sorted({_label_key(v) for split in (train_dataset, eval_dataset) for v in split[target]})
-        if len(classes) < 2:
-            raise ValueError(f"classification of {target!r} needs at least 2 classes; got {classes}")
-        id2label = dict(enumerate(classes))
-        model_kwargs.update(
-            num_labels=len(classes),
-            problem_type="single_label_classification",
-            id2label=id2label,
-            label2id={label: index for index, label in id2label.items()},
-        )
-
-    processor = AutoImageProcessor.from_pretrained(str(model_name_or_path), trust_remote_code=trust_remote_code)
-    model = AutoModelForImageClassification.from_pretrained(
-        str(model_name_or_path), trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **model_kwargs
-    )
-    label2id = {label: index for index, label in id2label.items()} if id2label else None
-    if head_init == "probe":
-        _init_head_from_probe(model, processor, train_dataset, image_column, target, task, regression, label2id,
-                              batch_size)  # fmt: skip
-    model = _apply_mode(model, mode, lora_r, lora_alpha, lora_dropout)
+    labels = _encode_labels(train_dataset, eval_dataset, target, task)
+    model, processor = _load_model(options, labels, train_dataset, image_column)
     trainable, total = _count_parameters(model)
-    logger.info("fine-tuning %s (%s, %s): %d of %d parameters trainable", target, task, mode, trainable, total)
+    logger.info("fine-tuning %s (%s, %s): %d of %d parameters trainable", target, task, options.mode, trainable, total)
 
-    collator = LabelCollator(processor, image_column, target, regression, label2id)
-    train_collator = (
-        LabelCollator(processor, image_column, target, regression, label2id, augment=augment)
-        if augment != "none" else None
-    )  # fmt: skip
-    arguments = _training_arguments(
-        output_dir,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=max(batch_size, 64),
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        warmup_steps=int(round(warmup_ratio * max_steps)),
-        eval_steps=eval_steps or max(1, max_steps // 5),
-        logging_steps=logging_steps,
-        seed=seed,
-        bf16=bf16,
-        dataloader_num_workers=dataloader_num_workers,
-        report_to=report_to,
-    )
-    trainer = _trainer_class()(
-        model=model,
-        args=arguments,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collator,
-        train_collator=train_collator,
-        compute_metrics=_compute_metrics_fn(task, regression, photo_z and task == "regression"),
-    )
+    trainer = _build_trainer(options, model, processor, labels, (train_dataset, eval_dataset), image_column,
+                             photo_z, output_dir)  # fmt: skip
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
     final = trainer.predict(eval_dataset, metric_key_prefix="eval")
     metrics = {key: float(value) for key, value in final.metrics.items() if isinstance(value, (int, float))}
-    raw = final.predictions[0] if isinstance(final.predictions, tuple) else final.predictions
-    if regression is not None:
-        eval_predictions = regression.restore(np.asarray(raw).reshape(-1))
+    raw = np.asarray(final.predictions[0] if isinstance(final.predictions, tuple) else final.predictions)
+    if labels.regression is not None:
+        eval_predictions = labels.regression.restore(raw.reshape(-1))
     else:
-        eval_predictions = np.asarray(raw).argmax(axis=-1)
-
-    # Save a plain AstroPTForImageClassification: adapters merged, head in the target's units.
-    model = trainer.model
-    if mode == "lora":
-        model = model.merge_and_unload()
-    if regression is not None:
-        _bake_standardisation(model, regression)
-        model.config.regression_target = asdict(regression)
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)  # a frozen backbone is a training choice, not part of the checkpoint
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
+        eval_predictions = raw.argmax(axis=-1)
+    model = _save_plain_model(trainer, processor, options, labels, output_dir)
 
     result = FinetuneResult(
-        output_dir=output_dir,
-        target=target,
-        task=task,
-        mode=mode,
-        metrics=metrics,
-        num_trainable_parameters=trainable,
-        num_parameters=total,
-        train_seconds=train_seconds,
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        head_init=head_init,
-        augment=augment,
-        regression_target=asdict(regression) if regression is not None else None,
-        id2label=id2label,
-        log_history=list(trainer.state.log_history),
-        eval_predictions=eval_predictions,
-    )
+        output_dir=output_dir, target=target, task=task, mode=options.mode, metrics=metrics,
+        num_trainable_parameters=trainable, num_parameters=total, train_seconds=train_seconds,
+        max_steps=options.max_steps, learning_rate=options.resolved_learning_rate(),
+        head_init=options.resolved_head_init(), augment=options.augment,
+        regression_target=asdict(labels.regression) if labels.regression is not None else None,
+        id2label=labels.id2label, log_history=list(trainer.state.log_history), eval_predictions=eval_predictions,
+    )  # fmt: skip
+    _write_outputs(result, options, model.config, final.label_ids, labels, photo_z, dataset_description)
+    return result
+
+
+def _write_outputs(result: FinetuneResult, options: FinetuneArguments, config, label_ids, labels: _Labels,
+                   photo_z: bool, dataset_description: str) -> None:
+    """finetune_results.json, the predicted-vs-true figure of a regression and the model card."""
+    output_dir = result.output_dir
     (output_dir / "finetune_results.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    if regression is not None:
+    if labels.regression is not None:
         from astropt_hf.plotting import plot_pred_vs_true
 
-        truth = regression.restore(np.asarray(final.label_ids).reshape(-1))
-        plot_pred_vs_true(eval_predictions, truth, target, output_dir / "pred_vs_true.png", photo_z=photo_z)
-    card = render_finetuned_card(result, str(model_name_or_path), model.config, dataset_description)
+        truth = labels.regression.restore(np.asarray(label_ids).reshape(-1))
+        plot_pred_vs_true(result.eval_predictions, truth, result.target, output_dir / "pred_vs_true.png",
+                          photo_z=photo_z)  # fmt: skip
+    card = render_finetuned_card(result, str(options.model), config, dataset_description)
     (output_dir / "README.md").write_text(card)
     _remove_trainer_scratch(output_dir)
-    return result
 
 
 def _remove_trainer_scratch(output_dir: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from astropt_hf.plotting import _METRIC_LABELS, _save
+from .style import METRIC_LABELS, save_figure
 
 __all__ = ["plot_checkpoint_probes"]
 
@@ -45,7 +45,7 @@ def plot_checkpoint_probes(
         ax = fig.add_subplot(rows, columns, index + 1)
         scores = [e.get("targets", {}).get(target, {}) for e in entries]
         metric = "r2" if any("r2" in s for s in scores) else "accuracy"
-        label = _METRIC_LABELS.get(metric, metric)
+        label = METRIC_LABELS.get(metric, metric)
         ax.plot(x, [s.get(metric, np.nan) for s in scores], "o-", color="C0", label=f"{label}, embedding")
         if any(target in e.get("layers", {}) for e in entries):
             best = [max((v.get(metric, -np.inf) for v in e.get("layers", {}).get(target, {}).values()), default=np.nan)
@@ -68,4 +68,4 @@ def plot_checkpoint_probes(
         ax.legend(handles, names, fontsize=7, frameon=False, loc="best")
     fig.suptitle(title or "Linear probes across training", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -12,7 +12,7 @@ from matplotlib.colors import BoundaryNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
-from astropt_hf.plotting import _save
+from .style import save_figure
 
 __all__ = ["plot_embedding_map"]
 
@@ -75,4 +75,4 @@ def plot_embedding_map(
         ax.set_yticks([])
     ax.margins(0.08)  # room for the thumbnails of the outermost galaxies
     ax.set_title(title or f"Embedding map ({name})", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from astropt_hf.plotting import _METRIC_LABELS, _save
+from .style import METRIC_LABELS, save_figure
 
 __all__ = ["layer_score_matrix", "plot_layer_heatmap", "plot_layer_lines"]
 
@@ -49,8 +49,8 @@ def _colour_label(results: Mapping[str, Any], targets: list[str]) -> str:
     names = list(dict.fromkeys(_metric_of(results, t) for t in targets))
     kinds = {"r2": "regression", "accuracy": "classification"}
     if len(names) == 1:
-        return f"{_METRIC_LABELS.get(names[0], names[0])} (out-of-fold)"
-    return " / ".join(f"{_METRIC_LABELS.get(n, n)} ({kinds.get(n, n)})" for n in names) + ", out-of-fold"
+        return f"{METRIC_LABELS.get(names[0], names[0])} (out-of-fold)"
+    return " / ".join(f"{METRIC_LABELS.get(n, n)} ({kinds.get(n, n)})" for n in names) + ", out-of-fold"
 
 
 def plot_layer_heatmap(results: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
@@ -85,7 +85,7 @@ def plot_layer_heatmap(results: Mapping[str, Any], path: str | Path, title: str 
     ax.set_ylabel(LAYER_AXIS_LABEL, fontsize=8)
     ax.set_xlabel("target (red box: best layer)")
     ax.set_title(title or "Layer-wise linear probes", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layer_lines(results: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path:
@@ -108,10 +108,10 @@ def plot_layer_lines(results: Mapping[str, Any], path: str | Path, title: str | 
         ax.set_xticks(layers)
         ax.set_title(target)
         ax.set_xlabel("layer")
-        ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
     fig.suptitle(title or "Layer-wise linear probes", fontsize=10)
     fig.text(0.5, -0.01, LAYER_AXIS_LABEL, ha="center", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

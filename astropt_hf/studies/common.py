@@ -14,8 +14,8 @@ PROBE_SCORE_METRICS = ("r2", "accuracy", "f1")
 
 
 def flag_names(argv: Sequence[str]) -> set[str]:
-    """The `--key` names given in an argv list (`--key value` and `--key=value`)."""
-    return {item[2:].split("=", 1)[0] for item in argv if item.startswith("--")}
+    """The `--key` names given in an argv list (`--key value`, `--key=value`, `--key-name` as `key_name`)."""
+    return {item[2:].split("=", 1)[0].replace("-", "_") for item in argv if item.startswith("--")}
 
 
 def completed_summary(run_dir: Path, max_steps: int) -> dict[str, Any] | None:
@@ -39,17 +39,10 @@ def completed_summary(run_dir: Path, max_steps: int) -> dict[str, Any] | None:
 def load_probe_source(arguments, split: str):
     """The galaxies the probes read: the pretraining dataset's `split`, loaded the way pretraining loads
     it (same synthetic cache)."""
-    from astropt_hf.data import load_galaxy_dataset
+    from astropt_hf.data.arguments import open_dataset
 
-    options: dict[str, Any] = {"image_column": arguments.image_column, "id_column": arguments.id_column,
-                               "cache_dir": arguments.data_cache_dir}
-    if arguments.dataset.strip().lower() == "synthetic":
-        options.update(
-            num_train=arguments.synthetic_num_train, num_validation=arguments.synthetic_num_validation,
-            num_test=arguments.synthetic_num_test, seed=arguments.synthetic_seed,
-            image_size=arguments.synthetic_image_size or arguments.model["image_size"],
-        )
-    return load_galaxy_dataset(arguments.dataset, split=split, **options)
+    return open_dataset(arguments.dataset_spec(split))
+
 
 
 def probe_score(metrics: Mapping[str, Any]) -> tuple[str, float] | None:

@@ -2,27 +2,30 @@
 
 Every key can be set in the YAML file and overridden on the command line (`--hidden_size 64`). Model
 keys are the `AstroPTConfig` constructor arguments; image-processor keys are the `AstroPTImageProcessor`
-ones; the rest are training keys (the `PretrainArguments` fields). Unknown keys and bad values raise
-`ConfigError` naming the key, the expected and the actual value, before anything is loaded or trained.
+ones; the rest are training keys (the `PretrainArguments` fields, dataset keys from `DataArguments`
+included). All three are parsed by one `HfArgumentParser` (`astropt_hf.command_line.ArgumentParser`):
+the preset's values become the parser's defaults, the command line goes on top. Unknown keys and bad
+values raise `ConfigError` naming the key, the expected and the actual value, before anything is loaded
+or trained.
 
 With no `--config` the defaults are the demo run (`scripts/configs/demo.yaml` spells the same values out).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
-import math
 import os
-import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from ..command_line import NOT_A_FLAG, ArgumentParser, is_literal, option
 from ..configuration_astropt import AstroPTConfig
+from ..data.arguments import DataArguments
 from ..image_processing_astropt import AstroPTImageProcessor
 
 
@@ -31,11 +34,7 @@ class ConfigError(ValueError):
 
 
 # The demo model: small enough to learn something visible in a few minutes on two CPU cores.
-# Input: an asinh stretch of the fluxes, then each image standardised as a whole (not upstream's per-patch).
-# scripts/compare_normalisations.py measured this on held-out galaxies (README, "Choosing the input
-# normalisation"): the only choice whose probes beat the random-init model on all five targets, with the
-# second-best mean R². Per-patch standardisation turns the mostly-sky patches of 32px stamps into unit-variance
-# noise that no model can predict (the loss floors early) and lost colour (g-r R² 0.66 vs 0.88).
+# asinh, then per-image standardisation: per-patch makes the mostly-sky patches of small stamps unpredictable noise.
 DEMO_MODEL: dict[str, Any] = {
     "image_size": 32,
     "patch_size": 4,
@@ -49,81 +48,70 @@ DEMO_MODEL: dict[str, Any] = {
 DEMO_PROCESSOR: dict[str, Any] = {"stretch": "asinh", "asinh_scale": 0.02}
 
 PROCESSOR_KEYS = ("resize_mode", "stretch", "asinh_scale", "do_rescale", "nan_fill_value")
-MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
-REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "all")
-
-
-def _field(default, help: str, choices: tuple | None = None, minimum: float | None = None, **kwargs):
-    metadata = {"help": help, "choices": choices, "minimum": minimum}
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
-    return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclasses.dataclass
-class PretrainArguments:
-    """All settings of a pretraining run except the model shape (`model`, a dict of `AstroPTConfig` fields)
-    and image-processor settings (`processor`, a dict of `AstroPTImageProcessor` fields)."""
+class PretrainArguments(DataArguments):
+    """All settings of a pretraining run: the dataset keys (`DataArguments`), the training keys below, the
+    model shape (`model`, a dict of `AstroPTConfig` fields) and image-processor settings (`processor`, a dict
+    of `AstroPTImageProcessor` fields). `model` and `processor` hold the keys that were set, on top of the
+    demo's; the config and processor classes supply the rest."""
+
+    _argument_group_name = "training keys"
 
     # --- run --------------------------------------------------------------------------------------
-    output_dir: str = _field("runs/astropt-demo", "folder for checkpoints, the final model, metrics and plots")
-    overwrite_output_dir: bool = _field(False, "start afresh even if output_dir holds checkpoints of a run")
-    resume_from_checkpoint: str | None = _field(None, "'latest' or a checkpoint folder to resume from")
-    seed: int = _field(1337, "seed for the model init and the data order")
-    max_steps: int = _field(300, "optimizer steps to train", minimum=1)
-    # --- data -------------------------------------------------------------------------------------
-    dataset: str = _field("synthetic", "'synthetic', an image folder, parquet/arrow file(s) or a hub dataset id")
-    streaming: bool = _field(False, "read the dataset lazily (IterableDataset), for data larger than the disk")
-    image_column: str | None = _field(None, "image column (auto-detected when null)")
-    id_column: str | None = _field(None, "id column (auto-detected when null)")
-    data_cache_dir: str | None = _field(None, "cache for the synthetic set / datasets downloads (null: default)")
-    synthetic_num_train: int = _field(3000, "synthetic set: training galaxies", minimum=1)
-    synthetic_num_validation: int = _field(256, "synthetic set: validation galaxies", minimum=1)
-    synthetic_num_test: int = _field(512, "synthetic set: test galaxies", minimum=0)
-    synthetic_image_size: int | None = _field(None, "synthetic stamp size in pixels (null: the model's image_size)")
-    synthetic_seed: int = _field(0, "seed of the synthetic set (separate from `seed`, so the cache is reused)")
-    num_workers: int = _field(0, "DataLoader worker processes per rank", minimum=0)
-    shuffle_buffer_size: int = _field(10_000, "streaming only: size of the shuffle buffer", minimum=1)
+    output_dir: str = option("runs/astropt-demo", "folder for checkpoints, the final model, metrics and plots")
+    overwrite_output_dir: bool = option(False, "start afresh even if output_dir holds checkpoints of a run")
+    resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder to resume from")
+    seed: int = option(1337, "seed for the model init and the data order")
+    max_steps: int = option(300, "optimizer steps to train", minimum=1)
+    # --- data loading -----------------------------------------------------------------------------
+    num_workers: int = option(0, "DataLoader worker processes per rank", minimum=0)
+    shuffle_buffer_size: int = option(10_000, "streaming only: size of the shuffle buffer", minimum=1)
     # --- optimisation -----------------------------------------------------------------------------
-    batch_size: int = _field(32, "images per micro-batch per process", minimum=1)
-    gradient_accumulation_steps: int | None = _field(
+    batch_size: int = option(32, "images per micro-batch per process", minimum=1)
+    gradient_accumulation_steps: int | None = option(
         None, "micro-batches per optimizer step (null: from tokens_per_step, else 1)", minimum=1
     )
-    tokens_per_step: int | None = _field(
+    tokens_per_step: int | None = option(
         None, "target tokens (patches) per optimizer step over all processes; sets gradient_accumulation_steps",
         minimum=1,
     )
-    learning_rate: float = _field(2e-3, "peak learning rate", minimum=0.0)
-    min_lr: float | None = _field(None, "final learning rate of the cosine decay (null: learning_rate / 10)", minimum=0.0)
-    warmup_steps: int = _field(30, "linear warmup steps", minimum=0)
-    lr_decay_steps: int | None = _field(None, "step at which the cosine reaches min_lr (null: max_steps)", minimum=1)
-    weight_decay: float = _field(0.1, "AdamW weight decay, on 2-D weights only", minimum=0.0)
-    betas: list = _field([0.9, 0.95], "AdamW betas")
-    adam_epsilon: float = _field(1e-8, "AdamW epsilon", minimum=0.0)
-    grad_clip: float = _field(1.0, "clip the global gradient norm to this (0: no clipping)", minimum=0.0)
-    mixed_precision: str = _field(
-        "auto", "'auto' (bf16 on GPUs, fp32 on CPUs), 'no', 'bf16' or 'fp16'", choices=MIXED_PRECISION_CHOICES
+    learning_rate: float = option(2e-3, "peak learning rate", minimum=0.0)
+    min_lr: float | None = option(None, "final learning rate of the cosine decay (null: learning_rate / 10)",
+                                  minimum=0.0)
+    warmup_steps: int = option(30, "linear warmup steps", minimum=0)
+    lr_decay_steps: int | None = option(None, "step at which the cosine reaches min_lr (null: max_steps)", minimum=1)
+    weight_decay: float = option(0.1, "AdamW weight decay, on 2-D weights only", minimum=0.0)
+    betas: list[float] = option([0.9, 0.95], "AdamW betas")
+    adam_epsilon: float = option(1e-8, "AdamW epsilon", minimum=0.0)
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0: no clipping)", minimum=0.0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option(
+        "auto", "'auto' (bf16 on GPUs, fp32 on CPUs), 'no', 'bf16' or 'fp16'"
     )
-    compile: bool = _field(False, "torch.compile the model")
-    gradient_checkpointing: bool = _field(False, "recompute activations in the backward pass to save memory")
+    compile: bool = option(False, "torch.compile the model")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
     # --- evaluation, logging, saving --------------------------------------------------------------
-    eval_steps: int = _field(50, "evaluate the validation loss every this many steps (and at the end)", minimum=1)
-    eval_batches: int = _field(8, "batches in the fixed validation subset", minimum=1)
-    eval_batch_size: int | None = _field(None, "validation batch size (null: batch_size)", minimum=1)
-    num_plot_images: int = _field(8, "galaxies in each evaluation's prediction grid (0: no grid)", minimum=0)
-    log_steps: int = _field(10, "log the training loss every this many steps", minimum=1)
-    save_steps: int = _field(100, "save a resumable checkpoint every this many steps (0: only at the end)", minimum=0)
-    save_total_limit: int = _field(2, "keep this many most recent checkpoints", minimum=1)
-    report_to: str = _field("none", "experiment tracker: none, tensorboard, wandb or all", choices=REPORT_TO_CHOICES)
-    run_name: str = _field("astropt-pretrain", "tracker project / run name")
-    record_sample_ids: bool = _field(False, "debug: write the ids each rank trained on to output_dir/debug/")
+    eval_steps: int = option(50, "evaluate the validation loss every this many steps (and at the end)", minimum=1)
+    eval_batches: int = option(8, "batches in the fixed validation subset", minimum=1)
+    eval_batch_size: int | None = option(None, "validation batch size (null: batch_size)", minimum=1)
+    num_plot_images: int = option(8, "galaxies in each evaluation's prediction grid (0: no grid)", minimum=0)
+    log_steps: int = option(10, "log the training loss every this many steps", minimum=1)
+    save_steps: int = option(100, "save a resumable checkpoint every this many steps (0: only at the end)",
+                             minimum=0)
+    save_total_limit: int = option(2, "keep this many most recent checkpoints", minimum=1)
+    report_to: Literal["none", "tensorboard", "wandb", "all"] = option(
+        "none", "experiment tracker: none, tensorboard, wandb or all"
+    )
+    run_name: str = option("astropt-pretrain", "tracker project / run name")
+    record_sample_ids: bool = option(False, "debug: write the ids each rank trained on to output_dir/debug/")
     # --- hub --------------------------------------------------------------------------------------
-    push_to_hub: bool = _field(False, "upload the final model folder to the hub")
-    hub_model_id: str | None = _field(None, "hub repository id, e.g. 'me/astropt-5m'")
-    hub_private: bool = _field(False, "create the hub repository as private")
+    push_to_hub: bool = option(False, "upload the final model folder to the hub")
+    hub_model_id: str | None = option(None, "hub repository id, e.g. 'me/astropt-5m'")
+    hub_private: bool = option(False, "create the hub repository as private")
     # --- model and processor (flat keys in YAML and on the command line) ---------------------------
-    model: dict = dataclasses.field(default_factory=lambda: dict(DEMO_MODEL))
-    processor: dict = dataclasses.field(default_factory=lambda: dict(DEMO_PROCESSOR))
+    model: dict = dataclasses.field(default_factory=lambda: dict(DEMO_MODEL), metadata=NOT_A_FLAG)
+    processor: dict = dataclasses.field(default_factory=lambda: dict(DEMO_PROCESSOR), metadata=NOT_A_FLAG)
 
     # --- derived values -------------------------------------------------------------------------------
     def model_config(self) -> AstroPTConfig:
@@ -153,121 +141,91 @@ class PretrainArguments:
         tokens_per_micro_batch = self.batch_size * self.model_config().num_patches * num_processes
         return max(1, round(self.tokens_per_step / tokens_per_micro_batch))
 
+    def dataset_spec(self, split: str) -> dict[str, Any]:
+        """The `astropt_hf.data.arguments.open_dataset` spec of one split of the training data."""
+        return self.spec(split, image_size=self.model_config().image_size)
+
     def to_flat_dict(self) -> dict[str, Any]:
         """Every key as it would appear in a YAML preset (model and processor keys flattened)."""
-        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("model", "processor")}
+        flat = {f.name: getattr(self, f.name) for f in _TRAIN_FIELDS}
         flat.update(self.model)
         flat.update(self.processor)
         return flat
 
 
 # ----------------------------------------------------------------------------------------------------
-# Key registry: every accepted key with its type, for YAML values and command-line strings alike.
+# Model and processor keys: dataclasses made from the constructors, so that a new config field is a new key
 # ----------------------------------------------------------------------------------------------------
 
-_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(PretrainArguments) if f.name not in ("model", "processor")}
+_TRAIN_FIELDS = tuple(f for f in dataclasses.fields(PretrainArguments) if f.metadata.get("flag", True))
+# A model or processor key that neither the preset nor the command line sets stays out of `model` /
+# `processor`, so the config class applies its own default (or the demo's).
+_UNSET = object()
 
 
-def _signature_types(callable_) -> dict[str, Any]:
-    hints = typing.get_type_hints(callable_)
-    names = [p for p in inspect.signature(callable_).parameters if p not in ("self", "kwargs")]
-    return {name: hints.get(name, Any) for name in names}
+def _constructor_keys(cls, name: str, group: str, only: Sequence[str] | None = None):
+    hints = typing.get_type_hints(cls.__init__)
+    keys = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+    fields = [(key, hints.get(key, Any), dataclasses.field(default=_UNSET)) for key in keys
+              if only is None or key in only]
+    return dataclasses.make_dataclass(name, fields, namespace={"_argument_group_name": group})
 
 
-_MODEL_TYPES = _signature_types(AstroPTConfig.__init__)
-_PROCESSOR_TYPES = {k: v for k, v in _signature_types(AstroPTImageProcessor.__init__).items() if k in PROCESSOR_KEYS}
-_TRAIN_TYPES = typing.get_type_hints(PretrainArguments)
+ModelKeys = _constructor_keys(AstroPTConfig, "ModelKeys", "model keys (AstroPTConfig)")
+ProcessorKeys = _constructor_keys(AstroPTImageProcessor, "ProcessorKeys", "image processor keys (AstroPTImageProcessor)",
+                                  only=PROCESSOR_KEYS)
 
 
 def known_keys() -> dict[str, str]:
     """Every configuration key -> its group ('train', 'model' or 'processor')."""
-    keys = {name: "train" for name in _TRAIN_FIELDS}
-    keys.update({name: "model" for name in _MODEL_TYPES})
-    keys.update({name: "processor" for name in _PROCESSOR_TYPES})
+    keys = {f.name: "train" for f in _TRAIN_FIELDS}
+    keys.update({f.name: "model" for f in dataclasses.fields(ModelKeys)})
+    keys.update({f.name: "processor" for f in dataclasses.fields(ProcessorKeys)})
     return keys
 
 
-def _key_type(key: str):
-    group = known_keys()[key]
-    return {"train": _TRAIN_TYPES, "model": _MODEL_TYPES, "processor": _PROCESSOR_TYPES}[group][key]
-
-
-def _type_args(annotation) -> tuple:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-_NULL_STRINGS = ("null", "none", "~")
-_TRUE_STRINGS = ("true", "yes", "1", "on")
-_FALSE_STRINGS = ("false", "no", "0", "off")
-
-
-def _coerce_one(value, kind):
-    """Convert `value` (YAML scalar or command-line string) to `kind`; raise ValueError when it is not one."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE_STRINGS + _FALSE_STRINGS:
-            return value.lower() in _TRUE_STRINGS
-        raise ValueError("expected true or false")
-    if kind is int:
-        if isinstance(value, bool):
-            raise ValueError("expected an integer")
-        if isinstance(value, int):
-            return value
-        try:
-            number = float(value) if isinstance(value, (str, float)) else math.nan  # accepts "1e4", 2000.0
-        except ValueError:
-            raise ValueError("expected an integer") from None
-        if not math.isfinite(number) or number != int(number):
-            raise ValueError("expected an integer")
-        return int(number)
-    if kind is float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        try:
-            number = float(value)  # YAML reads 3e-4 as a string: accept it here
-        except (TypeError, ValueError):
-            raise ValueError("expected a number") from None
-        if not math.isfinite(number):
-            raise ValueError("expected a finite number")
-        return number
-    if kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError("expected a string")
-    if kind is list:  # betas: two numbers, from a YAML list, "0.9,0.95" or "0.9 0.95"
-        items = value.replace(",", " ").split() if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ValueError("expected a list of numbers")
-        return [_coerce_one(item, float) for item in items]
-    return value
-
-
-def coerce_value(key: str, value):
-    """The value of `key` converted to its declared type; `ConfigError` naming key, expectation and value."""
-    kinds = _type_args(_key_type(key))
-    # "none" is a real value of some string keys (stretch: none, report_to: none); null always means null
-    null_strings = _NULL_STRINGS if str not in kinds else ("null", "~")
-    if value is None or (isinstance(value, str) and value.lower() in null_strings):
-        if type(None) in kinds:
-            return None
-        raise ConfigError(f"config key {key!r} may not be null")
-    errors = []
-    # Try int before str so that `embedding_layer: 3` stays a block index and "3" on the command line too.
-    for kind in sorted((k for k in kinds if k is not type(None)), key=lambda k: k is str):
-        try:
-            return _coerce_one(value, kind)
-        except (TypeError, ValueError) as err:
-            errors.append(str(err))
-    expected = " or ".join(getattr(k, "__name__", str(k)) for k in kinds if k is not type(None))
-    raise ConfigError(f"config key {key!r}: got {value!r}; expected {expected} ({'; '.join(errors)})")
-
-
 # ----------------------------------------------------------------------------------------------------
-# Building and validating the arguments
+# Parsing and validating the arguments
 # ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PresetFile:
+    """The flag read first: the preset whose values become the defaults of every other key."""
+
+    config: str | None = option(None, "YAML preset (default: the demo settings)")
+
+
+class _PretrainParser(ArgumentParser):
+    """The parser of every pretraining key; raises `ConfigError` instead of exiting, so library callers
+    (the sweep, the normalisation study) can catch it."""
+
+    def __init__(self, dataclass_types=(PretrainArguments, ModelKeys, ProcessorKeys), **kwargs):
+        super().__init__(
+            dataclass_types,
+            prog="pretrain.py",
+            usage="pretrain.py [-h] [--config FILE] [--KEY VALUE ...]",
+            description="Pretrain astroPT (next-patch regression). Every config key can be given as --key value.",
+            **kwargs,
+        )
+        if PresetFile not in self.dataclass_types:  # listed in --help, read beforehand by `parse_pretrain_args`
+            self.add_argument("--config", help=dataclasses.fields(PresetFile)[0].metadata["help"])
+
+    def error(self, message: str):
+        raise ConfigError(f"command line: {message}")
+
+    def preset_error(self, message: str):
+        raise ConfigError(message)
+
+    def arguments(self, argv: Sequence[str], preset: dict[str, Any], source: str) -> PretrainArguments:
+        """`PretrainArguments` from `preset` (flat keys, as parser defaults) with `argv` on top."""
+        self.set_defaults(**self.values_from(preset, source))
+        train, model, processor, *_ = self.parse(list(argv))
+        for keys, target in ((model, train.model), (processor, train.processor)):
+            given = {f.name: getattr(keys, f.name) for f in dataclasses.fields(keys)}
+            target.update({key: value for key, value in given.items() if value is not _UNSET})
+        validate_pretrain_args(train)
+        return train
 
 
 def build_pretrain_args(values: dict[str, Any] | None = None, source: str = "overrides") -> PretrainArguments:
@@ -277,45 +235,32 @@ def build_pretrain_args(values: dict[str, Any] | None = None, source: str = "ove
         values: any configuration keys (train, model or processor), values typed or as strings.
         source: where the values came from, for error messages (a file name, "command line").
     """
-    args = PretrainArguments()
-    apply_settings(args, values or {}, source)
-    validate_pretrain_args(args)
-    return args
+    return _PretrainParser().arguments([], values or {}, source)
 
 
-def apply_settings(args: PretrainArguments, values: dict[str, Any], source: str) -> None:
-    """Set flat `{key: value}` settings on `args` (in place), converting and checking each key."""
-    keys = known_keys()
-    unknown = sorted(k for k in values if k not in keys)
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown config key(s) {unknown}. Known keys: {', '.join(sorted(keys))}"
-        )
-    for key, raw in values.items():
-        if isinstance(raw, dict):
-            raise ConfigError(f"{source}: config key {key!r} holds a mapping; keys are flat (e.g. hidden_size: 64)")
-        try:
-            value = coerce_value(key, raw)
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
-        group = keys[key]
-        if group == "model":
-            args.model[key] = value
-        elif group == "processor":
-            args.processor[key] = value
-        else:
-            setattr(args, key, value)
+def parse_pretrain_args(argv: list[str] | None = None) -> PretrainArguments:
+    """Arguments from a command line: `--config preset.yaml` (optional) then `--key value` overrides.
+
+    Raises `ConfigError` for unknown keys, bad values or a missing/invalid config file.
+    """
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config_path = _PretrainParser((PresetFile,), add_help=False).parse_known(argv)[0].config
+    preset = load_yaml_config(config_path) if config_path is not None else {}
+    return _PretrainParser().arguments(argv, preset, f"config file {config_path!r}")
 
 
 def validate_pretrain_args(args: PretrainArguments) -> None:
     """Check ranges, choices and combinations; build the model config and processor to let them check theirs."""
-    for name, field in _TRAIN_FIELDS.items():
-        value = getattr(args, name)
-        choices, minimum = field.metadata.get("choices"), field.metadata.get("minimum")
+    hints = typing.get_type_hints(PretrainArguments)
+    for field in _TRAIN_FIELDS:
+        value, minimum = getattr(args, field.name), field.metadata.get("minimum")
+        choices = typing.get_args(hints[field.name]) if is_literal(hints[field.name]) else None
         if choices is not None and value not in choices:
-            raise ConfigError(f"config key {name!r}: got {value!r}; expected one of {list(choices)}")
+            raise ConfigError(f"config key {field.name!r}: got {value!r}; expected one of {list(choices)}")
         if minimum is not None and value is not None and value < minimum:
-            raise ConfigError(f"config key {name!r}: got {value!r}; expected a value >= {minimum}")
+            raise ConfigError(f"config key {field.name!r}: got {value!r}; expected a value >= {minimum}")
     if len(args.betas) != 2 or not all(0.0 <= b < 1.0 for b in args.betas):
         raise ConfigError(f"config key 'betas': got {args.betas!r}; expected two numbers in [0, 1)")
     if args.resolved_min_lr() > args.learning_rate:
@@ -347,10 +292,6 @@ def validate_pretrain_args(args: PretrainArguments) -> None:
         )
 
 
-# ----------------------------------------------------------------------------------------------------
-# YAML and command line
-# ----------------------------------------------------------------------------------------------------
-
 
 def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     """Flat `{key: value}` settings of a YAML preset (keys are not checked here)."""
@@ -368,67 +309,13 @@ def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-class _RaisingParser(argparse.ArgumentParser):
-    """argparse that raises `ConfigError` instead of exiting, so library callers can catch it."""
-
-    def error(self, message: str):
-        raise ConfigError(f"command line: {message}")
-
-
-def _command_line_parser() -> argparse.ArgumentParser:
-    parser = _RaisingParser(
-        prog="pretrain.py",
-        description="Pretrain astroPT (next-patch regression). Every config key can be given as --key value.",
-        allow_abbrev=False,
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument("--config", help="YAML preset (default: the demo settings)")
-    groups = {
-        "train": parser.add_argument_group("training keys"),
-        "model": parser.add_argument_group("model keys (AstroPTConfig)"),
-        "processor": parser.add_argument_group("image processor keys (AstroPTImageProcessor)"),
-    }
-    for key, group in known_keys().items():
-        kinds = _type_args(_key_type(key))
-        help_text = _TRAIN_FIELDS[key].metadata["help"] if key in _TRAIN_FIELDS else None
-        if bool in kinds:  # `--push_to_hub` alone means true; `--push_to_hub false` works too
-            groups[group].add_argument(f"--{key}", nargs="?", const="true", metavar="BOOL", help=help_text)
-        elif list in kinds:
-            groups[group].add_argument(f"--{key}", nargs="+", metavar="X", help=help_text)
-        else:
-            groups[group].add_argument(f"--{key}", metavar="VALUE", help=help_text)
-    return parser
-
-
-def parse_pretrain_args(argv: list[str] | None = None) -> PretrainArguments:
-    """Arguments from a command line: `--config preset.yaml` (optional) then `--key value` overrides.
-
-    Raises `ConfigError` for unknown keys, bad values or a missing/invalid config file.
-    """
-    parser = _command_line_parser()
-    if argv is None:
-        import sys
-
-        argv = sys.argv[1:]
-    if any(a in ("-h", "--help") for a in argv):
-        parser.print_help()
-        raise SystemExit(0)
-    namespace = parser.parse_args(argv)
-    overrides = vars(namespace)
-    config_path = overrides.pop("config", None)
-    args = PretrainArguments()
-    if config_path is not None:
-        apply_settings(args, load_yaml_config(config_path), f"config file {config_path!r}")
-    apply_settings(args, overrides, "command line")
-    validate_pretrain_args(args)
-    return args
-
-
 __all__ = [
     "DEMO_MODEL",
     "DEMO_PROCESSOR",
     "ConfigError",
+    "ModelKeys",
     "PretrainArguments",
+    "ProcessorKeys",
     "build_pretrain_args",
     "known_keys",
     "load_yaml_config",
