@@ -14,8 +14,8 @@ from .style import column_caption, save_figure, to_numpy, wrap_label
 
 __all__ = ["DISPLAY_STRETCH", "galaxy_rgb", "plot_galaxy_grid", "plot_neighbours"]
 
-#: How `galaxy_rgb` turns fluxes into colours, in words, for figure captions.
-DISPLAY_STRETCH = "colours z, r, g → R, G, B; each panel asinh-stretched from its sky level to its 99.5th percentile"
+#: How `galaxy_rgb` stretches each picture, in words, for figure captions.
+DISPLAY_STRETCH = "each panel asinh-stretched from its sky level to its 99.5th percentile"
 
 # Catalogue columns shown under each galaxy of a neighbour grid, when the caller has them.
 NEIGHBOUR_CAPTION_COLUMNS = ("redshift", "mag_r")
@@ -106,8 +106,9 @@ def _show(ax, image: np.ndarray, title: str | None, fontsize: float = 7) -> None
         ax.set_title(title, fontsize=fontsize)
 
 
-def _caption(stretch: str | None) -> str:
-    return f"Display: {DISPLAY_STRETCH}." + (f" Pixel values: {stretch}." if stretch else "")
+def _caption(stretch: str | None, num_bands: int) -> str:
+    colours = "bands 3, 2, 1 as R, G, B (z, r, g of grz); " if num_bands == 3 else ""
+    return f"Display: {colours}{DISPLAY_STRETCH}." + (f" Pixel values: {stretch}." if stretch else "")
 
 
 def plot_galaxy_grid(
@@ -166,7 +167,7 @@ def plot_galaxy_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.text(0.5, 0.005, wrap_label(_caption(stretch), width=110), ha="center", va="bottom", fontsize=6.5)
+    fig.text(0.5, 0.005, wrap_label(_caption(stretch, shape[1]), width=110), ha="center", va="bottom", fontsize=6.5)
     return save_figure(fig, path)
 
 
