@@ -8,10 +8,14 @@ import numpy as np
 import pytest
 
 from astropt_hf.data import synthetic
+from astropt_hf.data.galaxy_population import shen_half_light_radius_kpc
 from astropt_hf.data.synthetic import (
     BANDS,
+    NATIVE_SKY_NOISE_NMGY,
+    PIXEL_SCALE,
     SKY_NOISE_NMGY,
     TRUTH_COLUMNS,
+    edge_flux_fraction,
     galaxy_rng,
     load_synthetic_galaxies,
     make_galaxy_row,
@@ -82,6 +86,8 @@ def test_second_call_reads_the_cache(tiny, tiny_dir, monkeypatch):
     info = json.loads((folders[0] / "synthetic_info.json").read_text())
     assert info["split_sizes"] == {"train": 8, "validation": 4, "test": 4}
     assert info["pixel_unit"] == "nanomaggy"
+    assert info["pixel_scale_arcsec"] == pytest.approx(0.524) == PIXEL_SCALE
+    assert info["pixel_binning"] == 2
 
 
 def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
@@ -178,3 +184,50 @@ def test_concurrent_requests_generate_once(tmp_path, monkeypatch):
         thread.join()
     assert len(calls) == 1
     np.testing.assert_array_equal(_images(results[0]["train"]), _images(results[1]["train"]))
+
+
+def test_binned_pixels_carry_twice_the_native_sky_noise():
+    # A 2x2-binned pixel sums four independent native pixels: sigma doubles.
+    for band in BANDS:
+        assert SKY_NOISE_NMGY[band] == pytest.approx(2 * NATIVE_SKY_NOISE_NMGY[band])
+    noisy = make_galaxy_row(0, "test", 3, image_size=32)
+    clean = make_galaxy_row(0, "test", 3, image_size=32, noise=False)
+    assert clean["id"] == noisy["id"] and clean["redshift"] == noisy["redshift"]
+    for i, band in enumerate(BANDS):
+        residual = noisy["image"][i] - clean["image"][i]
+        assert residual.std() == pytest.approx(SKY_NOISE_NMGY[band], rel=0.15)
+        assert abs(residual.mean()) < 4 * SKY_NOISE_NMGY[band] / 32
+
+
+def test_edge_flux_fraction_of_simple_images():
+    point = np.zeros((3, 32, 32))
+    point[:, 16, 16] = 1.0
+    flat = np.ones((2, 3, 32, 32))
+    assert edge_flux_fraction(point) == pytest.approx(0.0)
+    np.testing.assert_allclose(edge_flux_fraction(flat), 1 - (26 / 32) ** 2)
+    assert edge_flux_fraction(flat, ring=1) == pytest.approx(1 - (30 / 32) ** 2)
+    with pytest.raises(ValueError, match="ring"):
+        edge_flux_fraction(np.ones((3, 6, 6)), ring=3)
+
+
+def test_demo_galaxies_sit_inside_their_stamps_with_plausible_sizes():
+    rows = [make_galaxy_row(0, "test", index, image_size=32, noise=False) for index in range(100)]
+    fractions = edge_flux_fraction(np.stack([row["image"] for row in rows]), ring=3)
+    assert np.median(fractions) <= 0.03
+    assert np.percentile(fractions, 90) <= 0.10
+    radii = np.array([row["half_light_radius"] for row in rows])  # arcsec
+    assert 1.0 <= np.median(radii) <= 3.0
+    assert 2.0 <= np.percentile(radii, 90) <= 8.0
+
+
+def test_size_luminosity_relations_follow_shen_2003():
+    late_bright, late_scatter_bright = shen_half_light_radius_kpc(-22.0, early_type=False)
+    late_faint, late_scatter_faint = shen_half_light_radius_kpc(-19.0, early_type=False)
+    early_bright, _ = shen_half_light_radius_kpc(-22.0, early_type=True)
+    early_faint, _ = shen_half_light_radius_kpc(-19.0, early_type=True)
+    assert late_bright > late_faint and early_bright > early_faint  # brighter galaxies are larger
+    # Early types follow a steeper relation (R ~ L^0.65 against ~L^0.21-0.53) and are more compact.
+    assert np.log10(early_bright / early_faint) > np.log10(late_bright / late_faint)
+    assert early_faint < late_faint
+    assert 2.0 < late_bright < 8.0  # kpc: an L* disk
+    assert late_scatter_faint > late_scatter_bright  # faint galaxies scatter more in size

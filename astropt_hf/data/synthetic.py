@@ -5,19 +5,27 @@ ratio and position angle. The bulge shines with an elliptical-galaxy spectrum (C
 disk with a star-forming one (CWW Scd); both spectra ship with GalSim. The galaxy is placed at a
 redshift in a flat LambdaCDM cosmology (H0=70, Om0=0.3), so its apparent magnitudes follow from
 its rest-frame luminosity, the distance modulus and the redshifted spectra (K-corrections come
-out of the integration through the bandpasses, not from a fit). It is drawn through the g, r, z
-bandpasses at the Legacy Surveys pixel scale of 0.262"/pixel, convolved with a Moffat PSF per band
-and given Gaussian sky noise.
+out of the integration through the bandpasses, not from a fit). It is convolved with a Moffat PSF
+per band, drawn through the g, r, z bandpasses and given Gaussian sky noise. Who the galaxies are
+(redshifts, luminosities, the Shen et al. 2003 size-luminosity relation, shapes) is the population
+model of ``galaxy_population``.
+
+Pixels are Legacy Surveys pixels (0.262") binned 2x2: ``PIXEL_SCALE`` = 0.524"/pixel, so a 32-pixel
+stamp spans 16.8" and an r < 19.5 galaxy sits inside it with sky around it, as in survey cutouts
+scaled to the galaxy, while the model still reads 32x32 pixels. GalSim integrates the PSF-convolved
+profile over each binned pixel, which is what summing 2x2 native pixels gives; the PSF FWHM stays
+about 2.4 binned pixels, still sampled.
 
 Pixel units are **nanomaggies** (flux of an AB magnitude m is 10**(-0.4 (m - 22.5))), on a
 sky-subtracted background, as in Legacy Surveys cutouts: an image summed over its pixels gives the
 band's flux (minus what falls outside the stamp), and blank sky is zero-mean noise with the
-per-pixel standard deviations in ``SKY_NOISE_NMGY`` (roughly DECaLS DR8 depths).
+per-pixel standard deviations in ``SKY_NOISE_NMGY``: twice the native-pixel ones of
+``NATIVE_SKY_NOISE_NMGY`` (roughly DECaLS DR8 depths), since a binned pixel sums four independent
+native pixels.
 
-The population is magnitude limited to about r < 19.5 (like DESI BGS / Galaxy Zoo DESI), so
-brighter galaxies reach higher redshift (Malmquist bias), sizes follow a size-luminosity relation
-and shrink on the sky with distance, and colours depend on redshift and bulge fraction: linear
-probes of an embedding have something to find.
+Colours depend on redshift and bulge fraction and sizes shrink on the sky with distance: linear
+probes of an embedding have something to find. ``edge_flux_fraction`` measures how much of a
+stamp's flux lies in its outer ring (how well the galaxies fit their stamps).
 
 Every galaxy is generated from its own seed, ``SeedSequence([seed, split_code, index])``, so the
 set is identical whatever the number of worker processes or the order of generation.
@@ -25,7 +33,6 @@ set is identical whatever the number of worker processes or the order of generat
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -38,31 +45,35 @@ from pathlib import Path
 
 import numpy as np
 
+from .galaxy_population import (
+    GalaxyParams,
+    arcsec_per_kpc,
+    composite_half_light_radius,
+    distance_modulus,
+    sample_galaxy_params,
+)
+
 logger = logging.getLogger(__name__)
 
 #: Bump when the generator's output changes, so stale caches are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 BANDS: tuple[str, ...] = ("g", "r", "z")
-PIXEL_SCALE = 0.262  # arcsec / pixel, DESI Legacy Imaging Surveys
+NATIVE_PIXEL_SCALE = 0.262  # arcsec / pixel, DESI Legacy Imaging Surveys
+PIXEL_BINNING = 2  # native pixels per stamp pixel along each axis
+PIXEL_SCALE = NATIVE_PIXEL_SCALE * PIXEL_BINNING  # arcsec / stamp pixel
 #: Moffat (beta=3.5) PSF full width at half maximum per band, arcsec (typical DECaLS seeing).
 PSF_FWHM = {"g": 1.35, "r": 1.25, "z": 1.15}
 PSF_MOFFAT_BETA = 3.5
-#: Per-pixel sky noise standard deviation per band, nanomaggies.
-SKY_NOISE_NMGY = {"g": 0.005, "r": 0.007, "z": 0.017}
+#: Sky noise standard deviation per native 0.262" pixel and band, nanomaggies.
+NATIVE_SKY_NOISE_NMGY = {"g": 0.005, "r": 0.007, "z": 0.017}
+#: Sky noise standard deviation per stamp pixel: a sum of PIXEL_BINNING**2 native pixels.
+SKY_NOISE_NMGY = {band: sigma * PIXEL_BINNING for band, sigma in NATIVE_SKY_NOISE_NMGY.items()}
 NANOMAGGY_ZEROPOINT = 22.5  # AB magnitude of 1 nanomaggy
 
 BULGE_SED_FILE = "CWW_E_ext.sed"  # early type
 DISK_SED_FILE = "CWW_Scd_ext.sed"  # star forming
 BANDPASS_FILES = {"g": "LSST_g.dat", "r": "LSST_r.dat", "z": "LSST_z.dat"}  # GalSim ships no DECam curves
-
-# Population model. Redshifts follow p(z) ~ z^2 exp(-(z/z0)^1.5), the classic shape of a
-# magnitude-limited survey; absolute magnitudes are a normal truncated at the survey limit.
-REDSHIFT_SCALE = 0.1
-REDSHIFT_RANGE = (0.03, 0.8)
-MAGNITUDE_LIMIT_R = 19.5
-ABS_MAG_MEAN, ABS_MAG_SIGMA = -20.6, 1.0
-HUBBLE_CONSTANT, OMEGA_MATTER = 70.0, 0.3
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
@@ -88,84 +99,9 @@ DEFAULT_NUM_VALIDATION = 256
 DEFAULT_NUM_TEST = 512
 
 
-@dataclasses.dataclass(frozen=True)
-class GalaxyParams:
-    """Intrinsic properties of one synthetic galaxy (what the renderer needs, nothing observed).
-
-    Attributes:
-        redshift: cosmological redshift.
-        abs_mag_r: rest-frame absolute AB magnitude in the r band.
-        bulge_fraction: bulge share of the rest-frame r-band luminosity (B/T), in [0, 1].
-        disk_radius_kpc: half-light radius of the exponential disk, proper kpc.
-        bulge_radius_kpc: half-light radius of the de Vaucouleurs bulge, proper kpc.
-        axis_ratio: minor/major axis ratio b/a shared by bulge and disk, in (0, 1].
-        position_angle: major-axis angle in degrees, [0, 180), counter-clockwise from the +x axis.
-        offset_x, offset_y: sub-pixel shift of the centre from the stamp centre, pixels.
-    """
-
-    redshift: float
-    abs_mag_r: float
-    bulge_fraction: float
-    disk_radius_kpc: float
-    bulge_radius_kpc: float
-    axis_ratio: float
-    position_angle: float
-    offset_x: float = 0.0
-    offset_y: float = 0.0
-
-
 def galaxy_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The random generator of one galaxy: independent of every other galaxy and of run order."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_CODES[split], int(index)]))
-
-
-def sample_galaxy_params(rng: np.random.Generator) -> GalaxyParams:
-    """Draw one galaxy from the population model (see the module docstring)."""
-    from scipy.stats import norm
-
-    # z = z0 * y^(2/3) with y ~ Gamma(2) gives p(z) ~ z^2 exp(-(z/z0)^1.5).
-    redshift = float(np.clip(REDSHIFT_SCALE * rng.gamma(2.0) ** (2.0 / 3.0), *REDSHIFT_RANGE))
-    bulge_fraction = float(rng.beta(0.8, 1.2))
-    # Bulge-dominated galaxies are brighter on average; the survey limit truncates the faint end
-    # (ignoring the K-correction, so the limit is approximate). Sampled by inverse CDF: no loop.
-    mean = ABS_MAG_MEAN - 0.6 * bulge_fraction
-    faintest = MAGNITUDE_LIMIT_R - _distance_modulus(redshift)
-    upper = norm.cdf((faintest - mean) / ABS_MAG_SIGMA)
-    abs_mag_r = float(mean + ABS_MAG_SIGMA * norm.ppf(max(rng.uniform() * upper, 1e-300)))
-    # Size-luminosity relation (R ~ L^0.5) with 0.15 dex scatter; bulges are more compact.
-    disk_radius_kpc = float(4.0 * 10 ** (-0.2 * (abs_mag_r + 21.0) + rng.normal(0.0, 0.15)))
-    bulge_radius_kpc = disk_radius_kpc * (0.3 + 0.5 * bulge_fraction)
-    # Disks can be seen edge-on; bulge-dominated systems stay rounder.
-    flattest = 0.15 + 0.45 * bulge_fraction
-    axis_ratio = float(1.0 - (1.0 - flattest) * rng.uniform())
-    position_angle = float(rng.uniform(0.0, 180.0))
-    offset_x, offset_y = (float(v) for v in rng.uniform(-0.5, 0.5, size=2))
-    return GalaxyParams(
-        redshift=redshift,
-        abs_mag_r=abs_mag_r,
-        bulge_fraction=bulge_fraction,
-        disk_radius_kpc=disk_radius_kpc,
-        bulge_radius_kpc=bulge_radius_kpc,
-        axis_ratio=axis_ratio,
-        position_angle=position_angle,
-        offset_x=offset_x,
-        offset_y=offset_y,
-    )
-
-
-@functools.lru_cache(maxsize=1)
-def _cosmology():
-    from astropy.cosmology import FlatLambdaCDM
-
-    return FlatLambdaCDM(H0=HUBBLE_CONSTANT, Om0=OMEGA_MATTER)
-
-
-def _distance_modulus(redshift: float) -> float:
-    return float(_cosmology().distmod(redshift).value)
-
-
-def _arcsec_per_kpc(redshift: float) -> float:
-    return float(_cosmology().arcsec_per_kpc_proper(redshift).value)
 
 
 @functools.lru_cache(maxsize=1)
@@ -196,7 +132,7 @@ def component_fluxes(params: GalaxyParams) -> dict[str, tuple[float, float]]:
     apparent magnitude is the redshifted SED's magnitude plus the distance modulus.
     """
     bulge_sed, disk_sed = _rest_frame_seds()
-    dist_mod = _distance_modulus(params.redshift)
+    dist_mod = distance_modulus(params.redshift)
     # Luminosity split in the rest-frame r band; a share of zero contributes no flux.
     shares = (params.bulge_fraction, 1.0 - params.bulge_fraction)
     fluxes: dict[str, list[float]] = {b: [] for b in BANDS}
@@ -209,26 +145,6 @@ def component_fluxes(params: GalaxyParams) -> dict[str, tuple[float, float]]:
             mag = shifted.calculateMagnitude(bandpass) + params.abs_mag_r - 2.5 * np.log10(share) + dist_mod
             fluxes[band].append(10 ** (-0.4 * (mag - NANOMAGGY_ZEROPOINT)))
     return {band: (pair[0], pair[1]) for band, pair in fluxes.items()}
-
-
-def _composite_half_light_radius(
-    bulge_flux: float, disk_flux: float, bulge_hlr: float, disk_hlr: float
-) -> float:
-    """Radius enclosing half the light of a de Vaucouleurs + exponential sum (same units as input)."""
-    from scipy.optimize import brentq
-    from scipy.special import gammainc, gammaincinv
-
-    total = bulge_flux + disk_flux
-    if disk_flux <= 0.0 or bulge_flux <= 0.0:
-        return bulge_hlr if disk_flux <= 0.0 else disk_hlr
-    b4, b1 = gammaincinv(8.0, 0.5), gammaincinv(2.0, 0.5)
-
-    def excess(radius: float) -> float:
-        bulge = bulge_flux * gammainc(8.0, b4 * (radius / bulge_hlr) ** 0.25)
-        disk = disk_flux * gammainc(2.0, b1 * radius / disk_hlr)
-        return (bulge + disk) / total - 0.5
-
-    return float(brentq(excess, min(bulge_hlr, disk_hlr), max(bulge_hlr, disk_hlr), xtol=1e-6))
 
 
 def render_galaxy(
@@ -250,7 +166,7 @@ def render_galaxy(
     import galsim
 
     fluxes = component_fluxes(params)
-    scale = _arcsec_per_kpc(params.redshift)
+    scale = arcsec_per_kpc(params.redshift)
     bulge_hlr, disk_hlr = params.bulge_radius_kpc * scale, params.disk_radius_kpc * scale
     gsparams = galsim.GSParams(folding_threshold=1e-2)  # 2x faster for big galaxies, ~1e-6 change
     bulge = galsim.DeVaucouleurs(half_light_radius=bulge_hlr, gsparams=gsparams)
@@ -281,19 +197,48 @@ def render_galaxy(
         "g_r": float(mags["g"] - mags["r"]),
         "r_z": float(mags["r"] - mags["z"]),
         "bulge_fraction": params.bulge_fraction,
-        "half_light_radius": _composite_half_light_radius(*fluxes["r"], bulge_hlr, disk_hlr),
+        "half_light_radius": composite_half_light_radius(*fluxes["r"], bulge_hlr, disk_hlr),
         "axis_ratio": params.axis_ratio,
         "position_angle": params.position_angle,
     }
     return image, truth
 
 
-def make_galaxy_row(seed: int, split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE) -> dict:
-    """One dataset row (``image``, ``id`` and the truth columns) for galaxy ``index`` of ``split``."""
+def make_galaxy_row(
+    seed: int, split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE, noise: bool = True
+) -> dict:
+    """One dataset row (``image``, ``id`` and the truth columns) for galaxy ``index`` of ``split``.
+
+    ``noise=False`` gives the same galaxy without sky noise (the model the dataset's image is drawn
+    from), for measurements that noise would blur.
+    """
     rng = galaxy_rng(seed, split, index)
     params = sample_galaxy_params(rng)
-    image, truth = render_galaxy(params, image_size, rng)
+    image, truth = render_galaxy(params, image_size, rng if noise else None)
     return {"image": image, "id": f"synthetic-s{seed}-{split}-{index:07d}", **truth}
+
+
+def edge_flux_fraction(images, ring: int = 3) -> np.ndarray:
+    """Share of each image's flux that lies in the outer ``ring`` pixels of its stamp.
+
+    Args:
+        images: (N, C, H, W), (C, H, W) or (H, W) fluxes on a zero-mean sky (all bands are summed).
+            Noise-free renders (``make_galaxy_row(..., noise=False)``) give the exact share.
+        ring: width of the outer ring in pixels.
+
+    Returns:
+        (N,) fractions (a 0-d array for one image). A galaxy that fits its stamp with sky around it
+        has a few per cent at most; one cut off by the stamp edge has much more.
+    """
+    array = np.asarray(images, dtype=np.float64)
+    if array.ndim < 2 or min(array.shape[-2:]) <= 2 * ring or ring < 1:
+        raise ValueError(f"edge_flux_fraction: need ring >= 1 and images wider than 2 * ring; got {array.shape}")
+    single = array.ndim <= 3
+    array = array.reshape((1 if single else array.shape[0], -1, *array.shape[-2:]))
+    total = array.sum(axis=(1, 2, 3))
+    inner = array[..., ring:-ring, ring:-ring].sum(axis=(1, 2, 3))
+    fractions = (total - inner) / total
+    return fractions[0] if single else fractions
 
 
 def synthetic_features(image_size: int):
@@ -345,7 +290,7 @@ def load_synthetic_galaxies(
 
     Args:
         num_train, num_validation, num_test: galaxies per split.
-        image_size: stamp side in pixels (0.262"/pixel).
+        image_size: stamp side in pixels (``PIXEL_SCALE`` = 0.524"/pixel).
         seed: master seed; galaxy i of a split is the same for any ``num_*`` and ``num_proc``.
         cache_dir: folder that holds generated sets (one subfolder per parameter set); default
             ``$ASTROPT_HF_CACHE/synthetic`` or ``~/.cache/astropt_hf/synthetic``.
@@ -443,6 +388,8 @@ def _generate_to(
             "split_sizes": sizes,
             "bands": list(BANDS),
             "pixel_scale_arcsec": PIXEL_SCALE,
+            "pixel_binning": PIXEL_BINNING,
+            "native_pixel_scale_arcsec": NATIVE_PIXEL_SCALE,
             "pixel_unit": "nanomaggy",
             "sky_noise_nmgy": SKY_NOISE_NMGY,
             "psf_fwhm_arcsec": PSF_FWHM,

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from .style import save_figure, to_numpy
+from .style import column_caption, save_figure, to_numpy, wrap_label
 
-__all__ = ["galaxy_rgb", "plot_galaxy_grid", "plot_neighbours"]
+__all__ = ["DISPLAY_STRETCH", "galaxy_rgb", "plot_galaxy_grid", "plot_neighbours"]
+
+#: How `galaxy_rgb` stretches each picture, in words, for figure captions.
+DISPLAY_STRETCH = "each panel asinh-stretched from its sky level to its 99.5th percentile"
+
+# Catalogue columns shown under each galaxy of a neighbour grid, when the caller has them.
+NEIGHBOUR_CAPTION_COLUMNS = ("redshift", "mag_r")
 
 
 def galaxy_rgb(
@@ -92,12 +98,17 @@ def _image_stack(images: Any, what: str) -> np.ndarray:
     return array
 
 
-def _show(ax, image: np.ndarray, title: str | None) -> None:
+def _show(ax, image: np.ndarray, title: str | None, fontsize: float = 7) -> None:
     ax.imshow(galaxy_rgb(image), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=fontsize)
+
+
+def _caption(stretch: str | None, num_bands: int) -> str:
+    colours = "bands 3, 2, 1 as R, G, B (z, r, g of grz); " if num_bands == 3 else ""
+    return f"Display: {colours}{DISPLAY_STRETCH}." + (f" Pixel values: {stretch}." if stretch else "")
 
 
 def plot_galaxy_grid(
@@ -107,38 +118,71 @@ def plot_galaxy_grid(
     titles: Sequence[str] | None = None,
     max_columns: int = 8,
     prediction_label: str = "prediction",
+    truths: Any | None = None,
+    input_label: str = "input",
+    truth_label: str = "truth",
+    stretch: str | None = None,
+    title: str | None = None,
 ) -> Path:
-    """Input images above the model's next-patch predictions put back into images.
+    """Input images above the model's predictions put back into images (and the truth below, if given).
 
     Args:
-        inputs, predictions: (N, C, H, W) arrays (or tensors) of the same shape. Each image is
-            stretched on its own (`galaxy_rgb`), so the prediction's colours are comparable in
-            band ratios, not in absolute level.
-        titles: N captions for the input panels (e.g. ids or redshifts).
-    Galaxies run across, wrapping every `max_columns`; each block of two rows is input above prediction.
+        inputs, predictions (and `truths`): (N, C, H, W) arrays (or tensors) of the same shape. Each
+            image is stretched on its own (`galaxy_rgb`), so the prediction's colours are comparable
+            in band ratios, not in absolute level.
+        titles: N captions for the input panels (e.g. ids); long ones are wrapped at their
+            separators, never cut.
+        input_label, prediction_label, truth_label: the row labels, on the left of each row.
+        stretch: what the pixel values are before display (e.g. "asinh(x / 0.02), per-image
+            standardised, the model's input"), named in the caption under the figure with the display stretch.
+        title: figure title.
+    Galaxies run across, wrapping every `max_columns`; each block of rows is input, prediction(, truth).
     """
-    inputs = _image_stack(inputs, "inputs")
-    predictions = _image_stack(predictions, "predictions")
-    if inputs.shape != predictions.shape:
-        raise ValueError(f"inputs and predictions differ in shape: {inputs.shape} vs {predictions.shape}")
-    count = inputs.shape[0]
+    rows = [(input_label, _image_stack(inputs, "inputs")), (prediction_label, _image_stack(predictions, "predictions"))]
+    if truths is not None:
+        rows.append((truth_label, _image_stack(truths, "truths")))
+    shape = rows[0][1].shape
+    for label, images in rows[1:]:
+        if images.shape != shape:
+            raise ValueError(f"inputs and {label} differ in shape: {shape} vs {images.shape}")
+    count = shape[0]
     if titles is not None and len(titles) != count:
         raise ValueError(f"titles: expected {count} captions; got {len(titles)}")
+    wrapped = [wrap_label(t) for t in titles] if titles is not None else None
+    title_lines = max((t.count("\n") + 1 for t in wrapped), default=0) if wrapped else 0
     ncols = max(1, min(max_columns, count))
     blocks = math.ceil(count / ncols)
-    fig = Figure(figsize=(1.7 * ncols, 3.5 * blocks))
-    axes = fig.subplots(2 * blocks, ncols, squeeze=False)
+    fig = Figure(figsize=(1.6 * ncols + 0.4, (1.65 * len(rows) + 0.18 * title_lines) * blocks + 0.6))
+    axes = fig.subplots(len(rows) * blocks, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
     for index in range(count):
         block, column = divmod(index, ncols)
-        top, bottom = axes[2 * block, column], axes[2 * block + 1, column]
-        top.set_axis_on()
-        bottom.set_axis_on()
-        _show(top, inputs[index], titles[index] if titles is not None else "input")
-        _show(bottom, predictions[index], prediction_label)
-    fig.tight_layout()
+        for row, (label, images) in enumerate(rows):
+            ax = axes[len(rows) * block + row, column]
+            ax.set_axis_on()
+            _show(ax, images[index], wrapped[index] if (row == 0 and wrapped) else None, fontsize=6)
+            if column == 0:
+                ax.set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.text(0.5, 0.005, wrap_label(_caption(stretch, shape[1]), width=110), ha="center", va="bottom", fontsize=6.5)
     return save_figure(fig, path)
+
+
+def _neighbour_layout(neighbours: int, max_columns: int) -> tuple[int, int]:
+    """(rows, columns) of the neighbour block: one row when it fits in `max_columns`, else rows of
+    equal length (the last one at most one shorter)."""
+    rows = max(1, math.ceil(neighbours / max(1, max_columns)))
+    return rows, max(1, math.ceil(neighbours / rows))
+
+
+def _properties_caption(properties: Mapping[str, float] | None, columns: Sequence[str]) -> str:
+    if not properties:
+        return ""
+    parts = [column_caption(c, float(properties[c])) for c in columns if properties.get(c) is not None]
+    return "  ".join(parts)
 
 
 def plot_neighbours(
@@ -149,40 +193,59 @@ def plot_neighbours(
     query_title: str = "query",
     neighbour_titles: Sequence[str] | None = None,
     max_columns: int = 6,
+    query_properties: Mapping[str, float] | None = None,
+    neighbour_properties: Sequence[Mapping[str, float] | None] | None = None,
+    caption_columns: Sequence[str] = NEIGHBOUR_CAPTION_COLUMNS,
+    score_name: str = "cosine",
+    title: str | None = None,
 ) -> Path:
-    """The query galaxy followed by its nearest neighbours, each captioned with its similarity score.
+    """The query galaxy (large, on the left) and its nearest neighbours, each captioned with its catalogue
+    properties (when given) and its similarity score.
 
     Args:
         query_image: (C, H, W). neighbour_images: (K, C, H, W). scores: K similarities (e.g. cosine).
-        neighbour_titles: optional K captions (e.g. ids), shown above the score.
+        neighbour_titles: optional K captions (e.g. ids), shown above the properties and the score.
+        max_columns: the neighbours fill one row up to this many, else two or more rows of equal length.
+        query_properties, neighbour_properties: catalogue rows ({column: value}) of the query and of each
+            neighbour; the `caption_columns` among them (default redshift and r magnitude) are captioned
+            with their units ("z = 0.123  r = 17.85 mag").
+        score_name: what the scores are, for the captions.
     """
     query = to_numpy(query_image)
     neighbours = _image_stack(neighbour_images, "neighbour_images")
     scores = [float(score) for score in to_numpy(scores).ravel()]
-    if len(scores) != neighbours.shape[0]:
-        raise ValueError(f"scores: expected {neighbours.shape[0]} (one per neighbour); got {len(scores)}")
-    if neighbour_titles is not None and len(neighbour_titles) != len(scores):
-        raise ValueError(f"neighbour_titles: expected {len(scores)} captions; got {len(neighbour_titles)}")
-    panels = [(query, query_title)] + [
-        (
-            image,
-            (f"{neighbour_titles[i]}\n" if neighbour_titles is not None else "") + f"{i + 1}: {score:.3f}",
-        )
-        for i, (image, score) in enumerate(zip(neighbours, scores))
-    ]
-    ncols = max(1, min(max_columns, len(panels)))
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(1.8 * ncols, 2.4 * nrows))  # room for two-line captions between rows
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for index, (image, title) in enumerate(panels):
-        ax = axes.ravel()[index]
-        ax.set_axis_on()
-        _show(ax, image, title)
-        if index == 0:
-            for spine in ax.spines.values():
-                spine.set_edgecolor("red")
-                spine.set_linewidth(2.0)
+    count = neighbours.shape[0]
+    if len(scores) != count:
+        raise ValueError(f"scores: expected {count} (one per neighbour); got {len(scores)}")
+    if neighbour_titles is not None and len(neighbour_titles) != count:
+        raise ValueError(f"neighbour_titles: expected {count} captions; got {len(neighbour_titles)}")
+    if neighbour_properties is not None and len(neighbour_properties) != count:
+        raise ValueError(f"neighbour_properties: expected {count} rows; got {len(neighbour_properties)}")
+    # Scores that agree to two decimals (0.998 against 0.999) get four.
+    decimals = 4 if scores and max(scores) - min(scores) < 0.01 else 3
+    captions = []
+    for i, score in enumerate(scores):
+        lines = [wrap_label(neighbour_titles[i], width=20)] if neighbour_titles is not None else []
+        lines.append(_properties_caption(neighbour_properties[i] if neighbour_properties else None, caption_columns))
+        lines.append(f"{i + 1}: {score_name} {score:.{decimals}f}")
+        captions.append("\n".join(line for line in lines if line))
+    query_caption = "\n".join(
+        line for line in (query_title, _properties_caption(query_properties, caption_columns)) if line
+    )
+    rows, columns = _neighbour_layout(count, max_columns)
+    lines = max(c.count("\n") + 1 for c in captions + [query_caption])
+    query_span = min(rows, 2)
+    fig = Figure(figsize=(1.9 * (columns + query_span) + 0.3, (1.9 + 0.16 * lines) * rows + 0.3))
+    grid = fig.add_gridspec(rows, columns + query_span)
+    query_ax = fig.add_subplot(grid[:, :query_span])
+    _show(query_ax, query, query_caption, fontsize=7.5)
+    for spine in query_ax.spines.values():
+        spine.set_edgecolor("red")
+        spine.set_linewidth(2.0)
+    for index, (image, caption) in enumerate(zip(neighbours, captions)):
+        row, column = divmod(index, columns)
+        _show(fig.add_subplot(grid[row, query_span + column]), image, caption, fontsize=6.5)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -11,9 +11,27 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from .style import METRIC_LABELS, save_figure, to_numpy
+from .style import (
+    METRIC_LABELS,
+    column_label,
+    column_unit,
+    feature_label,
+    metric_axis_label,
+    plain_count_colorbar,
+    save_figure,
+    to_numpy,
+)
 
-__all__ = ["plot_confusion_matrix", "plot_pred_vs_true", "plot_pred_vs_true_grid", "plot_probe_bars"]
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_pred_vs_true",
+    "plot_pred_vs_true_grid",
+    "plot_probe_bars",
+    "pred_vs_true_limits",
+]
+
+# Bars that differ by less than this are labelled with three decimals, so their gap shows.
+_SMALL_GAP = 0.05
 
 
 def plot_probe_bars(
@@ -22,6 +40,7 @@ def plot_probe_bars(
     metric: str | Sequence[str] = "r2",
     feature_order: Sequence[str] | None = None,
     title: str | None = None,
+    feature_labels: Mapping[str, str] | None = None,
 ) -> Path:
     """Grouped bar chart: one group per target, one bar per model / feature set.
 
@@ -30,8 +49,11 @@ def plot_probe_bars(
             "targets" mapping, or a `ProbeSuiteResult`.
         metric: metric name, or several names tried in order per target (e.g. ("r2", "accuracy")
             to put regression and classification targets in one chart). Targets with none of
-            them are left out.
+            them are left out. The y axis names the metrics the bars show ("R²" when all are R²).
         feature_order: order of the bars in each group (default: first-seen order).
+        feature_labels: legend names of the feature sets (default: `style.FEATURE_SET_LABELS`,
+            e.g. "random init (same architecture)"; others by their own name).
+    Bars are labelled with two decimals, or three when two bars of one group differ by less than 0.05.
     """
     results = getattr(results, "results", results)
     per_target = results.get("targets", results)
@@ -53,61 +75,89 @@ def plot_probe_bars(
         if feature_order
         else list(dict.fromkeys(m for _, v in chosen.values() for m in v))
     )
+    shown_metrics = [name for name, _ in chosen.values()]
+    mixed = len(set(shown_metrics)) > 1
 
-    fig = Figure(figsize=(max(5.0, 1.0 + 0.45 * len(chosen) * (len(models) + 1)), 4.0))
+    fig = Figure(figsize=(max(5.0, 1.0 + 0.5 * len(chosen) * (len(models) + 1)), 4.2))
     ax = fig.add_subplot()
     width = 0.8 / len(models)
     positions = np.arange(len(chosen))
+    # One precision for the whole chart: three decimals as soon as one group has bars closer than 0.05.
+    decimals = max(_bar_decimals(values.values()) for _, values in chosen.values())
     for index, model in enumerate(models):
         heights = [values.get(model, np.nan) for _, values in chosen.values()]
-        bars = ax.bar(positions + (index - (len(models) - 1) / 2) * width, heights, width, label=model)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        name = (feature_labels or {}).get(model, feature_label(model))
+        bars = ax.bar(positions + (index - (len(models) - 1) / 2) * width, heights, width, label=name)
+        labels = ["" if not np.isfinite(h) else f"{h:.{decimals}f}" for h in heights]
+        ax.bar_label(bars, labels=labels, fontsize=7 if decimals < 3 else 6, padding=1)
     labels = [
-        target if len(metric_names) == 1 else f"{target}\n({METRIC_LABELS.get(name, name)})"
+        column_label(target, unit=False) + (f"\n({METRIC_LABELS.get(name, name)})" if mixed else "")
         for target, (name, _) in chosen.items()
     ]
     ax.set_xticks(
         positions, labels, rotation=30 if len(chosen) > 4 else 0, ha="right" if len(chosen) > 4 else "center"
     )
-    ax.set_ylabel(" / ".join(METRIC_LABELS.get(name, name) for name in metric_names))
+    ax.set_ylabel(metric_axis_label(shown_metrics) + ("\n" if mixed else " ") + "(linear probe, held-out galaxies)")
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.legend(fontsize=8, frameon=False)
+    top = max((v for _, values in chosen.values() for v in values.values() if np.isfinite(v)), default=1.0)
+    ax.set_ylim(top=max(ax.get_ylim()[1], top * 1.08 if top > 0 else 0.1))
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title or "Linear probes")
     return save_figure(fig, path)
 
 
-def _format_metrics(metrics: Mapping[str, float]) -> str:
+def _bar_decimals(values) -> int:
+    finite = np.sort([float(v) for v in values if np.isfinite(v)])
+    if finite.size > 1 and np.min(np.diff(finite)) < _SMALL_GAP:
+        return 3
+    return 2
+
+
+def _format_metrics(metrics: Mapping[str, float], unit: str = "") -> str:
+    # MAE is in the target's unit; R², σ_NMAD and the outlier fraction are dimensionless.
     return "\n".join(
-        f"{METRIC_LABELS.get(name, name)} = {value:.3f}"
+        f"{METRIC_LABELS.get(name, name)} = {value:.3f}" + (f" {unit}" if name == "mae" and unit else "")
         for name, value in metrics.items()
         if isinstance(value, float)
     )
 
 
 def _draw_pred_vs_true(
-    ax, pred: np.ndarray, true: np.ndarray, title: str, metrics: Mapping[str, float]
+    ax,
+    pred: np.ndarray,
+    true: np.ndarray,
+    target: str,
+    metrics: Mapping[str, float],
+    title: str | None = None,
+    limits: tuple[float, float] | None = None,
 ) -> None:
-    low = float(min(np.min(pred), np.min(true)))
-    high = float(max(np.max(pred), np.max(true)))
-    if high == low:
-        low, high = low - 0.5, high + 0.5
-    padding = 0.02 * (high - low)
-    extent = (low - padding, high + padding, low - padding, high + padding)
+    low, high = limits if limits is not None else _data_limits([(pred, true)])
+    extent = (low, high, low, high)
     hexes = ax.hexbin(true, pred, gridsize=40, extent=extent, mincnt=1, norm=LogNorm(), cmap="viridis")
-    ax.figure.colorbar(hexes, ax=ax, label="galaxies")
+    plain_count_colorbar(ax.figure.colorbar(hexes, ax=ax, label="galaxies per hexagon"))
     ax.plot(extent[:2], extent[:2], color="red", linewidth=1.0, linestyle="--", label="1:1")
     ax.set_xlim(extent[:2])
     ax.set_ylim(extent[2:])
     ax.set_aspect("equal")
-    ax.set_xlabel(f"true {title}")
-    ax.set_ylabel(f"predicted {title}")
-    ax.set_title(title)
-    text = _format_metrics(metrics)
+    label = column_label(target)
+    ax.set_xlabel(f"true {label}")
+    ax.set_ylabel(f"predicted {label}")
+    ax.set_title(title if title is not None else column_label(target, unit=False))
+    text = _format_metrics(metrics, column_unit(target))
     if text:
         ax.text(
             0.03, 0.97, text, transform=ax.transAxes, va="top", ha="left", fontsize=8,
             bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
         )  # fmt: skip
+
+
+def _data_limits(pairs) -> tuple[float, float]:
+    low = float(min(min(np.min(pred), np.min(true)) for pred, true in pairs))
+    high = float(max(max(np.max(pred), np.max(true)) for pred, true in pairs))
+    if high == low:
+        low, high = low - 0.5, high + 0.5
+    padding = 0.02 * (high - low)
+    return low - padding, high + padding
 
 
 def _regression_pair(pred: Any, true: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -130,35 +180,31 @@ def plot_pred_vs_true(
     path: str | Path,
     metrics: Mapping[str, float] | None = None,
     photo_z: bool = False,
+    model_description: str | None = None,
+    title: str | None = None,
 ) -> Path:
-    """Hexbin of predicted against true values with the 1:1 line and the metrics in a corner.
+    """Hexbin of predicted against true values with the 1:1 line and the named metrics in a corner.
 
     `metrics` defaults to `compute_regression_metrics(pred, true, photo_z)` (non-finite pairs dropped).
+    Axes carry the column's label and unit (`astropt_hf.data.catalogue_units`). The title is `title`
+    if given, else the column's name followed by `model_description` (e.g. "fine-tuned astroPT (LoRA)":
+    "redshift z — fine-tuned astroPT (LoRA)").
     """
     pred, true = _regression_pair(pred, true, target_name)
     if metrics is None:
         from astropt_hf.metrics import compute_regression_metrics
 
         metrics = compute_regression_metrics(pred, true, photo_z=photo_z)
-    fig = Figure(figsize=(5.0, 4.4))
-    _draw_pred_vs_true(fig.add_subplot(), pred, true, target_name, metrics)
+    if title is None:
+        title = column_label(target_name, unit=False)
+        if model_description:
+            title = f"{title} — {model_description}"
+    fig = Figure(figsize=(5.2, 4.6))
+    _draw_pred_vs_true(fig.add_subplot(), pred, true, target_name, metrics, title=title)
     return save_figure(fig, path)
 
 
-def plot_pred_vs_true_grid(
-    entries: Mapping[str, Any],
-    path: str | Path,
-    ncols: int = 3,
-    photo_z_targets: Sequence[str] = (),
-    title: str | None = None,
-) -> Path:
-    """Several predicted-vs-true hexbins in one figure, one panel per target.
-
-    Args:
-        entries: target name -> a `ProbeResult` (its `.predictions`, `.true`, `.metrics` are used)
-            or a (pred, true) pair (metrics then computed, with photo-z ones for `photo_z_targets`).
-            Entries with non-numeric values (classification labels) are skipped.
-    """
+def _grid_panels(entries: Mapping[str, Any], photo_z_targets: Sequence[str], with_metrics: bool = True) -> list:
     panels = []
     for name, entry in entries.items():
         if hasattr(entry, "predictions"):
@@ -171,18 +217,55 @@ def plot_pred_vs_true_grid(
         ):
             continue
         pred, true = _regression_pair(pred, true, name)
-        if metrics is None:
+        if metrics is None and with_metrics:
             from astropt_hf.metrics import compute_regression_metrics
 
             metrics = compute_regression_metrics(pred, true, photo_z=name in photo_z_targets)
         panels.append((name, pred, true, metrics))
+    return panels
+
+
+def pred_vs_true_limits(entries_by_feature_set: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
+    """One axis range per target covering every feature set's predictions and the true values, so the
+    predicted-vs-true grids of several feature sets (astroPT, random init, pixel PCA) can be compared
+    panel by panel: pass the result as `limits` to each `plot_pred_vs_true_grid` call.
+
+    Args:
+        entries_by_feature_set: {feature set: {target: ProbeResult or (pred, true)}}.
+    """
+    pairs: dict[str, list] = {}
+    for entries in entries_by_feature_set.values():
+        for name, pred, true, _ in _grid_panels(entries, (), with_metrics=False):
+            pairs.setdefault(name, []).append((pred, true))
+    return {name: _data_limits(found) for name, found in pairs.items()}
+
+
+def plot_pred_vs_true_grid(
+    entries: Mapping[str, Any],
+    path: str | Path,
+    ncols: int = 3,
+    photo_z_targets: Sequence[str] = (),
+    title: str | None = None,
+    limits: Mapping[str, tuple[float, float]] | None = None,
+) -> Path:
+    """Several predicted-vs-true hexbins in one figure, one panel per target.
+
+    Args:
+        entries: target name -> a `ProbeResult` (its `.predictions`, `.true`, `.metrics` are used)
+            or a (pred, true) pair (metrics then computed, with photo-z ones for `photo_z_targets`).
+            Entries with non-numeric values (classification labels) are skipped.
+        limits: target -> (low, high) axis range, e.g. from `pred_vs_true_limits` so that the grids
+            of several feature sets share their ranges; targets missing here fit their own data.
+    """
+    panels = _grid_panels(entries, photo_z_targets)
     if not panels:
         raise ValueError(f"no numeric (regression) entries to plot among {list(entries)}")
     ncols = max(1, min(ncols, len(panels)))
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(4.6 * ncols, 4.2 * nrows))
+    fig = Figure(figsize=(4.8 * ncols, 4.4 * nrows))
     for index, (name, pred, true, metrics) in enumerate(panels):
-        _draw_pred_vs_true(fig.add_subplot(nrows, ncols, index + 1), pred, true, name, metrics)
+        ax = fig.add_subplot(nrows, ncols, index + 1)
+        _draw_pred_vs_true(ax, pred, true, name, metrics, limits=(limits or {}).get(name))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from astropt_hf.studies.common import probe_score
 from astropt_hf.studies.scaling_laws import PowerLawFit, describe_fit, format_count
 
-from .style import plain_log_yaxis, save_figure
+from .style import METRIC_LABELS, column_label, feature_label, plain_log_yaxis, save_figure
 
 __all__ = ["plot_probe_scaling", "plot_scaling"]
 
@@ -26,9 +26,11 @@ def plot_scaling(
     curves: Mapping[str, tuple[Sequence[int], Sequence[float]]],
     path: str | Path,
     param_count: str = "non_embedding",
+    loss_name: str = "Huber loss",
 ) -> Path:
     """Two panels: final validation loss against parameters (log-log, fit overlaid) and the validation
-    curves of every size on one axis. `sizes` are scaling.json size entries, `fit` its fit entry."""
+    curves of every size on one axis. `sizes` are scaling.json size entries, `fit` its fit entry;
+    `loss_name` names the loss on the y axes."""
     figure = Figure(figsize=(11, 4.2))
     ax_law, ax_curves = figure.subplots(1, 2)
     done = [size for size in sizes if size.get("final_val_loss") is not None]
@@ -51,7 +53,7 @@ def plot_scaling(
     ax_law.set_xscale("log")
     plain_log_yaxis(ax_law)
     ax_law.set_xlabel(f"parameters ({param_count.replace('_', '-')})")
-    ax_law.set_ylabel("final validation loss")
+    ax_law.set_ylabel(f"final validation {loss_name}")
     ax_law.set_title("validation loss against model size")
     ax_law.grid(True, which="both", alpha=0.25)
     for size in sizes:
@@ -61,8 +63,8 @@ def plot_scaling(
             ax_curves.plot(steps, losses, marker=".", color=colour_of[size["name"]],
                            label=f"{size['name']} ({params_text})")
     plain_log_yaxis(ax_curves)
-    ax_curves.set_xlabel("step")
-    ax_curves.set_ylabel("validation loss")
+    ax_curves.set_xlabel("optimiser step")
+    ax_curves.set_ylabel(f"validation {loss_name}")
     ax_curves.set_title("validation curves (same data, schedule, tokens)")
     ax_curves.grid(True, which="both", alpha=0.25)
     if any(curves.values()):
@@ -98,11 +100,11 @@ def plot_probe_scaling(sizes: Sequence[Mapping[str, Any]], path: str | Path,
                     xs.append(size["params"])
                     ys.append(score[1])
             if xs:
-                ax.plot(xs, ys, label=feature_set, **styles.get(feature_set, dict(marker="o")))
+                ax.plot(xs, ys, label=feature_label(feature_set), **styles.get(feature_set, dict(marker="o")))
         ax.set_xscale("log")
-        ax.set_title(target)
+        ax.set_title(column_label(target, unit=False))
         ax.set_xlabel(f"parameters ({param_count.replace('_', '-')})")
-        ax.set_ylabel(metric_name or "score")
+        ax.set_ylabel(METRIC_LABELS.get(metric_name, metric_name) + " (linear probe)" if metric_name else "score")
         ax.grid(True, alpha=0.25)
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(targets):]:
