@@ -98,8 +98,11 @@ def _image_stack(images: Any, what: str) -> np.ndarray:
     return array
 
 
-def _show(ax, image: np.ndarray, title: str | None, fontsize: float = 7) -> None:
-    ax.imshow(galaxy_rgb(image), interpolation="nearest")
+def _show(ax, image: np.ndarray, title: str | None, fontsize: float = 7, grey: np.ndarray | None = None) -> None:
+    rgb = galaxy_rgb(image)
+    if grey is not None:
+        rgb[grey] = 0.5
+    ax.imshow(rgb, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -123,6 +126,7 @@ def plot_galaxy_grid(
     truth_label: str = "truth",
     stretch: str | None = None,
     title: str | None = None,
+    input_masks: Any | None = None,
 ) -> Path:
     """Input images above the model's predictions put back into images (and the truth below, if given).
 
@@ -136,6 +140,8 @@ def plot_galaxy_grid(
         stretch: what the pixel values are before display (e.g. "asinh(x / 0.02), per-image
             standardised, the model's input"), named in the caption under the figure with the display stretch.
         title: figure title.
+        input_masks: optional (N, H, W) booleans: pixels drawn grey in the input row (the masked patches
+            of a masked-patch model).
     Galaxies run across, wrapping every `max_columns`; each block of rows is input, prediction(, truth).
     """
     rows = [(input_label, _image_stack(inputs, "inputs")), (prediction_label, _image_stack(predictions, "predictions"))]
@@ -146,6 +152,9 @@ def plot_galaxy_grid(
         if images.shape != shape:
             raise ValueError(f"inputs and {label} differ in shape: {shape} vs {images.shape}")
     count = shape[0]
+    greys = None if input_masks is None else np.asarray(to_numpy(input_masks), dtype=bool)
+    if greys is not None and greys.shape != (count, *shape[2:]):
+        raise ValueError(f"input_masks: expected shape {(count, *shape[2:])}; got {greys.shape}")
     if titles is not None and len(titles) != count:
         raise ValueError(f"titles: expected {count} captions; got {len(titles)}")
     wrapped = [wrap_label(t) for t in titles] if titles is not None else None
@@ -161,7 +170,8 @@ def plot_galaxy_grid(
         for row, (label, images) in enumerate(rows):
             ax = axes[len(rows) * block + row, column]
             ax.set_axis_on()
-            _show(ax, images[index], wrapped[index] if (row == 0 and wrapped) else None, fontsize=6)
+            grey = greys[index] if (row == 0 and greys is not None) else None
+            _show(ax, images[index], wrapped[index] if (row == 0 and wrapped) else None, fontsize=6, grey=grey)
             if column == 0:
                 ax.set_ylabel(label, fontsize=8)
     if title:

@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
 
-from ..plotting import galaxy_rgb, plot_galaxy_grid
+from ..plotting import plot_galaxy_grid
 from .collectives import any_process
 
 
@@ -130,44 +128,34 @@ def predicted_images(accelerator, model, pixel_values: torch.Tensor) -> Predicti
     ])
 
 
-def _short(name: str, width: int = 16) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1):]
+def input_description(processor, config) -> str:
+    """What the grid's pixel values are: the processor's stretch, then the model's patch standardisation
+    (the space the model reads and predicts in)."""
+    stretch = getattr(processor, "stretch", "none")
+    scale = getattr(processor, "asinh_scale", None)
+    steps = [f"asinh(x / {scale:g})" if stretch == "asinh" else "fluxes as given"]
+    norm = getattr(config, "patch_norm", "none")
+    if norm == "per_image":
+        steps.append("standardised per image")
+    elif norm == "per_patch":
+        steps.append("standardised per patch")
+    return ", ".join(steps) + " (the model's input)"
 
 
-def save_prediction_grid(panels: PredictionPanels, path: str | os.PathLike, ids: list, step: int) -> Path:
-    """PNG of the panels' rows (inputs on top), bands as RGB with an asinh stretch, one galaxy per column,
-    captioned with its id; the prediction row's label carries the step."""
-    titles = [_short(str(i)) for i in ids] if ids else None
-    if len(panels.rows) == 2 and panels.rows[0][2] is None:  # input above next-patch prediction
-        (_, inputs, _), (_, predictions, _) = panels.rows
-        label = f"predicted (step {step})"
-        return plot_galaxy_grid(inputs, predictions, path, titles=titles, prediction_label=label)
-    return _plot_rows(panels, path, titles, step)
+def save_prediction_grid(panels: PredictionPanels, path: str | os.PathLike, ids: list, step: int,
+                         stretch: str | None = None, title: str | None = None) -> Path:
+    """PNG of the panels' rows (inputs on top), one galaxy per column captioned with its full id; the
+    prediction row's label carries the step; `stretch` says what the pixel values are."""
+    titles = [str(i) for i in ids] if ids else None
+    (input_label, inputs, grey), (prediction_label, predictions, _) = panels.rows[:2]
+    truths = panels.rows[2][1] if len(panels.rows) > 2 else None
+    return plot_galaxy_grid(
+        inputs, predictions, path, titles=titles, prediction_label=f"{prediction_label} (step {step})",
+        truths=truths, input_label=input_label, stretch=stretch, title=title, input_masks=grey,
+    )
 
 
-def _plot_rows(panels: PredictionPanels, path, titles, step: int, max_columns: int = 8) -> Path:
-    count = panels.rows[0][1].shape[0]
-    ncols = max(1, min(max_columns, count))
-    blocks, nrows = math.ceil(count / ncols), len(panels.rows)
-    fig = Figure(figsize=(1.7 * ncols, 1.75 * nrows * blocks))
-    axes = fig.subplots(nrows * blocks, ncols, squeeze=False)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for index in range(count):
-        block, column = divmod(index, ncols)
-        for row, (label, images, grey) in enumerate(panels.rows):
-            rgb = galaxy_rgb(images[index].numpy())
-            if grey is not None:
-                rgb[grey[index].numpy()] = 0.5
-            ax = axes[nrows * block + row, column]
-            ax.imshow(rgb, interpolation="nearest")
-            caption = titles[index] if row == 0 and titles is not None else label
-            ax.set_title(f"{caption} (step {step})" if label == "reconstructed" else caption, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
-
-
-__all__ = ["PredictionPanels", "dummy_pixel_values", "evaluate_loss", "predicted_images", "save_prediction_grid"]
+__all__ = [
+    "PredictionPanels", "dummy_pixel_values", "evaluate_loss", "input_description", "predicted_images",
+    "save_prediction_grid",
+]

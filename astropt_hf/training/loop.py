@@ -29,7 +29,13 @@ from .card import write_model_card
 from .checkpointing import StopSignal, load_checkpoint, resolve_resume_path, save_checkpoint
 from .collectives import any_process, sum_over_processes
 from .data_streams import TrainBatchStream, count_items, load_pretraining_sources, validation_batches
-from .evaluation import dummy_pixel_values, evaluate_loss, predicted_images, save_prediction_grid
+from .evaluation import (
+    dummy_pixel_values,
+    evaluate_loss,
+    input_description,
+    predicted_images,
+    save_prediction_grid,
+)
 from .hub import check_push_possible, push_folder
 from .metrics_log import MetricsLog
 from .optim import build_optimizer
@@ -364,7 +370,8 @@ class Pretrainer:
             panels = predicted_images(self.accelerator, self.model, self.plot_batch["pixel_values"])
             if self.main:
                 save_prediction_grid(panels, self.output_dir / "eval" / f"predictions-step{step:06d}.png",
-                                     self.plot_batch["ids"], step)
+                                     self.plot_batch["ids"], step, stretch=input_description(self.processor, self.config),
+                                     title=f"astroPT predictions — {self.output_dir.name}")
         if self.state["first_val_loss"] is None:
             self.state["first_val_loss"] = val_loss
         self.state["last_val_loss"] = val_loss
@@ -454,8 +461,16 @@ class Pretrainer:
         return self.wall_before + time.perf_counter() - self.started
 
     def _plot_losses(self) -> None:
-        plot_loss_curves(self.metrics.path, self.output_dir / "loss.png",
-                         title=f"astroPT pretraining ({self.args.run_name})")
+        plot_loss_curves(self.metrics.path, self.output_dir / "loss.png", title="astroPT pretraining",
+                         run_name=self.output_dir.name, loss_name=_loss_name(self.config))
+
+
+def _loss_name(config) -> str:
+    """The y label's loss: which loss, and over which patches the objective counts it."""
+    loss = "Huber loss" if config.loss == "huber" else "squared error"
+    if getattr(config, "objective", "next_patch") == "masked_patch":
+        return f"{loss} of masked patches"
+    return f"next-patch {loss}"
 
 
 __all__ = ["Pretrainer", "run_pretraining"]
