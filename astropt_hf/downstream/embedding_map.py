@@ -113,13 +113,13 @@ def _thumbnail_images(table, positions: np.ndarray, spec: Mapping[str, Any], pro
     import astropt_hf  # noqa: F401  (Auto classes for local folders)
     from astropt_hf.data import decode_image
     from astropt_hf.data.arguments import open_dataset
-    from astropt_hf.downstream.similarity import _fetch_images
+    from astropt_hf.downstream.similarity import fetch_images
     from astropt_hf.plotting import galaxy_rgb
 
     source = open_dataset(dict(spec))
     ids = [str(table.ids[p]) for p in positions]
     rows = [int(table.columns["row"][p]) if "row" in table.columns else -1 for p in positions]
-    raw = _fetch_images(source.dataset, source.image_column, source.id_column, ids, rows)
+    raw = fetch_images(source.dataset, source.image_column, source.id_column, ids, rows)
     if processor is None:
         processor = AutoImageProcessor.from_pretrained(str(table.metadata.get("model", "")), trust_remote_code=True)
     pixels = processor([decode_image(image, source=row_id) for image, row_id in zip(raw, ids)],

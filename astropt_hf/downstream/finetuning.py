@@ -589,7 +589,7 @@ def _write_outputs(result: FinetuneResult, options: FinetuneArguments, config, l
 
         truth = labels.regression.restore(np.asarray(label_ids).reshape(-1))
         plot_pred_vs_true(result.eval_predictions, truth, result.target, output_dir / "pred_vs_true.png",
-                          photo_z=photo_z)  # fmt: skip
+                          photo_z=photo_z, model_description=f"fine-tuned astroPT ({options.mode}, test split)")
     card = render_finetuned_card(result, str(options.model), config, dataset_description)
     (output_dir / "README.md").write_text(card)
     _remove_trainer_scratch(output_dir)

@@ -231,6 +231,8 @@ def _readable_features(features: dict[str, np.ndarray], pixels, target_values: d
 def _write_outputs(suite, feature_names: list[str], output_dir: Path, n_folds: int, num_galaxies: int):
     """probe_results.json, the bar chart and one predicted-vs-true grid per feature set."""
     from astropt_hf.plotting import plot_pred_vs_true_grid, plot_probe_bars
+    from astropt_hf.plotting.probes import pred_vs_true_limits
+    from astropt_hf.plotting.style import feature_label
 
     json_path = suite.save_json(output_dir / "probe_results.json")
     bar_chart = plot_probe_bars(
@@ -238,11 +240,16 @@ def _write_outputs(suite, feature_names: list[str], output_dir: Path, n_folds: i
         title=f"Linear probes ({n_folds}-fold CV, {num_galaxies} galaxies)",
     )  # fmt: skip
     hexbins = {}
-    for feature_name in feature_names:
-        entries = {target: probes[feature_name] for target, probes in suite.probes.items()}
+    by_feature_set = {
+        feature_name: {target: probes[feature_name] for target, probes in suite.probes.items()}
+        for feature_name in feature_names
+    }
+    limits = pred_vs_true_limits(by_feature_set)  # the same axes for every feature set of a target
+    for feature_name, entries in by_feature_set.items():
         try:
             hexbins[feature_name] = plot_pred_vs_true_grid(
-                entries, output_dir / f"pred_vs_true_{feature_name}.png", title=f"{feature_name} linear probes"
+                entries, output_dir / f"pred_vs_true_{feature_name}.png", limits=limits,
+                title=f"{feature_label(feature_name)}: linear probes ({n_folds}-fold CV, {num_galaxies} galaxies)",
             )
         except ValueError:  # only classification targets: nothing to hexbin
             pass

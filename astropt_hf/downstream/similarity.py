@@ -310,33 +310,47 @@ def find_neighbours(
     )
 
 
-def _fetch_images(dataset, image_column: str, id_column: str | None, ids: list[str], rows: list[int]) -> list:
-    """Raw images for `ids`: by row number when it still holds that id, else by scanning the ids."""
-    wanted = {row_id: None for row_id in ids}
+def fetch_examples(dataset, id_column: str | None, ids: list[str], rows: list[int]) -> list[dict]:
+    """The dataset's examples for `ids`: by row number when it still holds that id, else by scanning the ids."""
+    wanted: dict[str, dict | None] = {row_id: None for row_id in ids}
     if not is_streaming_dataset(dataset):
-        view = dataset
         for row_id, row in zip(ids, rows):
             if 0 <= row < len(dataset):
-                example = view[row]
+                example = dataset[row]
                 if id_column is None or str(example[id_column]) == row_id:
-                    wanted[row_id] = example[image_column]
-        missing = [row_id for row_id, image in wanted.items() if image is None]
+                    wanted[row_id] = example
+        missing = [row_id for row_id, example in wanted.items() if example is None]
         if missing and id_column is not None:
             position = {str(v): i for i, v in enumerate(dataset[id_column])}
             for row_id in missing:
                 if row_id in position:
-                    wanted[row_id] = view[position[row_id]][image_column]
+                    wanted[row_id] = dataset[position[row_id]]
     else:
         for number, example in enumerate(dataset):
             key = str(example[id_column]) if id_column else str(number)
             if key in wanted and wanted[key] is None:
-                wanted[key] = example[image_column]
-            if all(image is not None for image in wanted.values()):
+                wanted[key] = example
+            if all(example is not None for example in wanted.values()):
                 break
-    missing = [row_id for row_id, image in wanted.items() if image is None]
+    missing = [row_id for row_id, example in wanted.items() if example is None]
     if missing:
         raise ValueError(f"ids {missing[:5]} of the embeddings file are not in the dataset; is it the same dataset?")
     return [wanted[row_id] for row_id in ids]
+
+
+def fetch_images(dataset, image_column: str, id_column: str | None, ids: list[str], rows: list[int]) -> list:
+    """Raw images for `ids` (see `fetch_examples`)."""
+    return [example[image_column] for example in fetch_examples(dataset, id_column, ids, rows)]
+
+
+def _caption_properties(example: dict, columns) -> dict[str, float]:
+    """The example's numeric catalogue values among `columns` (for figure captions)."""
+    found = {}
+    for column in columns:
+        value = example.get(column)
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            found[column] = float(value)
+    return found
 
 
 def neighbour_images(result: Neighbours, dataset_spec: dict, output, processor=None):
@@ -351,9 +365,12 @@ def neighbour_images(result: Neighbours, dataset_spec: dict, output, processor=N
     from astropt_hf.data import decode_image
     from astropt_hf.data.arguments import open_dataset
     from astropt_hf.plotting import plot_neighbours
+    from astropt_hf.plotting.galaxies import NEIGHBOUR_CAPTION_COLUMNS
 
     source = open_dataset(dataset_spec)
-    raw = _fetch_images(source.dataset, source.image_column, source.id_column, result.ids, result.rows)
+    examples = fetch_examples(source.dataset, source.id_column, result.ids, result.rows)
+    raw = [example[source.image_column] for example in examples]
+    properties = [_caption_properties(example, NEIGHBOUR_CAPTION_COLUMNS) for example in examples]
     if processor is None:
         processor = AutoImageProcessor.from_pretrained(result.model, trust_remote_code=True)
     images = processor([decode_image(image, source=row_id) for image, row_id in zip(raw, result.ids)],
@@ -361,4 +378,5 @@ def neighbour_images(result: Neighbours, dataset_spec: dict, output, processor=N
     return plot_neighbours(
         images[0], images[1:], result.scores[1:], output,
         query_title=f"query\n{result.ids[0]}", neighbour_titles=result.ids[1:],
+        query_properties=properties[0], neighbour_properties=properties[1:],
     )  # fmt: skip
