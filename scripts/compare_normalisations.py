@@ -39,7 +39,7 @@ class StudyArguments:
     targets: str = option(help="comma-separated catalogue columns to probe")
     variants: str = option(",".join(VARIANTS), f"subset of {','.join(VARIANTS)}")
     asinh_scale: float = option(
-        DEFAULT_ASINH_SCALE, "softening of the asinh variant (default 0.02 nanomaggies: ~3 sigma of the synthetic sky)"
+        DEFAULT_ASINH_SCALE, "softening of the asinh variant (default 0.02 nanomaggies: ~1.5 sigma of the synthetic r-band sky per pixel)"
     )
     probe_split: Literal["train", "validation", "test", "all"] = option("test")
     probe_batch_size: int = option(64)

@@ -9,7 +9,7 @@ normalised input) on held-out galaxies:
 * ``per_patch``: upstream; each patch vector standardised on its own;
 * ``per_image``: each image standardised as a whole (one mean and std per image);
 * ``asinh``: no standardisation, an asinh stretch of the fluxes instead (softening ``asinh_scale``, by
-  default 0.02 nanomaggies, about 3 sigma of the synthetic r-band sky noise);
+  default 0.02 nanomaggies, about 1.5 sigma of the synthetic r-band sky noise per pixel);
 * ``per_image_asinh``: the asinh stretch, then each image standardised as a whole. The stretch compresses
   bright cores more than faint wings, so a galaxy's shape after standardisation still says how bright it is.
 

@@ -44,7 +44,8 @@ DEMO_MODEL: dict[str, Any] = {
     "num_attention_heads": 4,
     "patch_norm": "per_image",
 }
-# asinh softening 0.02 nanomaggies: ~3 sigma of the synthetic r-band sky noise (set it for your data's units)
+# asinh softening 0.02 nanomaggies: ~1.5 sigma of the synthetic r-band sky noise per pixel, near the ~1 sigma
+# softening of Lupton et al. (1999) asinh magnitudes (set it for your data's units)
 DEMO_PROCESSOR: dict[str, Any] = {"stretch": "asinh", "asinh_scale": 0.02}
 
 PROCESSOR_KEYS = ("resize_mode", "stretch", "asinh_scale", "do_rescale", "nan_fill_value")
