@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..data import is_streaming_dataset
-from ..run_files import atomic_path
+from ..run_files import atomic_path, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -612,6 +612,7 @@ def extract_embeddings(
         parts_dir.mkdir(exist_ok=True)
         for stale in parts_dir.glob(".*.tmp"):  # a chunk that was being written when a run was killed
             stale.unlink()
+        remove_stale_temporaries(output)  # a merge that was being written when a run was killed
     barrier()
     done = _done_ids(output, parts_dir, metadata)
     # Every process must finish reading before any writes a new chunk, or their views would differ.
