@@ -172,16 +172,17 @@ def test_a_resume_with_other_defining_settings_is_refused_naming_each(synthetic_
 
 def test_a_resume_with_a_longer_max_steps_equals_the_uninterrupted_run(synthetic_cache, two_step_run, tmp_path):
     out = resume_copy(two_step_run, tmp_path)
-    # keys that may change do change here; the learning-rate schedule stays (decay pinned at step 2)
+    # keys that may change do change here; the learning-rate schedule stays (decay pinned at step 2), and a
+    # default now written out (patch_order) is no change
     resumed = train(synthetic_cache, out, resume_from_checkpoint="latest", max_steps=4, lr_decay_steps=2,
-                    eval_steps=2, log_steps=2, save_total_limit=1, run_name="longer")
+                    eval_steps=2, log_steps=2, save_total_limit=1, run_name="longer", patch_order="spiral")
     assert resumed["status"] == "completed" and resumed["steps"] == 4
     straight = tmp_path / "straight"
     train(synthetic_cache, straight, max_steps=4, lr_decay_steps=2, eval_steps=2)
     a, b = load_file(out / "model.safetensors"), load_file(straight / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run ended elsewhere than the uninterrupted one"
     recorded = json.loads((list_checkpoints(out)[-1] / RUN_SETTINGS_NAME).read_text())
-    assert recorded["lr_decay_steps"] == 2 and "seed" in recorded and "patch_norm" in recorded
+    assert recorded["lr_decay_steps"] == 2 and recorded["patch_order"] == "spiral" and recorded["seed"] == 1337
     assert not set(recorded) & KEYS_THAT_MAY_CHANGE_ON_RESUME
 
 

@@ -17,6 +17,7 @@ a new one is in place).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -127,10 +128,21 @@ def rotate_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
     return doomed
 
 
-def run_settings(flat_settings: dict[str, Any], lr_decay_steps: int) -> dict[str, Any]:
+def _init_values(obj) -> dict[str, Any]:
+    """The values of `obj`'s constructor arguments, as it holds them (defaults included)."""
+    names = inspect.signature(type(obj).__init__).parameters
+    return {name: getattr(obj, name) for name in names if name not in ("self", "kwargs") and hasattr(obj, name)}
+
+
+def run_settings(flat_settings: dict[str, Any], lr_decay_steps: int, model_config=None, processor=None) -> dict:
     """The settings a checkpoint records and a resume must repeat: every key of `flat_settings` (a run's
-    `to_flat_dict()`) but `KEYS_THAT_MAY_CHANGE_ON_RESUME`, with `lr_decay_steps` resolved, as JSON values."""
+    `to_flat_dict()`) but `KEYS_THAT_MAY_CHANGE_ON_RESUME`, with `lr_decay_steps` resolved and every argument
+    of `model_config` and `processor` as they resolved it (so that a default written out is no change), as
+    JSON values."""
     settings = {k: v for k, v in flat_settings.items() if k not in KEYS_THAT_MAY_CHANGE_ON_RESUME}
+    for obj in (model_config, processor):
+        if obj is not None:
+            settings.update(_init_values(obj))
     settings["lr_decay_steps"] = lr_decay_steps
     return json.loads(json.dumps(json_safe(settings), default=str))
 

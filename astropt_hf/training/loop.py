@@ -124,7 +124,8 @@ class Pretrainer:
         self.lock = lock_output_dir(self.accelerator, self.output_dir)
         try:
             self.resume_path = resolve_resume_path(args.resume_from_checkpoint, self.output_dir)
-            self.settings = run_settings(args.to_flat_dict(), args.resolved_lr_decay_steps())
+            self.settings = run_settings(args.to_flat_dict(), args.resolved_lr_decay_steps(), self.config,
+                                         self.processor)
             self._check_resume_settings()  # before the data is loaded and before any weights
             prepare_output_dir(args, self.output_dir, self.resume_path, self.accelerator)
             self.metrics = MetricsLog(self.output_dir / "metrics.jsonl")
