@@ -138,6 +138,21 @@ def test_an_owner_that_still_runs_on_this_host_is_refused_even_if_the_file_lock_
 # ---------------------------------------------------------------------------------------- resume checks
 
 
+def test_recorded_settings_leave_out_what_may_change_and_keep_what_defines_the_run():
+    from astropt_hf.training import build_pretrain_args
+    from astropt_hf.training.checkpointing import run_settings
+
+    args = build_pretrain_args({"max_steps": 40, "eval_steps": 5, "num_workers": 2, "seed": 3})
+    recorded = run_settings(args.to_flat_dict(), args.resolved_lr_decay_steps(), args.model_config(),
+                            args.image_processor())
+    assert recorded["lr_decay_steps"] == 40 and recorded["seed"] == 3 and recorded["betas"] == [0.9, 0.95]
+    assert recorded["patch_order"] == "spiral" and recorded["asinh_scale"] == 0.02  # defaults, resolved
+    assert not set(recorded) & KEYS_THAT_MAY_CHANGE_ON_RESUME
+    streaming = build_pretrain_args({"streaming": True, "num_workers": 2})
+    # a stream's order depends on how its shards are dealt to the workers
+    assert run_settings(streaming.to_flat_dict(), 300)["num_workers"] == 2
+
+
 @pytest.fixture(scope="module")
 def two_step_run(synthetic_cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("resume") / "run"

@@ -46,6 +46,9 @@ RUN_SETTINGS_NAME = "run_settings.json"
 # `max_steps` may change only because the recorded `lr_decay_steps` is the resolved one (null means
 # max_steps): a run whose max_steps changes keeps its schedule only with --lr_decay_steps set to the
 # recorded value (past it, the learning rate stays at min_lr); otherwise the resume is refused.
+# `num_workers` is fixed for streaming data, whose order depends on how the shards are dealt to workers.
+# Evaluations draw from the RNG (each DataLoader takes a seed from it), so with dropout a changed eval_steps
+# gives other dropout masks after the resume: a run as valid, not an identical one.
 KEYS_THAT_MAY_CHANGE_ON_RESUME = frozenset({
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "max_steps",
     "data_cache_dir", "num_workers", "id_column", "gradient_checkpointing",
@@ -139,7 +142,8 @@ def run_settings(flat_settings: dict[str, Any], lr_decay_steps: int, model_confi
     `to_flat_dict()`) but `KEYS_THAT_MAY_CHANGE_ON_RESUME`, with `lr_decay_steps` resolved and every argument
     of `model_config` and `processor` as they resolved it (so that a default written out is no change), as
     JSON values."""
-    settings = {k: v for k, v in flat_settings.items() if k not in KEYS_THAT_MAY_CHANGE_ON_RESUME}
+    may_change = KEYS_THAT_MAY_CHANGE_ON_RESUME - ({"num_workers"} if flat_settings.get("streaming") else set())
+    settings = {k: v for k, v in flat_settings.items() if k not in may_change}
     for obj in (model_config, processor):
         if obj is not None:
             settings.update(_init_values(obj))
