@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ __all__ = [
     "fsync_folder",
     "json_safe",
     "record_settings",
+    "remove_stale_temporaries",
     "replace_path",
     "temporary_path",
     "write_bytes_atomic",
@@ -37,6 +39,19 @@ def temporary_path(path: str | os.PathLike) -> Path:
     write the same file without clashing."""
     path = Path(path)
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete what killed writes of `path` left beside it (`temporary_path` names) and return their paths.
+    Call it only where no other process is writing `path`, e.g. when the only writer starts."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp$")
+    if not path.parent.is_dir():
+        return []
+    stale = [p for p in path.parent.iterdir() if pattern.match(p.name)]
+    for leftover in stale:
+        _remove(leftover)
+    return stale
 
 
 def fsync_folder(path: str | os.PathLike) -> None:

@@ -26,11 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("astropt_hf").setLevel(logging.INFO)
     try:
         args = parse_pretrain_args(argv)
-        run_pretraining(args)
+        summary = run_pretraining(args)
     except ConfigError as err:
         print(f"pretrain.py: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if summary["status"] == "failed" else 0  # the reason is printed, and in summary.json
 
 
 if __name__ == "__main__":

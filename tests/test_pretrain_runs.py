@@ -1,5 +1,6 @@
 """End-to-end pretraining runs with a tiny model on tiny synthetic sets: the command line through
-`accelerate launch`, exact resume after SIGTERM and after SIGKILL, two CPU processes, corrupt files."""
+`accelerate launch`, exact resume after SIGTERM and after SIGKILL, one run per folder, two CPU processes on
+one machine and on two (loopback) machines, corrupt files."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 from astropt_hf.training import ConfigError, parse_pretrain_args, run_pretraining
 from astropt_hf.training.checkpointing import list_checkpoints
+from astropt_hf.training.run_lock import OWNER_NAME, OutputDirLocked
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "pretrain.py"
@@ -221,29 +223,65 @@ def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(synthetic_cac
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
     assert not (out / "summary.json").exists()  # it really died mid-run
+    assert json.loads((out / OWNER_NAME).read_text())["pid"] == process.pid  # and left its lock's owner file
     last_complete = list_checkpoints(out)[-1]
     assert int(last_complete.name.split("-")[1]) >= 40
 
-    resumed = _resume(synthetic_cache, out, save_steps=20)
+    resumed = _resume(synthetic_cache, out, save_steps=20)  # the dead run's lock is taken over
+    assert not (out / OWNER_NAME).exists()
     assert resumed["resumed_from"] == str(last_complete)
     assert resumed["status"] == "completed" and resumed["steps"] == RESUME_STEPS
     assert not list(out.glob("checkpoint-*.tmp"))
     assert_same_weights(out, reference_run)
 
 
+def test_a_second_run_in_the_folder_of_a_live_run_is_refused_and_leaves_it_alone(synthetic_cache, tmp_path):
+    out = tmp_path / "run"
+    process = _start_training(synthetic_cache, out, save_steps=20)
+    wait_for(lambda: any(p.name == "checkpoint-20" for p in list_checkpoints(out)), process, what="checkpoint-20")
+    for overrides in ({"overwrite_output_dir": "true"}, {"resume_from_checkpoint": "latest"}):
+        with pytest.raises(OutputDirLocked, match=rf"in use by another run \(PID {process.pid} on host "):
+            run_pretraining(parse_pretrain_args(tiny_args(synthetic_cache, out, max_steps=RESUME_STEPS, **overrides)))
+        assert list_checkpoints(out)  # a fresh start would have deleted them (and metrics.jsonl) at once
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    steps = [r["step"] for r in read_metrics(out) if "train_loss" in r]
+    assert steps == list(range(1, len(steps) + 1)), "two runs wrote into one metrics.jsonl"
+
+
 # ---------------------------------------------------------------------------------------- two processes
 
+TWO_PROCESS_STEPS = 6
 
-def test_two_cpu_processes_see_disjoint_data_and_end_identical(synthetic_cache, tmp_path):
-    out = tmp_path / "ddp"
-    steps = 6
+
+def _two_process_argv(synthetic_cache: str, out: Path) -> list[str]:
+    return [str(SCRIPT), *tiny_args(synthetic_cache, out, max_steps=TWO_PROCESS_STEPS, eval_steps=3,
+                                    record_sample_ids="true")]
+
+
+def _launch(machine_flags: list[str], argv: list[str], cwd: Path | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(SCRIPT),
-               *tiny_args(synthetic_cache, out, max_steps=steps, eval_steps=3, record_sample_ids="true")]
+               "--mixed_precision", "no", "--dynamo_backend", "no", *machine_flags, *argv]
     env = dict(subprocess_env(), ACCELERATE_USE_CPU="1")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(synthetic_cache, tmp_path_factory) -> Path:
+    """Two CPU processes on one machine."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    process = _launch(["--num_machines", "1", "--main_process_port", str(free_port())],
+                      _two_process_argv(synthetic_cache, out))
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-6000:]
+    return out
+
+
+def test_two_cpu_processes_see_disjoint_data_and_end_identical(two_process_run):
+    out, steps = two_process_run, TWO_PROCESS_STEPS
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_processes"] == 2
     assert summary["tokens_seen"] == steps * 8 * 2 * 16
@@ -257,6 +295,41 @@ def test_two_cpu_processes_see_disjoint_data_and_end_identical(synthetic_cache, 
     digests = {json.loads((out / "debug" / f"final-rank{r}.json").read_text())["weights_sha256"] for r in (0, 1)}
     assert len(digests) == 1, "the ranks ended with different weights"
     assert (out / "model.safetensors").is_file()
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_two_machines_over_loopback_train_the_same_run_as_two_processes_on_one(synthetic_cache, two_process_run,
+                                                                                tmp_path):
+    """Two launchers, one process each, as two machines sharing a file system (multi_node.yaml's setup)."""
+    out, port = tmp_path / "nodes", free_port()
+    launchers = []
+    for machine in (0, 1):
+        cwd = tmp_path / f"machine{machine}"  # each machine's working folder: it must stay empty
+        cwd.mkdir()
+        flags = ["--num_machines", "2", "--machine_rank", str(machine), "--main_process_ip", "127.0.0.1",
+                 "--main_process_port", str(port)]
+        launchers.append(_launch(flags, _two_process_argv(synthetic_cache, out), cwd=cwd))
+    outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
+    for launcher, output in zip(launchers, outputs):
+        assert launcher.returncode == 0, output[-6000:]
+    assert f"Done: completed after {TWO_PROCESS_STEPS} steps" in outputs[0] and "Done:" not in outputs[1]
+
+    assert_same_weights(out, two_process_run, atol=0.0)
+    reference, ours = read_metrics(two_process_run), read_metrics(out)
+    assert [r["step"] for r in ours] == [r["step"] for r in reference]
+    for mine, theirs in zip(ours, reference):
+        for key in ("train_loss", "val_loss", "tokens_seen", "images_seen"):
+            assert mine.get(key) == theirs.get(key), (mine, theirs)
+    for rank in (0, 1):  # each rank trained on the same samples as on one machine
+        name = f"debug/samples-rank{rank}.jsonl"
+        assert (out / name).read_text() == (two_process_run / name).read_text()
+    # The same files as on one machine (the per-rank parts of each checkpoint included), and nothing in the
+    # machines' working folders: machine 1 wrote only its own rank's parts.
+    assert _listing(out) == _listing(two_process_run)
+    assert [list((tmp_path / f"machine{machine}").iterdir()) for machine in (0, 1)] == [[], []]
 
 
 # ---------------------------------------------------------------------------------------- bad data

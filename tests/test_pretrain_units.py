@@ -406,8 +406,8 @@ def test_final_save_of_a_compiled_model_has_plain_keys(tiny_config, tmp_path):
     from safetensors.torch import load_file
 
     from astropt_hf import AstroPTImageProcessor
-    from astropt_hf.training.loop import _reset_accelerate_state
     from astropt_hf.training.output_dir import save_final_model
+    from astropt_hf.training.run_setup import reset_accelerate_state
 
     config = tiny_config()
     model = AstroPTForPreTraining(config)
@@ -416,7 +416,7 @@ def test_final_save_of_a_compiled_model_has_plain_keys(tiny_config, tmp_path):
         compiled = accelerator.prepare(torch.compile(model))
         save_final_model(accelerator, compiled, AstroPTImageProcessor(image_size=16), tmp_path)
     finally:
-        _reset_accelerate_state()
+        reset_accelerate_state()
     saved = load_file(tmp_path / "model.safetensors")
     assert set(saved) == set(model.state_dict()) and not any("_orig_mod" in k for k in saved)
     reloaded = AstroPTForPreTraining.from_pretrained(tmp_path)
@@ -477,7 +477,7 @@ def test_asinh_on_8bit_images_is_warned_about(tmp_path, caplog):
 
     from astropt_hf import AstroPTImageProcessor
     from astropt_hf.data import load_galaxy_dataset
-    from astropt_hf.training.loop import _warn_if_stretching_display_images
+    from astropt_hf.training.run_setup import warn_if_stretching_display_images
 
     pngs, fluxes = tmp_path / "pngs", tmp_path / "fluxes"
     pngs.mkdir(), fluxes.mkdir()
@@ -487,9 +487,9 @@ def test_asinh_on_8bit_images_is_warned_about(tmp_path, caplog):
     asinh = AstroPTImageProcessor(image_size=8, stretch="asinh", asinh_scale=0.02)
     plain = AstroPTImageProcessor(image_size=8, stretch="none")
     with caplog.at_level(logging.WARNING, logger="astropt_hf.training.loop"):
-        _warn_if_stretching_display_images(load_galaxy_dataset(str(pngs), split="all"), asinh)
+        warn_if_stretching_display_images(load_galaxy_dataset(str(pngs), split="all"), asinh)
         assert "8-bit images" in caplog.text and "--stretch none" in caplog.text and "0.02" in caplog.text
         caplog.clear()
-        _warn_if_stretching_display_images(load_galaxy_dataset(str(pngs), split="all"), plain)
-        _warn_if_stretching_display_images(load_galaxy_dataset(str(fluxes), split="all"), asinh)
+        warn_if_stretching_display_images(load_galaxy_dataset(str(pngs), split="all"), plain)
+        warn_if_stretching_display_images(load_galaxy_dataset(str(fluxes), split="all"), asinh)
         assert caplog.text == ""

@@ -51,3 +51,21 @@ def test_recorded_settings_refuse_changes_and_name_them(tmp_path):
     check_recorded_settings(path, {"max_steps": 8, "seed": 0}, "this run", "start afresh")
     with pytest.raises(ValueError, match=r"for this run \(max_steps: 8 -> 12; seed: 0 -> None\)\. start afresh"):
         check_recorded_settings(path, {"max_steps": 12}, "this run", "start afresh")
+
+
+def test_stale_temporaries_of_one_path_are_removed_and_nothing_else(tmp_path):
+    from astropt_hf.run_files import remove_stale_temporaries, temporary_path
+
+    path = tmp_path / "embeddings.parquet"
+    path.write_bytes(b"final")
+    stale_file, stale_folder = temporary_path(path), temporary_path(path)
+    stale_file.write_bytes(b"half")
+    stale_folder.mkdir()
+    (stale_folder / "part").write_bytes(b"")
+    kept = [tmp_path / ".embeddings.parquet.notours.tmp", tmp_path / f".other.parquet.{stale_file.name[-12:-4]}.tmp",
+            tmp_path / "embeddings.parquet.parts"]
+    for other in kept:
+        other.write_bytes(b"")
+    assert sorted(remove_stale_temporaries(path)) == sorted([stale_file, stale_folder])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["embeddings.parquet", *(p.name for p in kept)])
+    assert remove_stale_temporaries(tmp_path / "missing" / "x.json") == []

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from astropt_hf.run_files import atomic_path
+from astropt_hf.run_files import atomic_path, remove_stale_temporaries
 
 EMBEDDING_COLUMN = "embedding"
 ROW_COLUMN = "row"
@@ -211,6 +211,7 @@ class EmbeddingStore:
         self.parts_dir.mkdir(exist_ok=True)
         for stale in self.parts_dir.glob(".*.tmp"):  # a chunk that was being written when a run was killed
             stale.unlink()
+        remove_stale_temporaries(self.output)  # a merge that was killed before its rename
 
     def done_ids(self, metadata: dict[str, Any]) -> set[str]:
         """Ids already embedded (final file and complete chunks), after checking they match this run."""

@@ -6,12 +6,18 @@ to `checkpoint-<step>` (`os.replace`, atomic on one filesystem). A run killed mi
 step, so the newest complete one is the one with the highest step and a marker.
 
 Contents: `Accelerator.save_state` (model as safetensors, optimizer, scheduler, RNG per process; loaded
-back with `weights_only=True`), `trainer_state.json` (counters, loss history), and one
-`data_state_<rank>.json` per process (where its data stream stands). No pickled Python objects of ours.
+back with `weights_only=True`), `trainer_state.json` (counters, loss history), one `data_state_<rank>.json`
+per process (where its data stream stands) and `run_settings.json` (the settings that define the run, which
+a resume must repeat: see `KEYS_THAT_MAY_CHANGE_ON_RESUME`). No pickled Python objects of ours.
+
+A save that fails (a full disk, a vanished mount) raises `CheckpointSaveError` on every process, after its
+`.tmp` folder is deleted; the checkpoints saved before it are untouched (old ones are only rotated out once
+a new one is in place).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -22,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..run_files import fsync_folder, replace_path
+from ..run_files import check_recorded_settings, fsync_folder, json_safe, replace_path
+from .collectives import first_failure
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +37,29 @@ CHECKPOINT_PREFIX = "checkpoint-"
 TMP_SUFFIX = ".tmp"
 COMPLETE_MARKER = "checkpoint_complete.json"
 TRAINER_STATE_NAME = "trainer_state.json"
+RUN_SETTINGS_NAME = "run_settings.json"
+
+# Settings a resume may change: how often to log, evaluate and save, what to report and where, how to read
+# the data (not which data, nor in what order), and how long to train. Every other key defines the run (the
+# model, the processor, the data and its order, the optimiser and its schedule, the precision) and must be
+# repeated, so that a resumed run ends where an uninterrupted run with the resume's settings would.
+# `max_steps` may change only because the recorded `lr_decay_steps` is the resolved one (null means
+# max_steps): a run whose max_steps changes keeps its schedule only with --lr_decay_steps set to the
+# recorded value (past it, the learning rate stays at min_lr); otherwise the resume is refused.
+# `num_workers` is fixed for streaming data, whose order depends on how the shards are dealt to workers.
+# Evaluations draw from the RNG (each DataLoader takes a seed from it), so with dropout a changed eval_steps
+# gives other dropout masks after the resume: a run as valid, not an identical one.
+KEYS_THAT_MAY_CHANGE_ON_RESUME = frozenset({
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "max_steps",
+    "data_cache_dir", "num_workers", "id_column", "gradient_checkpointing",
+    "eval_steps", "eval_batches", "eval_batch_size", "num_plot_images", "log_steps",
+    "save_steps", "save_total_limit", "report_to", "run_name", "record_sample_ids",
+    "push_to_hub", "hub_model_id", "hub_private",
+})
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (on any process); the earlier checkpoints are intact."""
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
@@ -101,11 +131,58 @@ def rotate_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
     return doomed
 
 
+def _init_values(obj) -> dict[str, Any]:
+    """The values of `obj`'s constructor arguments, as it holds them (defaults included)."""
+    names = inspect.signature(type(obj).__init__).parameters
+    return {name: getattr(obj, name) for name in names if name not in ("self", "kwargs") and hasattr(obj, name)}
+
+
+def run_settings(flat_settings: dict[str, Any], lr_decay_steps: int, model_config=None, processor=None) -> dict:
+    """The settings a checkpoint records and a resume must repeat: every key of `flat_settings` (a run's
+    `to_flat_dict()`) but `KEYS_THAT_MAY_CHANGE_ON_RESUME`, with `lr_decay_steps` resolved and every argument
+    of `model_config` and `processor` as they resolved it (so that a default written out is no change), as
+    JSON values."""
+    may_change = KEYS_THAT_MAY_CHANGE_ON_RESUME - ({"num_workers"} if flat_settings.get("streaming") else set())
+    settings = {k: v for k, v in flat_settings.items() if k not in may_change}
+    for obj in (model_config, processor):
+        if obj is not None:
+            settings.update(_init_values(obj))
+    settings["lr_decay_steps"] = lr_decay_steps
+    return json.loads(json.dumps(json_safe(settings), default=str))
+
+
+def check_run_settings(checkpoint: str | os.PathLike, settings: dict[str, Any]) -> bool:
+    """Raise `ValueError` naming every key (recorded -> new) where `settings` differ from those recorded in
+    `checkpoint`; returns False for a checkpoint saved before settings were recorded (nothing to check)."""
+    path = Path(checkpoint) / RUN_SETTINGS_NAME
+    if not path.is_file():
+        return False
+    check_recorded_settings(
+        path, settings, "the run it resumes",
+        "Resume with the recorded values (a changed max_steps needs --lr_decay_steps at the recorded value), "
+        "or start afresh with --overwrite_output_dir true or another --output_dir.",
+    )
+    return True
+
+
 def _write_json(path: Path, payload: Any) -> None:
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _attempt(action) -> str | None:
+    """Run `action`; a failure becomes its one-line description. Any error counts, not only `OSError`: a
+    full disk reaches us as `OSError` from our writes, `SafetensorError` from the model file and
+    `RuntimeError` from torch's zip writer."""
+    try:
+        action()
+    except Exception as err:  # noqa: BLE001
+        if not isinstance(err, OSError):
+            logger.debug("checkpoint save failed", exc_info=True)
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def save_checkpoint(
@@ -115,6 +192,7 @@ def save_checkpoint(
     trainer_state: dict,
     data_state: dict,
     total_limit: int,
+    settings: dict | None = None,
 ) -> Path:
     """Save a resumable checkpoint atomically; every process must call this.
 
@@ -124,26 +202,45 @@ def save_checkpoint(
         trainer_state: JSON-able counters shared by all processes (written by the main process).
         data_state: JSON-able position of this process's data stream.
         total_limit: complete checkpoints to keep after this one is in place.
+        settings: the run's settings (`run_settings`), recorded for the resume check.
+
+    Raises:
+        CheckpointSaveError: on every process, if any of them failed to write its part.
     """
     output_dir = Path(output_dir)
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     tmp = output_dir / f"{CHECKPOINT_PREFIX}{step}{TMP_SUFFIX}"
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+
+    def prepare() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    _write_json(tmp / f"data_state_{accelerator.process_index}.json", data_state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+
+    def write_own_part() -> None:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        _write_json(tmp / f"data_state_{accelerator.process_index}.json", data_state)
+
+    def finish() -> None:
         _write_json(tmp / TRAINER_STATE_NAME, trainer_state)
+        if settings is not None:
+            _write_json(tmp / RUN_SETTINGS_NAME, settings)
         _write_json(tmp / COMPLETE_MARKER, {"step": step, "num_processes": accelerator.num_processes,
                                             "saved_at": time.time()})
         fsync_folder(tmp)
         # Drops a checkpoint of the same step from an earlier, interrupted attempt.
         replace_path(tmp, final, durable=True)
         rotate_checkpoints(output_dir, total_limit)
-    accelerator.wait_for_everyone()
+
+    # Each phase ends in an agreement (a collective) instead of a plain barrier, so that a process whose
+    # write failed does not leave the others waiting for it.
+    for phase in (prepare if main else None, write_own_part, finish if main else None):
+        failure = first_failure(accelerator, _attempt(phase) if phase is not None else None)
+        if failure is not None:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            latest = find_latest_checkpoint(output_dir)
+            kept = f"the latest complete checkpoint, {latest.name}, is kept" if latest else "no earlier checkpoint"
+            raise CheckpointSaveError(f"could not save {final.name} in {output_dir} ({failure}); {kept}")
     return final
 
 
@@ -201,6 +298,11 @@ class StopSignal:
 
 __all__ = [
     "COMPLETE_MARKER",
+    "KEYS_THAT_MAY_CHANGE_ON_RESUME",
+    "RUN_SETTINGS_NAME",
+    "CheckpointSaveError",
+    "check_run_settings",
+    "run_settings",
     "StopSignal",
     "checkpoint_step",
     "find_latest_checkpoint",

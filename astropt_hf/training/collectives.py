@@ -21,4 +21,19 @@ def sum_over_processes(accelerator, values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
-__all__ = ["any_process", "sum_over_processes"]
+def first_failure(accelerator, failure: str | None) -> str | None:
+    """`failure` (a description, or None when this process is fine) agreed over processes: None on every
+    process if none failed, else on every process the description of the lowest failed rank (prefixed with
+    its rank when there are several processes). One small all-reduce when nothing failed."""
+    if not any_process(accelerator, failure is not None):
+        return None
+    if accelerator.num_processes == 1:
+        return failure
+    from accelerate.utils import gather_object
+
+    reports = gather_object([(accelerator.process_index, failure)])
+    rank, description = next((rank, text) for rank, text in reports if text is not None)
+    return f"process {rank}: {description}"
+
+
+__all__ = ["any_process", "first_failure", "sum_over_processes"]

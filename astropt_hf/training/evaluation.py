@@ -142,6 +142,14 @@ def input_description(processor, config) -> str:
     return ", ".join(steps) + " (the model's input)"
 
 
+def loss_description(config) -> str:
+    """The loss curve's y label: which loss, and over which patches the objective counts it."""
+    loss = "Huber loss" if config.loss == "huber" else "squared error"
+    if getattr(config, "objective", "next_patch") == "masked_patch":
+        return f"{loss} of masked patches"
+    return f"next-patch {loss}"
+
+
 def save_prediction_grid(panels: PredictionPanels, path: str | os.PathLike, ids: list, step: int,
                          stretch: str | None = None, title: str | None = None) -> Path:
     """PNG of the panels' rows (inputs on top), one galaxy per column captioned with its full id; the
@@ -156,6 +164,6 @@ def save_prediction_grid(panels: PredictionPanels, path: str | os.PathLike, ids:
 
 
 __all__ = [
-    "PredictionPanels", "dummy_pixel_values", "evaluate_loss", "input_description", "predicted_images",
+    "PredictionPanels", "dummy_pixel_values", "evaluate_loss", "input_description", "loss_description", "predicted_images",
     "save_prediction_grid",
 ]

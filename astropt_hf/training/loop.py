@@ -4,6 +4,10 @@ Set up (accelerator, output folder, data, model, optimizer), maybe resume, then 
 `accelerator.accumulate`, clipping, one scheduler step per optimizer step, periodic logging / validation /
 atomic checkpoints, and SIGTERM turned into "save and stop". At the end: the final `save_pretrained`
 (model, processor, remote code), model card, loss curves and `summary.json`, optionally a hub upload.
+
+Guards: the output folder is locked for the run's life (`run_lock`); a resume must repeat the recorded
+settings (`checkpointing.check_run_settings`); a non-finite loss or weights, or a write that fails (a full
+disk), stops the run with status "failed" and its reason in `summary.json`, the last good checkpoint kept.
 """
 
 from __future__ import annotations
@@ -15,24 +19,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from ..data import GalaxyCollator, decode_image
+from ..data import GalaxyCollator
 from ..modeling_astropt import AstroPTForPreTraining
 from ..plotting import plot_loss_curves
+from ..run_files import write_json_atomic
 from .arguments import ConfigError, PretrainArguments, build_pretrain_args, validate_pretrain_args
 from .card import write_model_card
-from .checkpointing import StopSignal, load_checkpoint, resolve_resume_path, save_checkpoint
+from .checkpointing import (
+    CheckpointSaveError,
+    StopSignal,
+    check_run_settings,
+    find_latest_checkpoint,
+    load_checkpoint,
+    resolve_resume_path,
+    run_settings,
+    save_checkpoint,
+)
 from .collectives import any_process, sum_over_processes
 from .data_streams import TrainBatchStream, count_items, load_pretraining_sources, validation_batches
 from .evaluation import (
     dummy_pixel_values,
     evaluate_loss,
     input_description,
+    loss_description,
     predicted_images,
     save_prediction_grid,
 )
@@ -41,71 +54,23 @@ from .metrics_log import MetricsLog
 from .optim import build_optimizer
 from .output_dir import final_message, prepare_output_dir, save_final_model, weights_digest
 from .precision import resolve_mixed_precision
+from .run_health import RunHealth
+from .run_lock import lock_output_dir
+from .run_setup import (
+    check_tracker_installed,
+    first_images,
+    reset_accelerate_state,
+    run_banner,
+    tracker_config,
+    warn_if_stretching_display_images,
+)
 from .schedule import build_scheduler
 
 logger = logging.getLogger(__name__)
 
-
-# ----------------------------------------------------------------------------------------------------
-# Small helpers
-# ----------------------------------------------------------------------------------------------------
-
-
-def _tracker_config(args: PretrainArguments) -> dict[str, Any]:
-    """Flat scalars only: TensorBoard's hparams accept nothing else."""
-    flat = {}
-    for key, value in args.to_flat_dict().items():
-        flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
-
-
-def _first_images(source, collator, count: int) -> dict | None:
-    """The first `count` decodable validation images, for the prediction grids."""
-    if count <= 0:
-        return None
-    loader = validation_batches(source, collator, num_items=count * 2, batch_size=count * 2)
-    for batch in loader:
-        if batch["pixel_values"].shape[0]:
-            return {"pixel_values": batch["pixel_values"][:count], "ids": batch["ids"][:count]}
-    return None
-
-
-def _warn_if_stretching_display_images(source, processor) -> None:
-    """Warn when an asinh stretch meant for fluxes (the demo's default) meets 8-bit images, which PNG/JPEG
-    cutouts are and which are usually stretched for display already. Looks at the first item only."""
-    if processor.stretch != "asinh" or count_items(source) in (None, 0):
-        return
-    try:
-        image = decode_image(source.dataset[0][source.image_column], source=f"{source.origin} item 0")
-    except (ValueError, OSError):
-        return  # an undecodable first item is skipped and counted by the collator, as any other
-    if image.dtype == np.uint8:
-        logger.warning(
-            "%s holds 8-bit images (e.g. PNG/JPEG), usually already stretched for display, and this run applies "
-            "asinh(x / %g) on top (the demo's setting for fluxes); for display images pass --stretch none",
-            source.origin, processor.asinh_scale,
-        )
-
-
-def _check_tracker_installed(report_to: str) -> None:
-    """Fail before any work if the chosen tracker's package is missing (Accelerate would skip it quietly)."""
-    from accelerate.utils import is_tensorboard_available, is_wandb_available
-
-    needed = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
-    if report_to in needed and not needed[report_to]():
-        raise ConfigError(f"config key 'report_to': {report_to!r} is not installed (pip install {report_to})")
-
-
-def _reset_accelerate_state() -> None:
-    """Forget this run's Accelerator settings so that another run can start in the same process
-    (e.g. a scaling sweep) with a different precision or accumulation. The process group stays."""
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-
-
-# ----------------------------------------------------------------------------------------------------
-# The run
-# ----------------------------------------------------------------------------------------------------
+# With several processes, the processes agree on "is anything wrong?" (a non-finite loss, a failed write)
+# every this many steps, and at every log, evaluation and save; alone, a process checks every step.
+HEALTH_CHECK_STEPS = 5
 
 
 def run_pretraining(args: PretrainArguments | dict) -> dict[str, Any]:
@@ -116,19 +81,29 @@ def run_pretraining(args: PretrainArguments | dict) -> dict[str, Any]:
             of the demo defaults (`{"output_dir": ..., "hidden_size": 64, "max_steps": 100}`).
 
     The summary holds at least `steps`, `tokens_seen`, `final_train_loss`, `final_val_loss`,
-    `first_val_loss`, `skipped_samples`, `wall_seconds`, `num_processes`, and `status`
-    ("completed" or "interrupted" after SIGTERM).
+    `first_val_loss`, `skipped_samples`, `wall_seconds`, `num_processes`, and `status`: "completed",
+    "interrupted" after SIGTERM, or "failed" (with `reason` and `last_checkpoint`) after a non-finite loss
+    or a failed write.
+
+    Raises:
+        ConfigError: bad settings, a resume with settings other than the recorded ones, or an output
+            folder in use by another run (`OutputDirLocked`).
     """
     if isinstance(args, dict):
         args = build_pretrain_args(args)
     validate_pretrain_args(args)
     if args.push_to_hub:
         check_push_possible(args.hub_model_id)
-    _check_tracker_installed(args.report_to)
+    check_tracker_installed(args.report_to)
+    reset_accelerate_state()  # an Accelerator made earlier in this process fixed its precision: the run sets its own
     try:
-        return Pretrainer(args).run()
+        trainer = Pretrainer(args)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
     finally:
-        _reset_accelerate_state()
+        reset_accelerate_state()
 
 
 class Pretrainer:
@@ -149,13 +124,23 @@ class Pretrainer:
         self.config = args.model_config()
         self.processor = args.image_processor()
         self._setup_accelerator()
-        self.resume_path = resolve_resume_path(args.resume_from_checkpoint, self.output_dir)
-        prepare_output_dir(args, self.output_dir, self.resume_path, self.accelerator)
-        self.metrics = MetricsLog(self.output_dir / "metrics.jsonl")
-        self._setup_data()
-        self._setup_model()
+        # Before anything in the folder is read or deleted: a fresh start must not clean up a live run.
+        self.lock = lock_output_dir(self.accelerator, self.output_dir)
+        try:
+            self.resume_path = resolve_resume_path(args.resume_from_checkpoint, self.output_dir)
+            self.settings = run_settings(args.to_flat_dict(), args.resolved_lr_decay_steps(), self.config,
+                                         self.processor)
+            self._check_resume_settings()  # before the data is loaded and before any weights
+            prepare_output_dir(args, self.output_dir, self.resume_path, self.accelerator)
+            self.metrics = MetricsLog(self.output_dir / "metrics.jsonl")
+            self._setup_data()
+            self._setup_model()
+        except BaseException:
+            self.close()
+            raise
+        self.health = RunHealth(self.accelerator, self.output_dir)
         self.state: dict[str, Any] = {
-            "step": 0, "images_seen": 0, "skipped_samples": 0, "wall_seconds": 0.0,
+            "step": 0, "images_seen": 0, "skipped_samples": 0, "wall_seconds": 0.0, "data_seconds": 0.0,
             "first_val_loss": None, "last_val_loss": None, "last_train_loss": None,
         }
         self.data_state: dict[str, Any] = {
@@ -167,6 +152,11 @@ class Pretrainer:
         self.resume()
         self.start()
         return self.finish(self.train())
+
+    def close(self) -> None:
+        """Release the output folder (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
 
     # --- setup --------------------------------------------------------------------------------------
 
@@ -196,11 +186,11 @@ class Pretrainer:
             )
 
     def _setup_data(self) -> None:
-        args = self.args
+        args, started = self.args, time.perf_counter()
         self.train_source, self.val_source = load_pretraining_sources(args, self.accelerator)
         self.collator = GalaxyCollator(self.processor, self.train_source.image_column, self.train_source.id_column)
         if self.main:
-            _warn_if_stretching_display_images(self.val_source, self.processor)
+            warn_if_stretching_display_images(self.val_source, self.processor)
         self.val_collator = GalaxyCollator(self.processor, self.val_source.image_column, self.val_source.id_column)
         self.eval_batch_size = args.resolved_eval_batch_size()
         self.num_val_items = args.eval_batches * self.eval_batch_size
@@ -208,6 +198,7 @@ class Pretrainer:
         self.batches_per_epoch = (
             self.num_train // (args.batch_size * self.world) if self.num_train is not None else None
         )
+        self.data_seconds = time.perf_counter() - started  # loading or generating the data set
 
     def _setup_model(self) -> None:
         args, accelerator = self.args, self.accelerator
@@ -231,6 +222,17 @@ class Pretrainer:
 
     # --- resume and start ---------------------------------------------------------------------------
 
+    def _check_resume_settings(self) -> None:
+        if self.resume_path is None:
+            return
+        try:
+            checked = check_run_settings(self.resume_path, self.settings)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if not checked and self.main:
+            logger.warning("%s records no run settings (saved by an older version): resuming without checking "
+                           "that this run's settings match it", self.resume_path)
+
     def resume(self) -> None:
         """Restore model, optimizer, scheduler, RNG and both state dicts from `resume_path`, if there is one."""
         if self.resume_path is not None:
@@ -242,31 +244,21 @@ class Pretrainer:
                 self.metrics.truncate_after(self.state["step"])
         self.start_step = self.step = self.state["step"]
         self.wall_before = self.state["wall_seconds"]
+        self.data_before = self.state.get("data_seconds", 0.0)  # from earlier sessions of a resumed run
 
     def start(self) -> None:
         """The training stream at the resumed position, the images of the prediction grids, trackers and
         the banner."""
-        args, config = self.args, self.config
+        args = self.args
         self.stream = TrainBatchStream(
             self.train_source, self.collator, args.batch_size, self.rank, self.world, args.seed, args.num_workers,
             args.shuffle_buffer_size, epoch=self.data_state["epoch"],
             batches_in_epoch=self.data_state["batches_in_epoch"],
         )
-        self.plot_batch = _first_images(self.val_source, self.val_collator, args.num_plot_images)
+        self.plot_batch = first_images(self.val_source, self.val_collator, args.num_plot_images)
         if self.trackers:
-            self.accelerator.init_trackers(args.run_name, config=_tracker_config(args))
-        self.accelerator.print(
-            f"astroPT pretraining: {self.num_parameters / 1e6:.2f}M parameters, {config.num_hidden_layers} layers x "
-            f"{config.hidden_size} wide, {config.num_patches} patches of {config.patch_size}px per "
-            f"{config.image_size}px image\n"
-            f"  data: {self.train_source.origin} "
-            f"({self.num_train if self.num_train is not None else 'streaming'} items), "
-            f"validation {self.val_source.origin}\n"
-            f"  {self.world} process(es) on {self.accelerator.device}, precision {self.mixed_precision}, "
-            f"batch {args.batch_size} x accumulation {self.accumulation} x {self.world} = "
-            f"{self.tokens_per_step:,} tokens per step, steps {self.start_step}->{args.max_steps}\n"
-            f"  output: {self.output_dir}"
-        )
+            self.accelerator.init_trackers(args.run_name, config=tracker_config(args))
+        self.accelerator.print(run_banner(self))
         self.debug_dir = self.output_dir / "debug"
         self.sample_log = None
         if args.record_sample_ids:
@@ -277,7 +269,8 @@ class Pretrainer:
 
     def train(self) -> str:
         """Optimizer steps up to `max_steps`, with logging, evaluation and checkpoints; returns the status:
-        "completed", or "interrupted" when a SIGTERM (on any process) stopped it after a checkpoint."""
+        "completed", "interrupted" when a SIGTERM (on any process) stopped it after a checkpoint, or
+        "failed" (`health.failure` says why) when a health check or a checkpoint save failed."""
         args = self.args
         self.model.train()
         self.progress = tqdm(total=args.max_steps, initial=self.start_step, disable=not self.main,
@@ -288,13 +281,19 @@ class Pretrainer:
             while self.step < args.max_steps:
                 self.train_step()
                 step = self.step
-                if step % args.log_steps == 0 or step == args.max_steps:
+                logging_step = step % args.log_steps == 0 or step == args.max_steps
+                if logging_step:
                     self.log_progress()
-                if step % args.eval_steps == 0 or step == args.max_steps:
+                evaluating = step % args.eval_steps == 0 or step == args.max_steps
+                if evaluating:
                     self.evaluate()
                 stopping = any_process(self.accelerator, stop.requested)
-                if stopping or step == args.max_steps or (args.save_steps and step % args.save_steps == 0):
-                    self.save()
+                saving = stopping or step == args.max_steps or (args.save_steps and step % args.save_steps == 0)
+                checking = self.world == 1 or logging_step or evaluating or saving or step % HEALTH_CHECK_STEPS == 0
+                if checking and self.health.check(step, self.model if saving else None) or saving and not self.save():
+                    status = "failed"
+                    self.accelerator.print(f"\nStopped at step {step}: {self.health.failure}")
+                    break
                 if stopping and step < args.max_steps:
                     status = "interrupted"
                     self.accelerator.print(
@@ -326,7 +325,9 @@ class Pretrainer:
                     accelerator.clip_grad_norm_(model.parameters(), self.args.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            data_state["window_loss_sum"] += float(loss.detach().float().item()) * count
+            value = float(loss.detach().float().item())  # a sync the loss sum needs anyway: checking it is free
+            self.health.observe_loss(self.step + 1, value)
+            data_state["window_loss_sum"] += value * count
             data_state["window_images"] += count
             data_state["local_images"] += count
             self.segment_images += count
@@ -355,7 +356,7 @@ class Pretrainer:
         self.state["last_train_loss"] = train_loss
         data_state.update(window_loss_sum=0.0, window_images=0, window_steps=0)
         if self.main:
-            self.metrics.write(record)
+            self.health.write("metrics.jsonl", self.metrics.write, record)
         self.progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:,.0f}")
         if self.trackers:
             self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
@@ -369,26 +370,33 @@ class Pretrainer:
         if self.plot_batch is not None:
             panels = predicted_images(self.accelerator, self.model, self.plot_batch["pixel_values"])
             if self.main:
-                save_prediction_grid(panels, self.output_dir / "eval" / f"predictions-step{step:06d}.png",
-                                     self.plot_batch["ids"], step, stretch=input_description(self.processor, self.config),
-                                     title=f"astroPT predictions — {self.output_dir.name}")
+                grid = self.output_dir / "eval" / f"predictions-step{step:06d}.png"
+                self.health.write("the prediction grid", save_prediction_grid, panels, grid, self.plot_batch["ids"],
+                                  step, stretch=input_description(self.processor, self.config),
+                                  title=f"astroPT predictions — {self.output_dir.name}")
         if self.state["first_val_loss"] is None:
             self.state["first_val_loss"] = val_loss
         self.state["last_val_loss"] = val_loss
         if self.main:
-            self.metrics.write({"step": step, "val_loss": val_loss})
-            self._plot_losses()
+            self.health.write("metrics.jsonl", self.metrics.write, {"step": step, "val_loss": val_loss})
+            self.health.write("loss.png", self._plot_losses)
         if self.trackers:
             self.accelerator.log({"val_loss": val_loss}, step=step)
         return val_loss
 
-    def save(self) -> None:
-        """An atomic checkpoint of this step (every process must call it)."""
+    def save(self) -> bool:
+        """An atomic checkpoint of this step (every process must call it); False, with `health.failure` set,
+        if it could not be written (the earlier checkpoints stay as they were)."""
         images, skipped = self._global_counts()
         shared = dict(self.state, step=self.step, images_seen=images, skipped_samples=skipped,
-                      wall_seconds=self._wall_seconds())
-        save_checkpoint(self.accelerator, self.output_dir, self.step, shared,
-                        dict(self.data_state, **self.stream.state()), self.args.save_total_limit)
+                      wall_seconds=self._wall_seconds(), data_seconds=self._data_seconds())
+        try:
+            save_checkpoint(self.accelerator, self.output_dir, self.step, shared,
+                            dict(self.data_state, **self.stream.state()), self.args.save_total_limit, self.settings)
+        except CheckpointSaveError as err:
+            self.health.failure = str(err)
+            return False
+        return True
 
     # --- finish -------------------------------------------------------------------------------------
 
@@ -396,20 +404,25 @@ class Pretrainer:
         """Final model (if completed), card, loss curves, summary.json and the closing message; returns the
         summary."""
         args, accelerator, output_dir = self.args, self.accelerator, self.output_dir
-        summary = self._summary(status)
         if status == "completed":
-            save_final_model(accelerator, self.model, self.processor, output_dir)
+            failure = save_final_model(accelerator, self.model, self.processor, output_dir)
+            if failure is not None:
+                status, self.health.failure = "failed", failure
+                accelerator.print(f"\n{failure}")
+        summary = self._summary(status)
         if args.record_sample_ids:
             (self.debug_dir / f"final-rank{self.rank}.json").write_text(json.dumps({
                 "rank": self.rank, "num_processes": self.world, "steps": self.step,
                 "weights_sha256": weights_digest(accelerator.unwrap_model(self.model, keep_torch_compile=False)),
             }))
         if self.main:
-            if self.metrics.read():
-                self._plot_losses()
+            self.health.write("loss.png", self._plot_losses)
             if status == "completed":
                 write_model_card(output_dir / "README.md", args, self.config, summary, args.hub_model_id or str(output_dir))
-            (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            try:
+                write_json_atomic(output_dir / "summary.json", summary)
+            except OSError as err:  # the disk that failed a checkpoint may fail this too: say so, in one line
+                logger.error("could not write %s either: %s", output_dir / "summary.json", err)
             accelerator.print(final_message(summary, output_dir))
         if self.trackers:
             accelerator.end_training()
@@ -422,8 +435,14 @@ class Pretrainer:
     def _summary(self, status: str) -> dict[str, Any]:
         images, skipped = self._global_counts()
         state, args = self.state, self.args
+        failed = {}
+        if status == "failed":
+            latest = find_latest_checkpoint(self.output_dir)
+            failed = {"reason": self.health.failure, "failed_step": self.step,
+                      "last_checkpoint": str(latest) if latest is not None else None}
         return {
             "status": status,
+            **failed,
             "steps": self.step,
             "max_steps": args.max_steps,
             "tokens_seen": images * self.tokens_per_image,
@@ -436,6 +455,8 @@ class Pretrainer:
             if state["first_val_loss"] and state["last_val_loss"] is not None else None,
             "skipped_samples": skipped,
             "wall_seconds": self._wall_seconds(),
+            "data_seconds": self._data_seconds(),
+            "train_seconds": self._wall_seconds() - self._data_seconds(),
             "num_processes": self.world,
             "device": str(self.accelerator.device),
             "mixed_precision": self.mixed_precision,
@@ -444,6 +465,8 @@ class Pretrainer:
             "num_parameters": self.num_parameters,
             "epochs": (images + skipped) / self.num_train if self.num_train else None,
             "dataset": args.dataset,
+            "objective": self.config.objective,
+            "attention_pattern": self.config.attention_pattern,
             "resumed_from": str(self.resume_path) if self.resume_path is not None else None,
             "output_dir": str(self.output_dir),
         }
@@ -460,17 +483,17 @@ class Pretrainer:
     def _wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
 
+    def _data_seconds(self) -> float:
+        return self.data_before + self.data_seconds
+
     def _plot_losses(self) -> None:
-        plot_loss_curves(self.metrics.path, self.output_dir / "loss.png", title="astroPT pretraining",
-                         run_name=self.output_dir.name, loss_name=_loss_name(self.config))
+        """loss.png from the finite losses logged so far (non-finite ones are null in metrics.jsonl);
+        nothing while there are none."""
+        losses = ("train_loss", "val_loss")
+        if any(record.get(key) is not None for record in self.metrics.read() for key in losses):
+            plot_loss_curves(self.metrics.path, self.output_dir / "loss.png", title="astroPT pretraining",
+                             run_name=self.output_dir.name, loss_name=loss_description(self.config))
 
-
-def _loss_name(config) -> str:
-    """The y label's loss: which loss, and over which patches the objective counts it."""
-    loss = "Huber loss" if config.loss == "huber" else "squared error"
-    if getattr(config, "objective", "next_patch") == "masked_patch":
-        return f"{loss} of masked patches"
-    return f"next-patch {loss}"
 
 
 __all__ = ["Pretrainer", "run_pretraining"]

@@ -13,6 +13,7 @@ import torch
 
 from .arguments import ConfigError, PretrainArguments
 from .checkpointing import list_checkpoints, remove_incomplete_checkpoints
+from .collectives import first_failure
 
 # Files a run writes into output_dir, removed by --overwrite_output_dir.
 RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "loss.png", "README.md", "eval", "debug", "runs")
@@ -58,21 +59,26 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def save_final_model(accelerator, model, processor, output_dir: Path) -> None:
+def save_final_model(accelerator, model, processor, output_dir: Path) -> str | None:
     """`save_pretrained` of the model (gathered from all processes under FSDP/DeepSpeed) and processor,
-    with the remote-code files, so that `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` works."""
+    with the remote-code files, so that `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` works.
+    Returns None, or on every process the reason the files could not be written (a full disk)."""
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed ZeRO-3
     # torch.compile's wrapper prefixes every key with "_orig_mod."; the checkpoint must not carry it
     state_dict = {key.removeprefix("_orig_mod."): value for key, value in state_dict.items()}
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    if accelerator.is_main_process:
-        processor.save_pretrained(output_dir)
-    unwrapped.save_pretrained(
-        output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-        state_dict=state_dict, safe_serialization=True,
-    )
-    accelerator.wait_for_everyone()
+    failure = None
+    try:
+        if accelerator.is_main_process:
+            processor.save_pretrained(output_dir)
+        unwrapped.save_pretrained(
+            output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+            state_dict=state_dict, safe_serialization=True,
+        )
+    except Exception as err:  # noqa: BLE001 -- a full disk is an OSError, a SafetensorError or a RuntimeError
+        failure = f"could not write the final model in {output_dir} ({type(err).__name__}: {err})"
+    return first_failure(accelerator, failure)  # also the barrier: the files are complete on return
 
 
 def final_message(summary: dict, output_dir: Path) -> str:
@@ -81,10 +87,13 @@ def final_message(summary: dict, output_dir: Path) -> str:
 
     lines = [
         f"\nDone: {summary['status']} after {summary['steps']} steps, {summary['tokens_seen']:,} tokens, "
-        f"{summary['wall_seconds']:.0f} s.",
+        f"{summary['wall_seconds']:.0f} s (data preparation {summary['data_seconds']:.0f} s, training and "
+        f"evaluation {summary['train_seconds']:.0f} s).",
         f"  validation loss {fmt(summary['first_val_loss'])} (first evaluation) -> {fmt(summary['final_val_loss'])}"
         f" (final); training loss {fmt(summary['final_train_loss'])}; skipped samples {summary['skipped_samples']}",
     ]
+    if summary["status"] == "failed":
+        lines.append(f"  failed: {summary['reason']}")
     if summary["status"] == "completed":
         lines.append(
             f"  model: AutoModel.from_pretrained({str(output_dir)!r}, trust_remote_code=True); card, loss.png, "
