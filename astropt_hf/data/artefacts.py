@@ -53,7 +53,8 @@ _MAD_TO_SIGMA = 1.4826
 
 
 def sky_noise(image: np.ndarray) -> np.ndarray:
-    """Per-band standard deviation of the pixel noise, (C,), estimated from the image itself.
+    """Per-band standard deviation of the pixel noise, estimated from the image itself: (C,) for a
+    (C, H, W) image, (..., C) for a stack of them.
 
     Uses the median absolute second difference along rows, x[i-1] - 2 x[i] + x[i+1], scaled to a
     Gaussian sigma (its variance is 6 sigma^2 for white noise): the second difference removes the sky
@@ -61,12 +62,12 @@ def sky_noise(image: np.ndarray) -> np.ndarray:
     few pixels an artefact or a star touches. A band whose differences are mostly zero (quantised or
     noiseless data) falls back to their root mean square.
     """
-    array = _as_chw(image).astype(np.float64)
-    if array.shape[-1] < 3:
-        raise ValueError(f"sky_noise needs images at least 3 pixels wide; got shape {array.shape}")
-    second = np.abs(array[..., :-2] - 2.0 * array[..., 1:-1] + array[..., 2:]).reshape(array.shape[0], -1)
-    sigma = _MAD_TO_SIGMA * np.median(second, axis=1) / np.sqrt(6.0)
-    rms = np.sqrt(np.mean(second**2, axis=1) / 6.0)
+    array = np.asarray(image, dtype=np.float64)
+    if array.ndim < 3 or array.shape[-1] < 3:
+        raise ValueError(f"sky_noise needs (..., C, H, W) images at least 3 pixels wide; got shape {array.shape}")
+    second = np.abs(array[..., :-2] - 2.0 * array[..., 1:-1] + array[..., 2:]).reshape(*array.shape[:-2], -1)
+    sigma = _MAD_TO_SIGMA * np.median(second, axis=-1) / np.sqrt(6.0)
+    rms = np.sqrt(np.mean(second**2, axis=-1) / 6.0)
     return np.where(sigma > 0, sigma, rms)
 
 
