@@ -57,16 +57,23 @@ def sky_noise(image: np.ndarray) -> np.ndarray:
     (C, H, W) image, (..., C) for a stack of them.
 
     Uses the median absolute second difference along rows, x[i-1] - 2 x[i] + x[i+1], scaled to a
-    Gaussian sigma (its variance is 6 sigma^2 for white noise): the second difference removes the sky
-    offset and any gradient, and most of the smooth, PSF-blurred galaxy light; the median ignores the
-    few pixels an artefact or a star touches. A band whose differences are mostly zero (quantised or
+    Gaussian sigma (its variance is 6 sigma^2 for white noise), over the fainter half of each band's
+    pixels (ranked by a 5x5 box-smoothed image, so the choice hardly depends on the noise being
+    measured). The second difference removes the sky offset and any gradient; keeping the faint half
+    leaves out the galaxy's core, whose curvature would read as noise; the median ignores the few
+    pixels an artefact or a star touches. A band whose differences are mostly zero (quantised or
     noiseless data) falls back to their root mean square.
     """
+    from scipy.ndimage import uniform_filter
+
     array = np.asarray(image, dtype=np.float64)
     if array.ndim < 3 or array.shape[-1] < 3:
         raise ValueError(f"sky_noise needs (..., C, H, W) images at least 3 pixels wide; got shape {array.shape}")
-    second = np.abs(array[..., :-2] - 2.0 * array[..., 1:-1] + array[..., 2:]).reshape(*array.shape[:-2], -1)
-    sigma = _MAD_TO_SIGMA * np.median(second, axis=-1) / np.sqrt(6.0)
+    lead = array.shape[:-2]
+    second = np.abs(array[..., :-2] - 2.0 * array[..., 1:-1] + array[..., 2:]).reshape(*lead, -1)
+    smooth = uniform_filter(array, size=(1,) * len(lead) + (5, 5), mode="nearest")[..., 1:-1].reshape(*lead, -1)
+    faint = smooth <= np.median(smooth, axis=-1, keepdims=True)
+    sigma = _MAD_TO_SIGMA * np.nanmedian(np.where(faint, second, np.nan), axis=-1) / np.sqrt(6.0)
     rms = np.sqrt(np.mean(second**2, axis=-1) / 6.0)
     return np.where(sigma > 0, sigma, rms)
 

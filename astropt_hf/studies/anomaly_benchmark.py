@@ -9,7 +9,8 @@ damages the same fraction with a random kind each.
 Methods: the combined ``anomaly_score`` and its parts alone (``surprise``, ``surprise_worst``,
 ``embedding_outlier``), against model-free baselines fitted on the same clean reference images:
 
-* ``max_pixel``: the brightest pixel in units of its band's sky noise;
+* ``max_pixel``: the brightest pixel in units of its band's sky noise (the reference's median, so an
+  artefact cannot inflate its own yardstick);
 * ``total_flux``: the distance of the summed flux from the reference median, in robust sigmas (two
   sided: a dead column removes flux, a star adds it);
 * ``pca_error``: the mean squared error of reconstructing the processed pixels (what the model sees)
@@ -67,6 +68,7 @@ def _processed(processor, images: np.ndarray, batch_size: int) -> np.ndarray:
 class PixelBaselines:
     """Model-free scores fitted on clean reference images (see the module docstring)."""
 
+    band_noise: np.ndarray
     flux_median: float
     flux_scale: float
     pca: object
@@ -80,11 +82,10 @@ class PixelBaselines:
         scale = float(1.4826 * np.median(np.abs(flux - median))) or 1.0
         pixels = _processed(processor, images, batch_size).reshape(len(images), -1)
         pca = PCA(n_components=min(components, len(images) - 1, pixels.shape[1])).fit(pixels)
-        return cls(median, scale, pca)
+        return cls(np.median(sky_noise(images), axis=0), median, scale, pca)
 
     def score(self, images: np.ndarray, processor, batch_size: int = 64) -> dict[str, np.ndarray]:
-        noise = sky_noise(images)  # (N, C)
-        max_pixel = (images / noise[:, :, None, None]).reshape(len(images), -1).max(axis=1)
+        max_pixel = (images / self.band_noise[:, None, None]).reshape(len(images), -1).max(axis=1)
         flux = images.reshape(len(images), -1).sum(axis=1)
         pixels = _processed(processor, images, batch_size).reshape(len(images), -1)
         error = ((self.pca.inverse_transform(self.pca.transform(pixels)) - pixels) ** 2).mean(axis=1)
