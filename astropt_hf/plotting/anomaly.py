@@ -72,12 +72,14 @@ def plot_anomaly_grid(strangest: Sequence, path: str | Path, max_columns: int = 
 
 
 def plot_benchmark_auc(results: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | Path,
-                       methods: Sequence[str] | None = None, title: str | None = None) -> Path:  # fmt: skip
+                       methods: Sequence[str] | None = None, labels: Mapping[str, str] | None = None,
+                       title: str | None = None) -> Path:  # fmt: skip
     """Grouped bars of ROC AUC: one group per artefact kind (and "overall"), one bar per method.
 
     Args:
         results: kind -> method -> {"roc_auc": ..., ...} (as written by the anomaly benchmark).
         methods: the methods to draw, in order (default: those of the first kind).
+        labels: legend text per method (default: the method's name).
     """
     kinds = list(results)
     if not kinds:
@@ -87,9 +89,11 @@ def plot_benchmark_auc(results: Mapping[str, Mapping[str, Mapping[str, float]]],
     fig = Figure(figsize=(max(6.0, 1.1 * len(kinds) + 2.5), 4.0))
     ax = fig.subplots()
     positions = np.arange(len(kinds))
+    labels = labels or {}
     for index, method in enumerate(methods):
         values = [results[kind][method]["roc_auc"] for kind in kinds]
-        ax.bar(positions + (index - (len(methods) - 1) / 2) * width, values, width, label=method)
+        offset = (index - (len(methods) - 1) / 2) * width
+        ax.bar(positions + offset, values, width, label=labels.get(method, method))
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_xticks(positions)
     ax.set_xticklabels([kind.replace("_", " ") for kind in kinds], rotation=25, ha="right", fontsize=8)

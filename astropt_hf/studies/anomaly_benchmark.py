@@ -189,5 +189,6 @@ def write_benchmark_report(report: dict, output_dir: str | Path, title: str | No
              "figure": output_dir / "anomaly_benchmark_auc.png"}  # fmt: skip
     paths["json"].write_text(json.dumps(report, indent=2))
     paths["markdown"].write_text(benchmark_markdown(report))
-    plot_benchmark_auc(report["results"], paths["figure"], methods=METHODS, title=title)
+    labels = {method: f"{method} (baseline)" if method in BASELINES else method for method in METHODS}
+    plot_benchmark_auc(report["results"], paths["figure"], methods=METHODS, labels=labels, title=title)
     return paths
