@@ -29,9 +29,12 @@ nearest reference embeddings (features standardised on the reference), or an iso
 An image never counts as its own neighbour (matched by id), so a catalogue can be its own reference.
 
 **Combined score.** Each part is rank-normalised against the same part on the reference images: its
-upper-tail p-value p = (1 + #reference >= x) / (1 + n_reference). ``anomaly_score`` is the mean of
--ln p over the parts (Fisher's method up to a constant), so one very strange part is enough to rank
-an image high, and the parts, whose scales differ, are put on one footing.
+upper-tail p-value p = (1 + #reference >= x) / (1 + n_reference); beyond the largest reference value,
+where that count runs out, p keeps falling along an exponential tail fitted to the reference's top
+decile, so images stranger than anything in the reference still rank among themselves.
+``anomaly_score`` is the mean of -ln p over the parts (Fisher's method up to a constant), so one very
+strange part is enough to rank an image high, and the parts, whose scales differ, are put on one
+footing.
 
 Memory stays bounded: the reference keeps at most `max_reference` images' per-patch numbers and
 embeddings; the catalogue is streamed, keeping per-image numbers and the `top_k` strangest images.
@@ -63,6 +66,7 @@ __all__ = [
     "patch_noise_floor",
     "score_catalogue",
     "score_pixel_batch",
+    "tail_scale",
     "write_scores",
 ]
 
@@ -238,6 +242,16 @@ def collect_scores(model, processor, batches: Iterable[dict]) -> RawScores:
 # --------------------------------------------------------------------------- reference
 
 
+def tail_scale(sorted_values: np.ndarray) -> float:
+    """Scale of an exponential tail fitted to the top decile of `sorted_values`: the mean excess over the
+    90th percentile (the maximum-likelihood scale of a peaks-over-threshold fit with shape 0)."""
+    threshold = np.quantile(sorted_values, 0.9)
+    excess = sorted_values[sorted_values > threshold] - threshold
+    scale = float(excess.mean()) if excess.size else 0.0
+    spread = float(sorted_values[-1] - sorted_values[0])
+    return scale if scale > 0 else (spread if spread > 0 else 1.0)
+
+
 @dataclass
 class AnomalyReference:
     """What the scores are measured against, fitted on clean (or typical) images.
@@ -304,22 +318,29 @@ class AnomalyReference:
         return {"surprise": z.mean(axis=1), "surprise_worst": worst.mean(axis=1),
                 "embedding_outlier": self._outlier(raw)}  # fmt: skip
 
-    def p_values(self, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Upper-tail p-value of each part against the reference, (1 + #ref >= x) / (1 + n_ref)."""
+    def log_p_values(self, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """ln of each part's upper-tail p-value against the reference: (1 + #ref >= x) / (1 + n_ref), and
+        beyond the reference's largest value an exponential tail (`tail_scale`), so the strangest still
+        rank. Logarithms, because far in the tail p underflows."""
         result = {}
         for name, values in parts.items():
             reference = self.part_values[name]
             at_least = len(reference) - np.searchsorted(reference, values, side="left")
-            result[name] = (1.0 + at_least) / (1.0 + len(reference))
+            beyond = np.maximum(values - reference[-1], 0.0) / tail_scale(reference)
+            result[name] = np.log((1.0 + at_least) / (1.0 + len(reference))) - beyond
         return result
+
+    def p_values(self, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each part's upper-tail p-value against the reference (see `log_p_values`)."""
+        return {name: np.exp(values) for name, values in self.log_p_values(parts).items()}
 
     def score(self, raw: RawScores) -> dict[str, np.ndarray]:
         """Columns for `raw`: id, anomaly_score, the parts, their p-values, loss and noise_loss."""
         parts = self.parts(raw)
-        p = self.p_values(parts)
-        combined = np.mean([-np.log(p[name]) for name in PART_COLUMNS], axis=0)
+        log_p = self.log_p_values(parts)
+        combined = np.mean([-log_p[name] for name in PART_COLUMNS], axis=0)
         columns = {"id": raw.ids.astype(str), "anomaly_score": combined, **parts}
-        columns.update({f"p_{name}": p[name] for name in PART_COLUMNS})
+        columns.update({f"p_{name}": np.exp(log_p[name]) for name in PART_COLUMNS})
         columns.update({"loss": raw.loss, "noise_loss": raw.noise_floor})
         return columns
 

@@ -171,9 +171,9 @@ def benchmark_markdown(report: dict) -> str:
         lines.append("| artefact | " + " | ".join(METHODS) + " |")
         lines.append("|---" * (len(METHODS) + 1) + "|")
         for kind, methods in results.items():
-            values = [methods[m][metric] for m in METHODS]
-            best = max(values)
-            cells = [f"**{v:.2f}**" if v == best else f"{v:.2f}" for v in values]
+            values = [f"{methods[m][metric]:.2f}" for m in METHODS]
+            best = max(values, key=float)
+            cells = [f"**{v}**" if v == best else v for v in values]  # every method that ties for best
             lines.append(f"| {kind.replace('_', ' ')} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
