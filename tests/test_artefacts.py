@@ -158,3 +158,15 @@ def test_bad_sky_adds_a_plane_of_a_few_sigma_to_every_band():
         assert np.abs(np.diff(change[band], n=2, axis=1)).max() < 1e-3 * scale + 1e-6
         centre = change[band, 15:17, 15:17].mean() / scale
         assert 0.9 <= abs(centre) <= 3.1
+
+
+def test_blend_without_a_companion_draws_a_synthetic_galaxy_at_the_offset():
+    image = np.zeros((3, SIZE, SIZE), dtype=np.float32)
+    damaged = blend(image, np.random.default_rng(2), offset=0.3, flux_ratio=1.0)
+    light = damaged[1].astype(np.float64)
+    peak = np.unravel_index(np.argmax(light), light.shape)
+    distance = np.hypot(peak[0] - (SIZE - 1) / 2, peak[1] - (SIZE - 1) / 2)
+    assert 0.3 * SIZE - 1.5 <= distance <= 0.3 * SIZE + 1.5
+    # drawn in place, not a shifted stamp: a shifted stamp leaves the rows and columns it moved away
+    # from exactly empty (about 10 of each here), while a drawn galaxy's wings reach every pixel
+    assert np.all(damaged != 0)

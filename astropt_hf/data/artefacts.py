@@ -21,8 +21,8 @@ Kinds (``ARTEFACT_KINDS``, name -> function):
   direction);
 * ``dead_column`` / ``hot_column``: one detector column in one band reading a constant low value
   (zero counts before sky subtraction) or an excess;
-* ``blend``: a second galaxy added at an offset (a noiseless model stamp where one is available, so
-  the blend does not also add a second noise field);
+* ``blend``: a second galaxy added at an offset (a noiseless model image, rendered at the offset by
+  default, so the blend does not also add a second noise field);
 * ``bad_sky``: a wrong sky level, an offset plus a gradient plane, in every band.
 """
 
@@ -260,32 +260,33 @@ def blend(
     offset: float | tuple[float, float] = (0.15, 0.35),
     flux_ratio: float | tuple[float, float] = (0.5, 2.0),
 ) -> np.ndarray:
-    """Add a second galaxy, shifted by a random whole-pixel offset in a random direction.
+    """Add a second galaxy at a random offset in a random direction.
 
     Args:
-        companion: a (C, H, W) stamp of the second galaxy, ideally noiseless (a model image), since its
-            noise would add to the stamp's; ``None`` renders a noiseless synthetic grz galaxy (needs
-            GalSim and a 3-band image in nanomaggies, like the built-in set).
-        offset: the shift as a fraction of the stamp's side (fixed or a (low, high) range).
+        companion: a (C, H, W) stamp of the second galaxy, centred, ideally noiseless (a model image),
+            since its noise would add to the stamp's. It is shifted by whole pixels; light shifted in
+            from beyond its edge is zero, so pixels it does not cover stay untouched. ``None`` renders a
+            noiseless synthetic grz galaxy directly at the offset (needs GalSim and a square 3-band image
+            in nanomaggies, like the built-in set), so its light has no cut edge.
+        offset: the distance as a fraction of the stamp's side (fixed or a (low, high) range).
         flux_ratio: the companion is scaled by this (fixed or a range).
-
-    Light shifted in from beyond the companion's edge is zero, so pixels the shifted companion does
-    not cover are untouched.
     """
     out = _as_chw(image).copy()
     num_bands, height, width = out.shape
-    if companion is None:
-        companion = _synthetic_companion(rng, num_bands, height, width)
-    companion = np.asarray(companion, dtype=np.float64)
-    if companion.shape != out.shape:
-        raise ValueError(f"companion has shape {companion.shape}; expected the image's {out.shape}")
     angle = rng.uniform(0.0, 2.0 * np.pi)
     distance = _value(rng, offset) * min(height, width)
-    dy, dx = int(round(distance * np.sin(angle))), int(round(distance * np.cos(angle)))
-    shifted = np.zeros_like(companion)
-    src_rows, dst_rows = _shift_slices(height, dy)
-    src_cols, dst_cols = _shift_slices(width, dx)
-    shifted[:, dst_rows, dst_cols] = companion[:, src_rows, src_cols]
+    dy, dx = distance * np.sin(angle), distance * np.cos(angle)
+    if companion is None:
+        shifted = _synthetic_companion(rng, num_bands, height, width, dy, dx)
+    else:
+        companion = np.asarray(companion, dtype=np.float64)
+        if companion.shape != out.shape:
+            raise ValueError(f"companion has shape {companion.shape}; expected the image's {out.shape}")
+        dy, dx = int(round(dy)), int(round(dx))
+        shifted = np.zeros_like(companion)
+        src_rows, dst_rows = _shift_slices(height, dy)
+        src_cols, dst_cols = _shift_slices(width, dx)
+        shifted[:, dst_rows, dst_cols] = companion[:, src_rows, src_cols]
     out += (_value(rng, flux_ratio) * shifted).astype(out.dtype)
     return out
 
@@ -297,7 +298,10 @@ def _shift_slices(size: int, shift: int) -> tuple[slice, slice]:
     return slice(-shift, size), slice(0, size + shift)
 
 
-def _synthetic_companion(rng: np.random.Generator, num_bands: int, height: int, width: int) -> np.ndarray:
+def _synthetic_companion(rng: np.random.Generator, num_bands: int, height: int, width: int, dy: float, dx: float):
+    """A noiseless synthetic galaxy drawn `dy` rows and `dx` columns away from the stamp's centre."""
+    import dataclasses
+
     from astropt_hf.data.synthetic import BANDS, render_galaxy, sample_galaxy_params
 
     if num_bands != len(BANDS) or height != width:
@@ -305,7 +309,9 @@ def _synthetic_companion(rng: np.random.Generator, num_bands: int, height: int, 
             f"blend without a companion renders a synthetic {''.join(BANDS)} galaxy, which needs a square "
             f"{len(BANDS)}-band image; got ({num_bands}, {height}, {width}): pass companion="
         )
-    image, _ = render_galaxy(sample_galaxy_params(rng), image_size=height, rng=None)
+    # GalSim's offset is (x, y) = (column, row) in pixels
+    params = dataclasses.replace(sample_galaxy_params(rng), offset_x=float(dx), offset_y=float(dy))
+    image, _ = render_galaxy(params, image_size=height, rng=None)
     return image
 
 
