@@ -8,7 +8,8 @@ clean split (default: validation) as the reference; for each artefact kind of
 `astropt_hf.data.artefacts` damages a random --fraction of the catalogue and reports ROC AUC and
 precision at k (k = number damaged) per kind and overall, for the combined anomaly score, its parts and
 the baselines (see `astropt_hf.studies.anomaly_benchmark`). Writes anomaly_benchmark.json, .md (the
-tables) and anomaly_benchmark_auc.png. Images must be (C, H, W) arrays in flux units, as the built-in
+tables), anomaly_benchmark_auc.png and anomaly_benchmark_strangest.png (the top of the mixed catalogue,
+with heat maps of where the model was surprised). Images must be (C, H, W) arrays in flux units, as the built-in
 set's nanomaggies: the artefacts are scaled to each stamp's sky noise.
 """
 
@@ -45,6 +46,7 @@ class EvaluateAnomaliesArguments:
     pca_components: int = field(default=16, metadata={"help": "components of the PCA baseline"})
     neighbours: int = field(default=10, metadata={"help": "k of the k-NN embedding distance"})
     worst_patches: int = field(default=3, metadata={"help": "patches averaged in surprise_worst"})
+    strangest: int = field(default=16, metadata={"help": "draw the N strangest of the mixed catalogue (0: no figure)"})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
 
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         fraction=args.fraction, kinds=kinds, seed=args.seed, pca_components=args.pca_components,
         anomaly=AnomalyOptions(batch_size=args.batch_size, neighbours=args.neighbours, worst_patches=args.worst_patches),
     )  # fmt: skip
-    report = run_anomaly_benchmark(model, processor, catalogue, reference, options)
+    report = run_anomaly_benchmark(model, processor, catalogue, reference, options, strangest=args.strangest)
     report["settings"].update({"model": args.model, "catalogue": origin, "reference": reference_origin})
     paths = write_benchmark_report(report, args.output_dir, title=f"artefacts in {origin}, reference {reference_origin}")
     print(paths["markdown"].read_text())

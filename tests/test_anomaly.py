@@ -197,7 +197,7 @@ def test_evaluate_anomalies_end_to_end_finds_strong_artefacts(tiny_model, tmp_pa
     script = load_script("evaluate_anomalies")
     assert script.main(["--model", str(folder), "--output_dir", str(tmp_path), "--reference_split", "train",
                         "--kinds", "saturated_star,dead_column", "--fraction", "0.25", "--neighbours", "5",
-                        "--pca_components", "8", *dataset_flags()]) == 0  # fmt: skip
+                        "--pca_components", "8", "--strangest", "4", *dataset_flags()]) == 0  # fmt: skip
     report = json.loads((tmp_path / "anomaly_benchmark.json").read_text())
     assert set(report["results"]) == {"saturated_star", "dead_column", "overall"}
     assert report["settings"]["num_catalogue"] == 24 and report["settings"]["num_damaged"] == 6
@@ -209,3 +209,4 @@ def test_evaluate_anomalies_end_to_end_finds_strong_artefacts(tiny_model, tmp_pa
     table = (tmp_path / "anomaly_benchmark.md").read_text()
     assert "| saturated star |" in table and "precision at k (k = 6 damaged of 24)" in table
     assert (tmp_path / "anomaly_benchmark_auc.png").stat().st_size > 10_000
+    assert (tmp_path / "anomaly_benchmark_strangest.png").stat().st_size > 10_000

@@ -66,6 +66,7 @@ __all__ = [
     "patch_noise_floor",
     "score_catalogue",
     "score_pixel_batch",
+    "surprise_maps",
     "tail_scale",
     "write_scores",
 ]
@@ -359,7 +360,7 @@ class StrangeImage:
     surprise_map: np.ndarray = field(compare=False, repr=False)
 
 
-def _surprise_maps(model, z: np.ndarray) -> np.ndarray:
+def surprise_maps(model, z: np.ndarray) -> np.ndarray:
     """(B, T - 1) patch z -> (B, H, W) images, each patch's pixels set to its z (the first patch, which
     nothing predicts, is NaN)."""
     config = model.config
@@ -429,7 +430,7 @@ def _keep_strangest(top, k, model, processor, pixel_values, raw, columns, refere
     if not candidates:
         return
     flux, _ = _unstretch(processor, pixel_values[candidates].float())
-    maps = _surprise_maps(model, reference.patch_surprise(raw)[candidates])
+    maps = surprise_maps(model, reference.patch_surprise(raw)[candidates])
     for j, i in enumerate(candidates):
         item = StrangeImage(float(scores[i]), -next(counter), str(raw.ids[i]), flux[j].numpy(), maps[j])
         if len(top) < k:

@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from astropt_hf.data.artefacts import ARTEFACT_KINDS, inject_artefact, sky_noise
-from astropt_hf.downstream.anomaly import AnomalyOptions, AnomalyReference, array_batches, collect_scores
+from astropt_hf.downstream.anomaly import (
+    AnomalyOptions,
+    AnomalyReference,
+    StrangeImage,
+    array_batches,
+    collect_scores,
+    surprise_maps,
+)
 
 __all__ = ["BASELINES", "METHODS", "BenchmarkOptions", "PixelBaselines", "run_anomaly_benchmark",
            "write_benchmark_report"]  # fmt: skip
@@ -111,6 +118,15 @@ class _Scorer:
         scores.update(self.baselines.score(images, self.processor, batch))
         return scores
 
+    def strangest(self, images: np.ndarray, names: Sequence[str], count: int) -> list[StrangeImage]:
+        """The `count` images with the highest anomaly_score, strangest first, with their surprise maps."""
+        batch = self.options.anomaly.batch_size
+        raw = collect_scores(self.model, self.processor, array_batches(images, self.processor, batch, names))
+        scores = self.reference.score(raw)["anomaly_score"]
+        top = np.argsort(-scores, kind="stable")[:count]
+        maps = surprise_maps(self.model, self.reference.patch_surprise(raw)[top])
+        return [StrangeImage(float(scores[i]), -rank, str(names[i]), images[i], maps[rank]) for rank, i in enumerate(top)]
+
 
 def _ids(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{i}" for i in range(count)]
@@ -132,32 +148,44 @@ def _damage(images: np.ndarray, chosen: np.ndarray, kinds: Sequence[str], rng: n
 
 
 def run_anomaly_benchmark(model, processor, catalogue: np.ndarray, reference: np.ndarray,
-                          options: BenchmarkOptions | None = None) -> dict:  # fmt: skip
+                          options: BenchmarkOptions | None = None, strangest: int = 0) -> dict:  # fmt: skip
     """Score clean and damaged versions of `catalogue` (N, C, H, W flux images) against the clean
-    `reference` images; returns {"settings", "results": kind -> method -> metrics}."""
+    `reference` images; returns {"settings", "results": kind -> method -> metrics}.
+
+    With `strangest` > 0 the result also holds "strangest": that many `StrangeImage`s, the top of the
+    ``overall`` catalogue (named by their catalogue index and artefact kind, or "clean"), for a figure.
+    """
     options = options or BenchmarkOptions()
     catalogue = np.asarray(catalogue, dtype=np.float32)
     scorer = _Scorer(model, processor, np.asarray(reference, dtype=np.float32), options)
     clean = scorer(catalogue, "clean")
     count = max(1, int(round(options.fraction * len(catalogue))))
-    results = {}
+    report: dict = {"results": {}}
     plans = [(kind, None) for kind in options.kinds] + [(OVERALL, list(options.kinds))]
     for index, (name, mixture) in enumerate(plans):
         rng = np.random.default_rng([options.seed, index])
         chosen = np.sort(rng.choice(len(catalogue), size=count, replace=False))
-        kinds = [name] * count if mixture is None else list(rng.choice(mixture, size=count))
-        damaged = scorer(_damage(catalogue, chosen, kinds, rng), f"damaged-{name}")
+        kinds = [name] * count if mixture is None else [str(k) for k in rng.choice(mixture, size=count)]
+        damaged_images = _damage(catalogue, chosen, kinds, rng)
+        damaged = scorer(damaged_images, f"damaged-{name}")
         labels = np.zeros(len(catalogue), dtype=np.int64)
         labels[chosen] = 1
-        results[name] = {}
+        report["results"][name] = {}
         for method in METHODS:
             scores = clean[method].copy()
             scores[chosen] = damaged[method]
-            results[name][method] = ranking_metrics(labels, scores)
-    settings = {"num_catalogue": len(catalogue), "num_reference": len(reference), "num_damaged": count,
-                **{k: v for k, v in asdict(options).items() if k != "anomaly"},
-                "kinds": list(options.kinds), "anomaly": asdict(options.anomaly)}  # fmt: skip
-    return {"settings": settings, "results": results}
+            report["results"][name][method] = ranking_metrics(labels, scores)
+        if mixture is not None and strangest > 0:
+            mixed = catalogue.copy()
+            mixed[chosen] = damaged_images
+            names = [f"{i}: clean" for i in range(len(catalogue))]
+            for i, kind in zip(chosen, kinds):
+                names[i] = f"{i}: {kind.replace('_', ' ')}"
+            report["strangest"] = scorer.strangest(mixed, names, strangest)
+    report["settings"] = {"num_catalogue": len(catalogue), "num_reference": len(reference), "num_damaged": count,
+                          **{k: v for k, v in asdict(options).items() if k != "anomaly"},
+                          "kinds": list(options.kinds), "anomaly": asdict(options.anomaly)}  # fmt: skip
+    return report
 
 
 def benchmark_markdown(report: dict) -> str:
@@ -180,15 +208,23 @@ def benchmark_markdown(report: dict) -> str:
 
 
 def write_benchmark_report(report: dict, output_dir: str | Path, title: str | None = None) -> dict[str, Path]:
-    """Write anomaly_benchmark.json, anomaly_benchmark.md and anomaly_benchmark_auc.png into `output_dir`."""
-    from astropt_hf.plotting.anomaly import plot_benchmark_auc
+    """Write anomaly_benchmark.json, anomaly_benchmark.md and anomaly_benchmark_auc.png into `output_dir`,
+    and anomaly_benchmark_strangest.png when the report holds "strangest"."""
+    from astropt_hf.plotting.anomaly import plot_anomaly_grid, plot_benchmark_auc
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / "anomaly_benchmark.json", "markdown": output_dir / "anomaly_benchmark.md",
              "figure": output_dir / "anomaly_benchmark_auc.png"}  # fmt: skip
-    paths["json"].write_text(json.dumps(report, indent=2))
+    serialisable = {key: value for key, value in report.items() if key != "strangest"}
+    paths["json"].write_text(json.dumps(serialisable, indent=2))
     paths["markdown"].write_text(benchmark_markdown(report))
     labels = {method: f"{method} (baseline)" if method in BASELINES else method for method in METHODS}
     plot_benchmark_auc(report["results"], paths["figure"], methods=METHODS, labels=labels, title=title)
+    if report.get("strangest"):
+        paths["strangest"] = output_dir / "anomaly_benchmark_strangest.png"
+        damaged = report["settings"]["num_damaged"]
+        plot_anomaly_grid(report["strangest"], paths["strangest"],
+                          title=f"strangest of {report['settings']['num_catalogue']} galaxies, {damaged} with a random "
+                                "artefact each (title: catalogue index and what was injected)")  # fmt: skip
     return paths
