@@ -10,8 +10,9 @@ Writes one row per readable image, strangest first: `id`, `anomaly_score` (highe
 parts `surprise`, `surprise_worst` (the model's next-patch loss over the loss pixel noise alone would
 give, standardised per patch position against the reference), `embedding_outlier` (k-NN distance or
 isolation-forest score of the embedding), each part's p-value against the reference, the raw mean
-`loss` and its `noise_loss`. The reference defaults to the scored catalogue itself; how the parts are
-made and combined is in `astropt_hf.downstream.anomaly`. `--grid` draws the top-k with heat maps of
+`loss` and its `noise_loss`. The reference defaults to the scored catalogue itself (up to
+--max_reference images of it, scored in a first pass); how the parts are made and combined is in
+`astropt_hf.downstream.anomaly`. `--grid` draws the top-k with heat maps of
 where each one surprised the model.
 """
 

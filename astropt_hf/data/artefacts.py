@@ -45,9 +45,6 @@ __all__ = [
     "sky_noise",
 ]
 
-#: PSF full width at half maximum in pixels used when none is given: the synthetic set's r band
-#: (1.25 arcsec at 0.262 arcsec / pixel).
-DEFAULT_PSF_FWHM_PIXELS = 1.25 / 0.262
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 _MAD_TO_SIGMA = 1.4826
 
@@ -98,6 +95,15 @@ def _noise(image: np.ndarray, noise: float | Sequence[float] | None) -> np.ndarr
     return np.where(sigma > 0, sigma, fallback)
 
 
+def _psf_fwhm(fwhm: float | None) -> float:
+    """The given PSF FWHM in pixels, or the built-in synthetic set's r-band one."""
+    if fwhm is not None:
+        return float(fwhm)
+    from astropt_hf.data.synthetic import PIXEL_SCALE, PSF_FWHM
+
+    return PSF_FWHM["r"] / PIXEL_SCALE
+
+
 def _pick_bands(rng: np.random.Generator, num_bands: int, bands: Sequence[int] | None, at_most: int) -> np.ndarray:
     """The given bands, or a random non-empty subset of at most `at_most` of them."""
     if bands is not None:
@@ -117,11 +123,12 @@ def satellite_trail(
     image: np.ndarray,
     rng: np.random.Generator,
     amplitude: float | tuple[float, float] = (5.0, 20.0),
-    fwhm: float = DEFAULT_PSF_FWHM_PIXELS,
+    fwhm: float | None = None,
     bands: Sequence[int] | None = None,
     noise: float | Sequence[float] | None = None,
 ) -> np.ndarray:
-    """A straight trail across the stamp: peak `amplitude` sky sigmas, Gaussian profile of `fwhm` pixels.
+    """A straight trail across the stamp: peak `amplitude` sky sigmas, Gaussian profile of `fwhm` pixels
+    (default: the built-in synthetic set's r-band PSF).
 
     The line passes through a random point of the central half of the stamp at a random angle; the
     profile is cut at 3 sigma of its width, so pixels farther from the line are untouched.
@@ -135,7 +142,7 @@ def satellite_trail(
     rows, cols = np.mgrid[0:height, 0:width]
     # perpendicular distance of each pixel centre from the line through `centre` along `angle`
     distance = np.abs((cols - centre[1]) * np.sin(angle) - (rows - centre[0]) * np.cos(angle))
-    width_sigma = fwhm / _FWHM_PER_SIGMA
+    width_sigma = _psf_fwhm(fwhm) / _FWHM_PER_SIGMA
     profile = np.where(distance <= 3.0 * width_sigma, np.exp(-0.5 * (distance / width_sigma) ** 2), 0.0)
     for band in _pick_bands(rng, out.shape[0], bands, out.shape[0]):
         out[band] += (peak * sigma[band] * profile).astype(out.dtype)
@@ -178,14 +185,15 @@ def saturated_star(
     rng: np.random.Generator,
     saturation: float = 300.0,
     overexposure: float | tuple[float, float] = (3.0, 30.0),
-    fwhm: float = DEFAULT_PSF_FWHM_PIXELS,
+    fwhm: float | None = None,
     beta: float = 3.5,
     radius: float | None = None,
     bleed_length: int | tuple[int, int] | None = None,
     noise: float | Sequence[float] | None = None,
 ) -> np.ndarray:
-    """A saturated star: a Moffat PSF peaking `overexposure` times above `saturation` (in sky sigmas),
-    its core clipped at `saturation`, and a vertical bleed column of saturated pixels through it.
+    """A saturated star: a Moffat PSF (FWHM `fwhm` pixels, default: the built-in synthetic set's r band)
+    peaking `overexposure` times above `saturation` (in sky sigmas), its core clipped at `saturation`,
+    and a vertical bleed column of saturated pixels through it.
 
     The star sits at a random sub-pixel position away from the stamp's centre (a foreground star next
     to the galaxy). Its profile is cut at `radius` pixels (default: 3 FWHM) and the bleed column runs
@@ -195,6 +203,7 @@ def saturated_star(
     out = _as_chw(image).copy()
     sigma = _noise(out, noise)
     _, height, width = out.shape
+    fwhm = _psf_fwhm(fwhm)
     radius = 3.0 * fwhm if radius is None else float(radius)
     # a random point at least a fifth of the stamp from the centre, inside the stamp
     angle = rng.uniform(0.0, 2.0 * np.pi)
