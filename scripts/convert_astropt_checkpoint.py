@@ -19,6 +19,8 @@ from astropt_hf.conversion import ParityCheckError, UnsafeCheckpointError, conve
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="upstream astroPT ckpt.pt (v1, v2.x or v3 layout)")
+    parser.add_argument("--checkpoint_file", default=None, help="with a hub repo id or folder as --checkpoint: the file in it")
+    parser.add_argument("--revision", default=None, help="hub branch, tag or commit for --checkpoint_file")
     parser.add_argument("--output_dir", required=True, help="directory to write the converted model into")
     parser.add_argument(
         "--image_size",
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             push_to_hub=args.push_to_hub,
             hub_model_id=args.hub_model_id,
             parity_check=not args.no_parity_check,
+            checkpoint_file=args.checkpoint_file,
+            revision=args.revision,
         )
     except (UnsafeCheckpointError, ParityCheckError, ValueError, FileNotFoundError) as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)

@@ -50,6 +50,7 @@ class ConversionReport:
     parity_allowed_diff: float | None = None
     hub_model_id: str | None = None
     hub_source: str | None = None  # "owner/repo/path/in/repo@commit" when the checkpoint came from the hub
+    upstream_settings: dict[str, Any] = field(default_factory=dict)  # objective / attention as upstream recorded
     converter_version: str = ""
 
     @property
@@ -134,6 +135,13 @@ def _push_to_hub(output_dir: Path, hub_model_id: str) -> None:
 
     create_repo(hub_model_id, exist_ok=True)
     upload_folder(repo_id=hub_model_id, folder_path=str(output_dir), commit_message="Add astroPT converted from upstream")
+
+
+def _upstream_settings(checkpoint: dict) -> dict[str, Any]:
+    """The objective and attention fields of upstream's `model_args`, as recorded (for the report and card)."""
+    model_args = checkpoint.get("model_args") or {}
+    names = ("objective", "attn_type", "mae_mask_ratio", "norm_pix_loss")
+    return {name: model_args[name] for name in names if name in model_args}
 
 
 def _converted_model(checkpoint: dict, image_size: int | None, source: str, keep_prefix_attention: bool = False):
@@ -232,6 +240,7 @@ def convert_upstream_checkpoint(
     report = ConversionReport(
         source=str(path),
         hub_source=resolved.description if resolved.repo_id else None,
+        upstream_settings=_upstream_settings(checkpoint),
         warnings=list(mapping.warnings),
         detected_format=weights.format,
         format_description=weights.format_description,

@@ -46,7 +46,7 @@ def _snapshot_commit(path: Path) -> str | None:
 
 
 def _download(repo_id: str, filename: str, revision: str | None, cache_dir: str | Path | None) -> Path:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HFValidationError,
@@ -59,9 +59,10 @@ def _download(repo_id: str, filename: str, revision: str | None, cache_dir: str 
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
     except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE=1 forbids downloading it" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
         raise CheckpointReferenceError(
-            f"{where}: not in the local hub cache, and it cannot be downloaded (offline: HF_HUB_OFFLINE=1, or no "
-            "connection); download it once online, or point HF_HUB_CACHE at a cache that holds it"
+            f"{where}: not in the local hub cache and {why}; download it once online, or point HF_HUB_CACHE "
+            "(or cache_dir) at a cache that holds it"
         ) from None
     except RepositoryNotFoundError:
         raise CheckpointReferenceError(f"{where}: no such hub repository (or it is private: log in)") from None
