@@ -65,7 +65,7 @@ def _download(repo_id: str, filename: str, revision: str | None, cache_dir: str 
             "(or cache_dir) at a cache that holds it"
         ) from None
     except RepositoryNotFoundError:
-        raise CheckpointReferenceError(f"{where}: no such hub repository (or it is private: log in)") from None
+        raise CheckpointReferenceError(f"{where}: no such hub repository (or it is private or gated: log in, and accept its terms)") from None
     except RevisionNotFoundError:
         raise CheckpointReferenceError(f"{where}: the repository has no such revision") from None
     except EntryNotFoundError:
