@@ -1,6 +1,8 @@
 """Convert an upstream astroPT checkpoint (`ckpt.pt`) into a Transformers checkpoint directory.
 
     python scripts/convert_astropt_checkpoint.py --checkpoint ckpt.pt --output_dir astropt-hf
+    python scripts/convert_astropt_checkpoint.py --checkpoint Smith42/astroPT_v2.0 \
+        --checkpoint_file astropt/095M/ckpt.pt --output_dir astropt-095M          # from the hub
     python scripts/convert_astropt_checkpoint.py --checkpoint ckpt.pt --output_dir astropt-hf \
         --push_to_hub --hub_model_id your-name/astropt-089M
 
@@ -17,8 +19,16 @@ from astropt_hf.conversion import ParityCheckError, UnsafeCheckpointError, conve
 
 @dataclass
 class ConvertArguments:
-    checkpoint: str = option(help="upstream astroPT ckpt.pt (v1, v2.x or v3 layout)")
+    checkpoint: str = option(
+        help="upstream astroPT ckpt.pt (v1, v2.x or v3 layout), or a hub repo id (or folder) with --checkpoint_file"
+    )
     output_dir: str = option(help="directory to write the converted model into")
+    checkpoint_file: str | None = option(None, "with a hub repo id or folder as --checkpoint: the file in it")
+    revision: str | None = option(None, "hub branch, tag or commit for --checkpoint_file")
+    keep_prefix_attention: bool = option(
+        False, "upstream prefix checkpoints: record attention_pattern='prefix' instead of the bidirectional "
+        "attention upstream actually computed"
+    )
     image_size: int | None = option(
         None, "image side the model was trained on; default: 512 for v1, 256 for the v2.0 release, the size "
         "recorded in the checkpoint's training config, else sqrt(block_size + 1) * patch_size"
@@ -54,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             push_to_hub=args.push_to_hub,
             hub_model_id=args.hub_model_id,
             parity_check=not args.no_parity_check,
+            checkpoint_file=args.checkpoint_file,
+            revision=args.revision,
+            keep_prefix_attention=args.keep_prefix_attention,
         )
     except (UnsafeCheckpointError, ParityCheckError, ValueError, FileNotFoundError) as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)

@@ -94,3 +94,41 @@ def test_a_placeholder_without_a_value_is_an_error():
                    {"title": "x"})  # fmt: skip
     card = build_card("---\n{{ card_data }}\n---\n# {{ title }}\n", card_data("image-classification"), {"title": "x"})
     assert str(card).endswith("\n---\n# x\n")  # the template's final newline survives jinja
+
+
+@pytest.mark.parametrize(
+    ("overrides", "facts"),
+    [
+        ({}, ["| objective | next-patch regression |", "| attention pattern | causal (each patch sees the ones before it) |",
+              "trained to regress the next patch\n(", "`.generate_patches`"]),
+        ({"attention_pattern": "prefix"}, ["| attention pattern | prefix (bidirectional inside a prefix",
+                                           "regress the next patch after a bidirectional prefix"]),
+        ({"objective": "masked_patch", "attention_pattern": "bidirectional", "mask_ratio": 0.75, "norm_pix_loss": True},
+         ["| objective | masked patches, mask ratio 0.75, norm_pix_loss on |", "replaces 75% of the patch embeddings",
+          "| attention pattern | bidirectional (every patch sees every patch) |", "`fill_masked_patches`"]),
+    ],
+)  # fmt: skip
+def test_pretrained_card_records_objective_and_attention_pattern(tmp_path, overrides, facts):
+    from astropt_hf import AstroPTConfig
+
+    args = PretrainArguments()
+    config = AstroPTConfig(**{**args.model_config().to_dict(), **overrides})
+    text = ModelCard.load(write_model_card(tmp_path / "README.md", args, config, SUMMARY, "me/x")).text
+    for fact in facts:
+        assert fact in text
+    assert ("next patch" in text) == ("objective" not in overrides)
+
+
+def test_converted_card_records_objective_and_prefix_warning():
+    report = _report()
+    report.config.update(objective="masked_patch", attention_pattern="bidirectional", mask_ratio=0.5, pooling="mean")
+    report.upstream_settings = {"objective": "mae", "attn_type": "prefix"}
+    report.warnings = ["ckpt.pt: upstream never applied its prefix mask"]
+    text = render_model_card(report, "me/converted")
+    assert "| objective | masked patches (upstream `objective='mae'`), mask ratio 0.5, norm_pix_loss off |" in text
+    assert "| attention | bidirectional (upstream `attn_type='prefix'`, whose prefix mask upstream never applied" in text
+    assert "mean over all sequence positions" in text and "## Warning\n\n- ckpt.pt: upstream never applied" in text
+    assert "predicts patch `t + 1`" not in text and "`bool_masked_pos`" in text
+    causal = render_model_card(_report(), "me/converted")
+    assert "| objective | next-patch regression (upstream `objective='ar'`) |" in causal
+    assert "predicts patch `t + 1`" in causal and "## Warning" not in causal

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .hub_reference import resolve_checkpoint_source
 from .model_card import render_model_card
-from .reference_forward import upstream_embedding, upstream_patch_sequence, upstream_reference_forward
+from .parity import PARITY_TOLERANCE, ParityResult, check_parity
 from .safe_unpickle import load_upstream_checkpoint
 from .upstream_classes import UpstreamRecord
 from .upstream_config import map_upstream_config
 from .upstream_formats import IMAGE_MODALITY, UpstreamWeights, read_upstream_weights, rename_to_astropt_hf
+from .upstream_objective import UpstreamPrefixAttentionWarning
 
-PARITY_TOLERANCE = 1e-4  # fp32; scaled by the size of the reference values when they exceed 1
+__all__ = ["PARITY_TOLERANCE", "ConversionReport", "ParityCheckError", "ParityResult", "check_parity",
+           "convert_upstream_checkpoint"]  # fmt: skip
 
 
 class ParityCheckError(RuntimeError):
@@ -38,41 +42,59 @@ class ConversionReport:
     output_dir: str | None = None
     dropped_keys: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # where upstream computed other than its settings say
     parity_checked: bool = False
     prediction_max_abs_diff: float | None = None
     embedding_max_abs_diff: float | None = None
+    loss_max_abs_diff: float | None = None  # masked models: the loss for the same mask on both sides
     parity_allowed_diff: float | None = None
     hub_model_id: str | None = None
+    hub_source: str | None = None  # "owner/repo/path/in/repo@commit" when the checkpoint came from the hub
+    upstream_settings: dict[str, Any] = field(default_factory=dict)  # objective / attention as upstream recorded
     converter_version: str = ""
+
+    @property
+    def public_source(self) -> str:
+        """The source as the card and the saved report name it: the hub reference, else the file name."""
+        return self.hub_source or Path(self.source).name
 
     @property
     def parity_passed(self) -> bool | None:
         """True/False after a parity check, None when it was skipped."""
         if not self.parity_checked:
             return None
-        return max(self.prediction_max_abs_diff, self.embedding_max_abs_diff) <= self.parity_allowed_diff
+        diffs = [self.prediction_max_abs_diff, self.embedding_max_abs_diff]
+        diffs += [self.loss_max_abs_diff] if self.loss_max_abs_diff is not None else []
+        return max(diffs) <= self.parity_allowed_diff
 
     def parity_summary(self) -> str:
         if not self.parity_checked:
             return "skipped (--no_parity_check)"
         verdict = "passed" if self.parity_passed else "FAILED"
+        masked = self.config.get("objective") == "masked_patch"
+        loss = f", {self.loss_max_abs_diff:.2e} in the loss" if self.loss_max_abs_diff is not None else ""
         return (
-            f"{verdict}: max abs difference {self.prediction_max_abs_diff:.2e} in next-patch predictions, "
+            f"{verdict}: max abs difference {self.prediction_max_abs_diff:.2e} in "
+            f"{'reconstructions (the same mask on both sides)' if masked else 'next-patch predictions'}{loss}, "
             f"{self.embedding_max_abs_diff:.2e} in embeddings (allowed {self.parity_allowed_diff:.1e}, fp32)"
         )
 
     def summary(self) -> str:
         lines = [
-            f"source:      {self.source}",
+            f"source:      {self.hub_source or self.source}",
             f"format:      {self.format_description}" + (" with _orig_mod. prefix" if self.had_compile_prefix else ""),
             f"parameters:  {self.num_parameters:,}",
             f"image size:  {self.image_size} px ({self.image_size_source})",
+            f"objective:   {self.config.get('objective', 'next_patch')}, attention "
+            f"{self.config.get('attention_pattern', 'causal')}"
+            + (f", mask ratio {self.config['mask_ratio']}" if self.config.get("objective") == "masked_patch" else ""),
             f"parity:      {self.parity_summary()}",
         ]
         if self.output_dir:
             lines.append(f"saved to:    {self.output_dir}")
         if self.hub_model_id:
             lines.append(f"pushed to:   {self.hub_model_id}")
+        lines += [f"warning:     {warning}" for warning in self.warnings]
         lines += [f"note:        {note}" for note in self.notes]
         lines += [f"dropped:     {key} ({why})" for key, why in self.dropped_keys.items()]
         return "\n".join(lines)
@@ -108,32 +130,6 @@ def _load_weights_into(model: torch.nn.Module, renamed: dict[str, torch.Tensor],
     return notes
 
 
-@torch.no_grad()
-def check_parity(
-    model: torch.nn.Module, weights: UpstreamWeights, num_heads: int, num_images: int = 2, seed: int = 0
-) -> tuple[float, float, float]:
-    """Compare the converted model with the independent upstream re-implementation on random images.
-
-    Returns (max |diff| of next-patch predictions, max |diff| of embeddings, allowed difference).
-    """
-    config = model.config
-    generator = torch.Generator().manual_seed(seed)
-    pixel_values = torch.rand(
-        num_images, config.num_channels, config.image_size, config.image_size, generator=generator
-    )
-    ours = model(pixel_values=pixel_values).predictions[:, :-1]
-    ours_embedding = model.astropt.get_image_embeddings(pixel_values)
-
-    sequence = upstream_patch_sequence(pixel_values, config.patch_size, spiral=config.patch_order == "spiral")
-    reference = upstream_reference_forward(weights.state_dict, weights.format, num_heads, sequence[:, :-1])
-    reference_embedding = upstream_embedding(reference, weights.format)
-
-    prediction_diff = (ours - reference.predictions).abs().max().item()
-    embedding_diff = (ours_embedding - reference_embedding).abs().max().item()
-    scale = max(1.0, reference.predictions.abs().max().item(), reference_embedding.abs().max().item())
-    return prediction_diff, embedding_diff, PARITY_TOLERANCE * scale
-
-
 def _push_to_hub(output_dir: Path, hub_model_id: str) -> None:
     from huggingface_hub import create_repo, upload_folder
 
@@ -141,7 +137,14 @@ def _push_to_hub(output_dir: Path, hub_model_id: str) -> None:
     upload_folder(repo_id=hub_model_id, folder_path=str(output_dir), commit_message="Add astroPT converted from upstream")
 
 
-def _converted_model(checkpoint: dict, image_size: int | None, source: str):
+def _upstream_settings(checkpoint: dict) -> dict[str, Any]:
+    """The objective and attention fields of upstream's `model_args`, as recorded (for the report and card)."""
+    model_args = checkpoint.get("model_args") or {}
+    names = ("objective", "attn_type", "mae_mask_ratio", "norm_pix_loss")
+    return {name: model_args[name] for name in names if name in model_args}
+
+
+def _converted_model(checkpoint: dict, image_size: int | None, source: str, keep_prefix_attention: bool = False):
     """(model, the weights read, the config mapping, the config kwargs used, notes) for a loaded checkpoint."""
     from .. import AstroPTConfig, AstroPTForPreTraining
 
@@ -150,7 +153,9 @@ def _converted_model(checkpoint: dict, image_size: int | None, source: str):
         raise ValueError(f"{source}: expected a state dict under 'model', found {type(state_dict).__name__}")
     _check_registry(checkpoint, source)
     weights = read_upstream_weights(state_dict, source)
-    mapping = map_upstream_config(checkpoint, weights, image_size=image_size, source=source)
+    mapping = map_upstream_config(
+        checkpoint, weights, image_size=image_size, source=source, keep_prefix_attention=keep_prefix_attention
+    )
     num_patches = (mapping.config_kwargs["image_size"] // mapping.config_kwargs["patch_size"]) ** 2
     config_kwargs = dict(mapping.config_kwargs)
     config_kwargs["max_position_embeddings"] = max(config_kwargs["max_position_embeddings"], num_patches)
@@ -163,10 +168,10 @@ def _converted_model(checkpoint: dict, image_size: int | None, source: str):
 
 def _record_parity(report: ConversionReport, model: torch.nn.Module, weights: UpstreamWeights, source: str) -> None:
     """Run the parity check into `report`; raise if the converted model does not reproduce upstream."""
-    prediction_diff, embedding_diff, allowed = check_parity(model, weights, model.config.num_attention_heads)
+    result = check_parity(model, weights, model.config.num_attention_heads)
     report.parity_checked = True
-    report.prediction_max_abs_diff, report.embedding_max_abs_diff = prediction_diff, embedding_diff
-    report.parity_allowed_diff = allowed
+    report.prediction_max_abs_diff, report.embedding_max_abs_diff = result.prediction_diff, result.embedding_diff
+    report.loss_max_abs_diff, report.parity_allowed_diff = result.loss_diff, result.allowed
     if not report.parity_passed:
         raise ParityCheckError(f"{source}: converted model does not reproduce upstream: {report.parity_summary()}")
 
@@ -180,7 +185,7 @@ def _write_conversion(report: ConversionReport, model: torch.nn.Module, output_d
     AstroPTImageProcessor(image_size=config.image_size, num_channels=config.num_channels).save_pretrained(output_dir)
     (output_dir / "README.md").write_text(render_model_card(report, card_repo_id))
     # the card and report travel to the hub: record the file name, not this machine's path
-    public_report = {**asdict(report), "source": Path(report.source).name, "output_dir": None}
+    public_report = {**asdict(report), "source": report.public_source, "output_dir": None}
     (output_dir / "conversion_report.json").write_text(json.dumps(public_report, indent=2, default=str) + "\n")
 
 
@@ -191,34 +196,52 @@ def convert_upstream_checkpoint(
     push_to_hub: bool = False,
     hub_model_id: str | None = None,
     parity_check: bool = True,
+    checkpoint_file: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    keep_prefix_attention: bool = False,
 ) -> ConversionReport:
     """Convert an upstream astroPT checkpoint (v1, v2.x or v3 layout) to a Transformers checkpoint.
 
-    Loads `path` without running code from it, maps weights and settings onto `AstroPTForPreTraining`,
-    checks that the result reproduces upstream's forward pass (unless `parity_check=False`), and writes
-    to `output_dir`: the model (safetensors, with the remote-code files), an `AstroPTImageProcessor`,
-    a model card (README.md) and `conversion_report.json`. With `push_to_hub`, uploads the directory to
-    `hub_model_id`. `output_dir=None` converts and checks without writing.
+    `path` is a local `ckpt.pt`, or with `checkpoint_file` a local folder or a hub repository holding it
+    (e.g. `"Smith42/astroPT_v2.0"` and `"astropt/095M/ckpt.pt"`, at `revision`, through the hub cache
+    `cache_dir`; see `resolve_checkpoint`). Loads the file without running code from it, maps weights and
+    settings (objective and attention included) onto `AstroPTForPreTraining`, checks that the result
+    reproduces upstream's forward pass (unless `parity_check=False`), and writes to `output_dir`: the model
+    (safetensors, with the remote-code files), an `AstroPTImageProcessor`, a model card (README.md) and
+    `conversion_report.json`. With `push_to_hub`, uploads the directory to `hub_model_id`.
+    `output_dir=None` converts and checks without writing.
+
+    Upstream `attn_type="prefix"` checkpoints trained with full bidirectional attention (upstream never
+    applied the prefix mask): they are recorded as `attention_pattern="bidirectional"` with an
+    `UpstreamPrefixAttentionWarning`, or as `"prefix"` with `keep_prefix_attention=True`.
 
     Raises:
         UnsafeCheckpointError: the file's pickle asks for code outside the allowlist.
+        CheckpointReferenceError: (a `ValueError`) the hub reference names no file that can be had.
         ValueError: unknown layout, unsupported modalities, or inconsistent settings (the message says which).
         ParityCheckError: the converted model's outputs differ from upstream's beyond fp32 tolerance.
     """
     from .. import __version__
 
-    path = Path(path)
-    source = path.name
     if push_to_hub and not hub_model_id:
         raise ValueError("push_to_hub=True needs hub_model_id (e.g. 'your-name/astropt-089M')")
     if push_to_hub and output_dir is None:
         raise ValueError("push_to_hub=True needs an output_dir to stage the files in")
 
+    resolved = resolve_checkpoint_source(path, checkpoint_file, revision, cache_dir)
+    path = resolved.path
+    source = resolved.description
     checkpoint = load_upstream_checkpoint(path)
     checkpoint.pop("optimizer", None)  # not converted; let it go (it is memory-mapped, never read)
-    model, weights, mapping, config_kwargs, notes = _converted_model(checkpoint, image_size, source)
+    model, weights, mapping, config_kwargs, notes = _converted_model(checkpoint, image_size, source, keep_prefix_attention)
+    for warning in mapping.warnings:
+        warnings.warn(warning, UpstreamPrefixAttentionWarning, stacklevel=2)
     report = ConversionReport(
         source=str(path),
+        hub_source=resolved.description if resolved.repo_id else None,
+        upstream_settings=_upstream_settings(checkpoint),
+        warnings=list(mapping.warnings),
         detected_format=weights.format,
         format_description=weights.format_description,
         had_compile_prefix=weights.had_compile_prefix,

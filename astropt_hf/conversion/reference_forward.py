@@ -10,7 +10,14 @@ Upstream's pipeline for one image file:
     "c (h p1) (w p2) -> (h w) (p1 p2 c)"           -> patches in raster order of that grid
     (x - mean) / (unbiased std + 1e-8), per patch   -> standardised patch vectors
     spiral order                                     -> the sequence
-    model input = the sequence without its last patch, positions 0..T-2
+    model input = the sequence without its last patch, positions 0..T-2 (next-patch objective "ar"),
+                  or the whole sequence, positions 0..T-1 (masked objective "mae")
+
+The masked forward (upstream `objective="mae"`): the tokeniser embeds every patch, a learned mask token
+replaces the embedding at the masked positions, the position embedding is added to every token, all
+blocks attend bidirectionally, and the decoder maps every position back to a patch; the loss is the
+Huber loss averaged over each patch's values, then over the masked positions only, against targets that
+`norm_pix_loss` standardises per patch (mean, unbiased variance + 1e-6).
 """
 
 from __future__ import annotations
@@ -101,14 +108,18 @@ def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
-def _causal_attention(state: dict[str, torch.Tensor], name: str, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+def _attention(
+    state: dict[str, torch.Tensor], name: str, x: torch.Tensor, num_heads: int, causal: bool = True
+) -> torch.Tensor:
     batch, length, width = x.shape
     head_dim = width // num_heads
     q, k, v = _linear(state, f"{name}.c_attn", x).split(width, dim=-1)
     q, k, v = (t.view(batch, length, num_heads, head_dim).transpose(1, 2) for t in (q, k, v))
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)
-    future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
-    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    if causal:
+        future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    weights = scores.softmax(dim=-1)
     out = (weights @ v).transpose(1, 2).reshape(batch, length, width)
     return _linear(state, f"{name}.c_proj", out)
 
@@ -129,11 +140,19 @@ def _mirrored_mlp(state: dict[str, torch.Tensor], name: str, x: torch.Tensor) ->
 
 @torch.no_grad()
 def upstream_reference_forward(
-    state_dict: dict[str, torch.Tensor], fmt: str, num_heads: int, inputs: torch.Tensor
+    state_dict: dict[str, torch.Tensor],
+    fmt: str,
+    num_heads: int,
+    inputs: torch.Tensor,
+    causal: bool = True,
+    masked_positions: torch.Tensor | None = None,
 ) -> ReferenceOutputs:
     """Upstream's forward for `inputs` (B, T, P): predictions for every position and all block outputs.
 
     `state_dict` uses upstream names without the `_orig_mod.` prefix; `fmt` is "v1", "v2" or "v3".
+    `causal=False` runs the blocks bidirectionally (upstream's `attn_type="full"`, and what its `"prefix"`
+    models computed); `masked_positions` (B, T) bool puts the state dict's `mask_token` in place of the
+    token embedding wherever it is True (upstream's masked objective), before the positions are added.
     """
     state = state_dict
     x = inputs.to(torch.float32)
@@ -145,13 +164,17 @@ def upstream_reference_forward(
         encoder, position_key, _ = _modality_prefixes(fmt)
         tokens = _mirrored_mlp(state, encoder, x)
         position_table = state[position_key].float()
+    if masked_positions is not None:
+        mask_token = state["mask_token"].float().reshape(1, 1, -1)
+        tokens = tokens * (~masked_positions)[..., None] + mask_token * masked_positions[..., None]
     hidden = tokens + position_table[positions]
 
     block_outputs = []
     num_layers = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("transformer.h."))
     for index in range(num_layers):
         name = f"transformer.h.{index}"
-        hidden = hidden + _causal_attention(state, f"{name}.attn", _layer_norm(state, f"{name}.ln_1", hidden), num_heads)
+        attention_in = _layer_norm(state, f"{name}.ln_1", hidden)
+        hidden = hidden + _attention(state, f"{name}.attn", attention_in, num_heads, causal)
         mlp_in = _layer_norm(state, f"{name}.ln_2", hidden)
         hidden = hidden + _linear(state, f"{name}.mlp.c_proj", _gelu_tanh(_linear(state, f"{name}.mlp.c_fc", mlp_in)))
         block_outputs.append(hidden)
@@ -175,3 +198,38 @@ def upstream_embedding(outputs: ReferenceOutputs, fmt: str) -> torch.Tensor:
     blocks = outputs.block_outputs
     chosen = blocks[-1] if fmt == FORMAT_V1 else blocks[len(blocks) // 2]
     return chosen.mean(dim=1)
+
+
+def _huber(predictions: torch.Tensor, targets: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+    """Elementwise Huber loss, written out: quadratic within `delta`, linear outside."""
+    error = (predictions - targets).abs()
+    return torch.where(error < delta, 0.5 * error**2, delta * (error - 0.5 * delta))
+
+
+def upstream_masked_loss(
+    predictions: torch.Tensor, sequence: torch.Tensor, masked_positions: torch.Tensor, norm_pix_loss: bool = False
+) -> torch.Tensor:
+    """Upstream's masked-objective loss: per-patch mean Huber, averaged over the masked positions only.
+
+    With `norm_pix_loss` each target patch is first standardised by its mean and unbiased variance + 1e-6.
+    """
+    targets = sequence.to(torch.float32)
+    if norm_pix_loss:
+        count = targets.shape[-1]
+        mean = targets.sum(dim=-1, keepdim=True) / count
+        variance = ((targets - mean) ** 2).sum(dim=-1, keepdim=True) / (count - 1)
+        targets = (targets - mean) / torch.sqrt(variance + 1e-6)
+    per_patch = _huber(predictions.float(), targets).mean(dim=-1)
+    weights = masked_positions.to(per_patch.dtype)
+    return (per_patch * weights).sum() / weights.sum()
+
+
+def upstream_random_mask(
+    batch: int, length: int, mask_ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, T) bool, upstream's rule: each position masked with probability `mask_ratio`, and one random
+    position of any image left without a masked one."""
+    mask = torch.rand(batch, length, generator=generator) < mask_ratio
+    for row in (~mask.any(dim=1)).nonzero().flatten().tolist():
+        mask[row, torch.randint(length, (1,), generator=generator)] = True
+    return mask

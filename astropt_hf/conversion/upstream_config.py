@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .upstream_formats import FORMAT_V1, FORMAT_V2, IMAGE_MODALITY, UpstreamWeights
+from .upstream_objective import ObjectiveMapping, map_objective
 
 # Upstream's tokeniser names -> our `patch_embedding` values.
 PATCH_EMBEDDING_FOR_TOKENISER = {"relu_mlp": "relu_mlp", "aim": "gelu_mlp", "affine": "linear"}
@@ -27,6 +28,7 @@ class ConfigMapping:
     config_kwargs: dict[str, Any]
     image_size_source: str
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # upstream computed something other than it says
 
 
 def _field(model_args: dict, name: str, source: str, expected_from_weights: int | None = None):
@@ -73,9 +75,10 @@ def _looks_like_v2_0_release(weights: UpstreamWeights, patch_size: int, num_chan
     )
 
 
-def _fits_block(image_size: int, patch_size: int, block_size: int) -> bool:
-    """Whether an image of this size can be fed: upstream feeds all patches but the last one."""
-    return image_size % patch_size == 0 and (image_size // patch_size) ** 2 - 1 <= block_size
+def _fits_block(image_size: int, patch_size: int, block_size: int, unfed: int = 1) -> bool:
+    """Whether an image of this size can be fed: next-patch upstream feeds all patches but the last one
+    (`unfed=1`), masked upstream feeds them all (`unfed=0`)."""
+    return image_size % patch_size == 0 and (image_size // patch_size) ** 2 - unfed <= block_size
 
 
 def choose_image_size(
@@ -85,26 +88,31 @@ def choose_image_size(
     num_channels: int,
     requested: int | None,
     source: str,
+    unfed: int = 1,
 ) -> tuple[int, str]:
-    """The image size to record in the config, and a short phrase saying where it came from."""
+    """The image size to record in the config, and a short phrase saying where it came from.
+
+    `unfed` is how many patches of an image upstream did not feed: 1 for next-patch models, 0 for masked ones.
+    """
+    limit = weights.block_size + unfed
     if requested is not None:
-        if not _fits_block(requested, patch_size, weights.block_size):
+        if not _fits_block(requested, patch_size, weights.block_size, unfed):
             raise ValueError(
                 f"{source}: --image_size={requested} does not fit: it must be a multiple of patch_size={patch_size} "
-                f"with at most block_size+1={weights.block_size + 1} patches"
+                f"with at most {'block_size+1' if unfed else 'block_size'}={limit} patches"
             )
         return requested, "given with --image_size"
-    if weights.format == FORMAT_V1 and _fits_block(V1_RELEASE_IMAGE_SIZE, patch_size, weights.block_size):
+    if weights.format == FORMAT_V1 and _fits_block(V1_RELEASE_IMAGE_SIZE, patch_size, weights.block_size, unfed):
         return V1_RELEASE_IMAGE_SIZE, "v1 release default (512 px DESI cutouts)"
     recorded = training_config.get("image_size")
-    if isinstance(recorded, int) and _fits_block(recorded, patch_size, weights.block_size):
+    if isinstance(recorded, int) and _fits_block(recorded, patch_size, weights.block_size, unfed):
         return recorded, "config['image_size'] saved in the checkpoint"
     if _looks_like_v2_0_release(weights, patch_size, num_channels):
         return V2_0_RELEASE_IMAGE_SIZE, "v2.0 release default (256 px crops; detected from its shape)"
-    # Upstream feeds T-1 of an image's T patches, so block_size may be T or T-1: the largest square grid
-    # with at most block_size + 1 patches.
-    grid = math.isqrt(weights.block_size + 1)
-    return grid * patch_size, "sqrt(block_size + 1) * patch_size"
+    # Next-patch upstream feeds T-1 of an image's T patches, so block_size may be T or T-1: the largest square
+    # grid with at most block_size + 1 patches (block_size for masked models, which feed all T).
+    grid = math.isqrt(limit)
+    return grid * patch_size, f"sqrt(block_size{' + 1' if unfed else ''}) * patch_size"
 
 
 def _check_model_args(model_args: dict, weights: UpstreamWeights, source: str) -> tuple[int, int, int, int]:
@@ -127,9 +135,6 @@ def _check_model_args(model_args: dict, weights: UpstreamWeights, source: str) -
                 f"{source}: model_args['tokeniser']={declared!r} disagrees with the weights, which hold an "
                 f"{weights.tokeniser!r} tokeniser"
             )
-    attn_type = model_args.get("attn_type", "causal")
-    if attn_type != "causal":
-        raise ValueError(f"{source}: not supported: model_args['attn_type']={attn_type!r}; expected 'causal'")
     if model_args.get("backbone", "native") != "native":
         raise ValueError(f"{source}: not supported: model_args['backbone']={model_args['backbone']!r} (LLM backbone)")
     return num_layers, hidden_size, num_heads, block_size
@@ -180,19 +185,49 @@ def _patch_geometry(
     return patch_size, num_channels
 
 
+def _pooling(objective: ObjectiveMapping, num_patches: int) -> dict[str, Any]:
+    """How upstream's embedding averaged the positions it saw."""
+    if objective.config_kwargs["attention_pattern"] == "causal":
+        # Upstream embeds the model input, i.e. the sequence without its last patch, and averages over it.
+        # Our model runs all T patches; causality makes the first T-1 hidden states identical, so the mean
+        # over the first T-1 positions is exactly upstream's embedding.
+        return {"pooling": "mean_first_k", "pooling_num_patches": max(1, num_patches - 1)}
+    # Bidirectional: every position sees every patch, so the mean over all of them is the natural embedding
+    # (exactly upstream's for a masked model, which fed all T patches).
+    return {"pooling": "mean", "pooling_num_patches": num_patches}
+
+
+def _loss_weight_note(checkpoint: dict, model_args: dict, objective: ObjectiveMapping) -> list[str]:
+    modality = _image_modality_config(checkpoint, model_args)
+    weight = getattr(modality, "loss_weight", 1.0)
+    if objective.feeds_whole_sequence and isinstance(weight, (int, float)) and weight != 1.0:
+        return [f"upstream scaled the masked loss by the images loss_weight={weight}; the converted loss is unscaled"]
+    return []
+
+
 def map_upstream_config(
-    checkpoint: dict, weights: UpstreamWeights, image_size: int | None = None, source: str = "checkpoint"
+    checkpoint: dict,
+    weights: UpstreamWeights,
+    image_size: int | None = None,
+    source: str = "checkpoint",
+    keep_prefix_attention: bool = False,
 ) -> ConfigMapping:
-    """`AstroPTConfig` keyword arguments that reproduce the upstream model in `checkpoint`."""
+    """`AstroPTConfig` keyword arguments that reproduce the upstream model in `checkpoint`.
+
+    `keep_prefix_attention`: for an upstream `attn_type="prefix"` checkpoint, record `"prefix"` instead of
+    the `"bidirectional"` attention upstream actually computed (see `upstream_objective`).
+    """
     model_args = checkpoint.get("model_args")
     if not isinstance(model_args, dict):
         raise ValueError(f"{source}: expected a dict under 'model_args', found {type(model_args).__name__}")
     training_config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
     notes: list[str] = []
     num_layers, hidden_size, num_heads, block_size = _check_model_args(model_args, weights, source)
+    objective = map_objective(model_args, weights, source, keep_prefix_attention)
     patch_size, num_channels = _patch_geometry(checkpoint, model_args, weights, source, notes)
     chosen_size, size_source = choose_image_size(
-        weights, training_config, patch_size, num_channels, image_size, source
+        weights, training_config, patch_size, num_channels, image_size, source,
+        unfed=0 if objective.feeds_whole_sequence else 1,
     )
     dropout = float(model_args.get("dropout", 0.0) or 0.0)
     spiral = training_config.get("spiral", True)
@@ -216,15 +251,15 @@ def map_upstream_config(
         "transpose_patch_grid": True,
         "loss": "huber",
         "huber_delta": 1.0,
-        # Upstream embeds the model input, i.e. the sequence without its last patch, and averages over it.
-        # Our model runs all T patches; causality makes the first T-1 hidden states identical, so the mean
-        # over the first T-1 positions is exactly upstream's embedding.
-        "pooling": "mean_first_k",
-        "pooling_num_patches": max(1, (chosen_size // patch_size) ** 2 - 1),
+        **_pooling(objective, (chosen_size // patch_size) ** 2),
         # v1's get_embeddings returns the last block's output (no final LayerNorm); v2 and later draw
         # from the centre: the output of block n_layer // 2.
         "embedding_layer": num_layers - 1 if weights.format == FORMAT_V1 else "middle",
+        **objective.config_kwargs,
     }
     if not spiral:
         notes.append("the training config says spiral=False: patches in raster order")
-    return ConfigMapping(config_kwargs=config_kwargs, image_size_source=size_source, notes=notes)
+    notes += objective.notes + _loss_weight_note(checkpoint, model_args, objective)
+    return ConfigMapping(
+        config_kwargs=config_kwargs, image_size_source=size_source, notes=notes, warnings=objective.warnings
+    )

@@ -10,6 +10,9 @@ Upstream has used three layouts (all nanoGPT-style blocks `transformer.h.{i}.*` 
 * **v3** (current upstream `main`): the modality modules moved out of `transformer`:
   `encoders.{mod}.*`, `embedders.{mod}.wpe.weight`, `decoders.{mod}.*`.
 
+A masked-autoencoder checkpoint (upstream `objective="mae"`) also holds the learned `mask_token`,
+shape (1, 1, n_embd).
+
 Any of them may carry the `_orig_mod.` prefix that `torch.compile` adds.
 """
 
@@ -43,6 +46,7 @@ _BLOCK_RULES = [
     (r"transformer\.ln_f\.(weight|bias)", r"astropt.layernorm.\1"),
 ]
 _PATCH_EMBED = "astropt.embeddings.patch_embeddings.mlp"
+_MASK_TOKEN = "astropt.embeddings.mask_token"
 _POSITIONS = "astropt.embeddings.position_embeddings.weight"
 _HEAD = "patch_head.mlp"
 
@@ -55,6 +59,7 @@ def _modality_rules(encoder: str, positions: str, decoder: str) -> list[tuple[st
         (rf"{positions}\.wpe\.weight", _POSITIONS),
         (rf"{decoder}\.c_fc\.(weight|bias)", rf"{_HEAD}.0.\1"),
         (rf"{decoder}\.c_proj\.(weight|bias)", rf"{_HEAD}.2.\1"),
+        (r"mask_token", _MASK_TOKEN),
     ]
 
 
@@ -97,6 +102,7 @@ class UpstreamWeights:
     patch_dim: int
     block_size: int
     use_bias: bool
+    has_mask_token: bool = False  # upstream's masked-autoencoder objective ("mae")
     dropped_keys: dict[str, str] = field(default_factory=dict)  # key -> why it is not converted
 
     @property
@@ -213,6 +219,11 @@ def read_upstream_weights(state_dict: dict[str, torch.Tensor], source: str = "ch
         raise ValueError(f"{source}: transformer blocks are missing or not numbered 0..n-1: {sorted(block_indices)}")
     final_norm = _require_key(state_dict, "transformer.ln_f.weight", source)
     fc1 = _require_key(state_dict, "transformer.h.0.mlp.c_fc.weight", source)
+    mask_token = state_dict.get("mask_token")
+    if mask_token is not None and tuple(mask_token.shape) != (1, 1, final_norm.shape[0]):
+        raise ValueError(
+            f"{source}: mask_token has shape {tuple(mask_token.shape)}; expected (1, 1, {final_norm.shape[0]})"
+        )
 
     weights = UpstreamWeights(
         format=fmt,
@@ -226,6 +237,7 @@ def read_upstream_weights(state_dict: dict[str, torch.Tensor], source: str = "ch
         patch_dim=int(first_embed.shape[1]),
         block_size=int(positions.shape[0]),
         use_bias="transformer.h.0.ln_1.bias" in state_dict,
+        has_mask_token=mask_token is not None,
     )
     return weights
 

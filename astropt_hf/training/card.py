@@ -51,6 +51,35 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
 
 
+_ATTENTION = {
+    "causal": "causal (each patch sees the ones before it)",
+    "prefix": "prefix (bidirectional inside a prefix of random length, causal after it; features use the whole "
+    "image as prefix)",
+    "bidirectional": "bidirectional (every patch sees every patch)",
+}
+
+
+def objective_values(config) -> dict[str, str]:
+    """The card's facts about the training objective and attention pattern of `config`."""
+    pattern = getattr(config, "attention_pattern", "causal")
+    if getattr(config, "objective", "next_patch") == "masked_patch":
+        return {
+            "objective_summary": f"reconstruct masked patches (a learned mask token replaces {config.mask_ratio:.0%} "
+            "of the patch embeddings; the loss counts the masked patches)",
+            "objective": f"masked patches, mask ratio {config.mask_ratio:g}, "
+            f"norm_pix_loss {'on' if config.norm_pix_loss else 'off'}",
+            "attention_pattern": _ATTENTION[pattern],
+            "pretraining_head_usage": "`fill_masked_patches` inpaints the patches marked in `bool_masked_pos`",
+        }
+    return {
+        "objective_summary": "regress the next patch"
+        + (" after a bidirectional prefix" if pattern == "prefix" else ""),
+        "objective": "next-patch regression",
+        "attention_pattern": _ATTENTION[pattern],
+        "pretraining_head_usage": "`.generate_patches` continues an image patch by patch",
+    }
+
+
 def card_values(args, config, summary: dict[str, Any], repo_id: str) -> dict[str, Any]:
     """Placeholder values from the run's arguments, model config and summary."""
     is_synthetic = args.dataset.strip().lower() == "synthetic"
@@ -101,6 +130,7 @@ def card_values(args, config, summary: dict[str, Any], repo_id: str) -> dict[str
         "mixed_precision": {"no": "fp32"}.get(summary.get("mixed_precision", "no"), summary.get("mixed_precision")),
         "wall_time": _duration(summary.get("wall_seconds", 0.0)),
         "limitations": limitations,
+        **objective_values(config),
     }
 
 
@@ -111,4 +141,4 @@ def write_model_card(path: str | os.PathLike, args, config, summary: dict[str, A
     return path
 
 
-__all__ = ["card_values", "pretrained_card_data", "render_card", "write_model_card"]
+__all__ = ["card_values", "objective_values", "pretrained_card_data", "render_card", "write_model_card"]
