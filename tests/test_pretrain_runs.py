@@ -133,6 +133,10 @@ def test_default_command_line_run_writes_a_loadable_model_and_learns(synthetic_c
     assert summary["steps"] == 40 and summary["status"] == "completed" and summary["skipped_samples"] == 0
     assert summary["tokens_seen"] == 40 * 8 * 16 and summary["wall_seconds"] > 0
     assert summary["num_processes"] == 1
+    # data preparation (loading or generating the galaxies) and training are timed apart
+    assert summary["data_seconds"] > 0 and summary["train_seconds"] > 0
+    assert summary["data_seconds"] + summary["train_seconds"] == pytest.approx(summary["wall_seconds"])
+    assert summary["objective"] == "next_patch" and summary["attention_pattern"] == "causal"
     records = read_metrics(out)
     val = [r["val_loss"] for r in records if "val_loss" in r]
     train = [r for r in records if "train_loss" in r]

@@ -9,6 +9,7 @@ from typing import Any
 
 from huggingface_hub import ModelCardData
 
+from astropt_hf.data.synthetic import PIXEL_BINNING, PIXEL_SCALE
 from astropt_hf.model_cards import build_card, card_data, read_template
 
 # A hub dataset id ("owner/name"); local folders and files are not hub datasets.
@@ -84,7 +85,8 @@ def card_values(args, config, summary: dict[str, Any], repo_id: str) -> dict[str
     """Placeholder values from the run's arguments, model config and summary."""
     is_synthetic = args.dataset.strip().lower() == "synthetic"
     dataset = (
-        f"the built-in synthetic DESI-like galaxies (GalSim, grz, {args.synthetic_num_train} training images)"
+        f"the built-in synthetic DESI-like galaxies (GalSim, grz, {args.synthetic_num_train} training images, "
+        f'{PIXEL_SCALE:g}"/pixel: Legacy Surveys pixels binned {PIXEL_BINNING}x{PIXEL_BINNING})'
         if is_synthetic
         else f"`{args.dataset}`"
     )
@@ -128,7 +130,8 @@ def card_values(args, config, summary: dict[str, Any], repo_id: str) -> dict[str
         "skipped_samples": summary.get("skipped_samples", 0),
         "num_processes": summary.get("num_processes", 1),
         "mixed_precision": {"no": "fp32"}.get(summary.get("mixed_precision", "no"), summary.get("mixed_precision")),
-        "wall_time": _duration(summary.get("wall_seconds", 0.0)),
+        "wall_time": f"{_duration(summary.get('wall_seconds', 0.0))} (data preparation "
+        f"{_duration(summary.get('data_seconds', 0.0))}, training {_duration(summary.get('train_seconds', 0.0))})",
         "limitations": limitations,
         **objective_values(config),
     }
