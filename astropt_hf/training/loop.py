@@ -433,7 +433,7 @@ class Pretrainer:
         return summary
 
     def _summary(self, status: str) -> dict[str, Any]:
-        images, skipped = self._global_counts()
+        images, skipped, wall = *self._global_counts(), self._wall_seconds()
         state, args = self.state, self.args
         failed = {}
         if status == "failed":
@@ -454,9 +454,9 @@ class Pretrainer:
             "val_loss_ratio": (state["last_val_loss"] / state["first_val_loss"])
             if state["first_val_loss"] and state["last_val_loss"] is not None else None,
             "skipped_samples": skipped,
-            "wall_seconds": self._wall_seconds(),
+            "wall_seconds": wall,
             "data_seconds": self._data_seconds(),
-            "train_seconds": self._wall_seconds() - self._data_seconds(),
+            "train_seconds": wall - self._data_seconds(),
             "num_processes": self.world,
             "device": str(self.accelerator.device),
             "mixed_precision": self.mixed_precision,
