@@ -5,10 +5,13 @@
         --output_dir runs/ft-redshift --max_steps 300                       # regression, every weight trained
     python scripts/finetune.py ... --mode frozen                            # linear head only (a probe)
     python scripts/finetune.py ... --mode lora --lora_r 8                   # adapters (pip install peft)
+    python scripts/finetune.py ... --head pdf                               # a calibrated PDF per galaxy
 
 Trains on --train_split (default train) and evaluates on --eval_split (default test). The output folder
 loads with AutoModelForImageClassification.from_pretrained(dir, trust_remote_code=True) and holds a model
-card (README.md) with the metrics, finetune_results.json and, for regressions, pred_vs_true.png.
+card (README.md) with the metrics, finetune_results.json and, for regressions, pred_vs_true.png. With
+--head pdf it also holds test_predictions.parquet (median, mode, mean, 68% and 95% intervals per test galaxy,
+raw and calibrated on --calibration_split) and the PDF figures (pdf_*.png).
 """
 
 import argparse
@@ -32,6 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: probe for --mode frozen, random otherwise)")
     parser.add_argument("--augment", choices=("none", "dihedral"), default="none",
                         help="dihedral: train on random 90-degree turns and mirror images (not for position angles)")
+    parser.add_argument("--head", choices=("linear", "pdf", "binned_pdf", "gaussian_mixture"), default="linear",
+                        help="pdf: a probability density of a regression target (a softmax over bins, binned_pdf)")
+    parser.add_argument("--pdf_bins", default=None,
+                        help="PDF bins: a count over the training targets' range (default 64) or comma-separated edges")
+    parser.add_argument("--calibration_split", default="validation",
+                        help="split on which the PDF temperature is fitted ('' for none)")
     add_dataset_arguments(parser, default_split=None)
     parser.add_argument("--train_split", default="train")
     parser.add_argument("--eval_split", default="test")
@@ -66,6 +75,12 @@ def main(argv=None) -> int:
     train, evaluation = open_dataset(spec, args.train_split), open_dataset(spec, args.eval_split)
     if train.image_column != evaluation.image_column:
         sys.exit(f"finetune.py: the splits name their image columns differently: {train.image_column}, {evaluation.image_column}")
+    calibration = None
+    if args.head != "linear" and args.calibration_split:
+        calibration = open_dataset(spec, args.calibration_split).dataset
+    pdf_bins = None
+    if args.pdf_bins:
+        pdf_bins = [float(e) for e in args.pdf_bins.split(",")] if "," in args.pdf_bins else int(args.pdf_bins)
     result = finetune(
         args.model,
         train.dataset,
@@ -92,6 +107,9 @@ def main(argv=None) -> int:
         dataloader_num_workers=args.num_workers,
         report_to=args.report_to,
         dataset_description=f"{train.origin} for training, {evaluation.origin} for evaluation",
+        head=args.head,
+        pdf_bins=pdf_bins,
+        calibration_dataset=calibration,
     )
     print(json.dumps({k: round(v, 5) for k, v in result.metrics.items()}, indent=2))
     print(f"saved to {result.output_dir} ({result.mode}, {result.num_trainable_parameters:,} trainable parameters)")

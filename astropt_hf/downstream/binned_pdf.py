@@ -105,11 +105,11 @@ class BinnedPDF:
         return np.clip(result, 0.0, 1.0)
 
     def log_density(self, values: Any) -> np.ndarray:
-        """log p_i(values_i), (N,); values outside the range count in the end bins (as the training loss)."""
+        """log p_i(values_i), (N,); values outside the range count in the end bins (as the training loss).
+        An empty bin reads as the smallest positive float, so a mean over galaxies stays finite."""
         values = np.clip(np.asarray(values, dtype=np.float64).reshape(-1), self.edges[0], self.edges[-1])
         index = np.clip(np.searchsorted(self.edges, values, side="right") - 1, 0, len(self.widths) - 1)
-        with np.errstate(divide="ignore"):
-            return np.log(self.densities[np.arange(len(self)), index])
+        return np.log(np.maximum(self.densities[np.arange(len(self)), index], np.finfo(np.float64).tiny))
 
     def quantile(self, q: float) -> np.ndarray:
         """The value below which each PDF puts a fraction `q` of its mass, (N,)."""

@@ -184,6 +184,7 @@ class FinetuneResult:
     regression_target: dict[str, float] | None = None
     id2label: dict[int, str] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    pdf: dict[str, Any] | None = None  # PDF head: calibration and scores of the test PDFs (pdf_finetune)
     eval_predictions: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -384,6 +385,9 @@ def finetune(
     photo_z: bool | None = None,
     dataset_description: str = "",
     trust_remote_code: bool = True,
+    head: str = "linear",
+    pdf_bins: int | list[float] | None = None,
+    calibration_dataset=None,
 ) -> FinetuneResult:
     """Fine-tune astroPT on `target` and save a checkpoint, its processor, metrics and a model card.
 
@@ -401,6 +405,10 @@ def finetune(
         eval_steps: evaluate every this many steps (default: 5 times per run).
         photo_z: report σ_NMAD and the outlier fraction; default: when the target looks like a redshift.
         dataset_description: one line for the model card (where the rows came from).
+        head, pdf_bins, calibration_dataset: `head="pdf"` (or "binned_pdf", "gaussian_mixture") trains a
+            probability density of the target over `pdf_bins` (a count over the training range, or edges)
+            and writes test_predictions.parquet, calibrated on `calibration_dataset`
+            (`astropt_hf.downstream.pdf_finetune`).
     Returns:
         `FinetuneResult` with the final evaluation metrics (also written to finetune_results.json).
     """
@@ -411,7 +419,7 @@ def finetune(
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not valid; expected one of {list(MODES)}")
-    head_init = head_init or ("probe" if mode == "frozen" else "random")
+    head_init = head_init or ("probe" if mode == "frozen" and head == "linear" else "random")
     if head_init not in HEAD_INITS:
         raise ValueError(f"head_init={head_init!r} is not valid; expected one of {list(HEAD_INITS)}")
     if augment not in AUGMENTATIONS:
@@ -421,6 +429,11 @@ def finetune(
     task = task or infer_target_task(train_dataset, target)
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not valid; expected one of {list(TASKS)}")
+    # --- PDF head (pdf_finetune) ---
+    from astropt_hf.downstream import pdf_finetune
+
+    pdf_head = pdf_finetune.pdf_head_type(head, task, head_init)
+    test_rows = eval_dataset
     if eval_dataset is not None and target not in eval_dataset.column_names:
         raise ValueError(f"evaluation dataset has no column {target!r}; columns are {eval_dataset.column_names}")
     if max_steps < 1:
@@ -439,6 +452,9 @@ def finetune(
     if task == "regression":
         regression = RegressionTarget.fit(target, train_dataset[target])
         model_kwargs.update(num_labels=1, problem_type="regression")
+        if pdf_head:  # a PDF head learns the target in its own units
+            regression = RegressionTarget(target, 0.0, 1.0)
+            model_kwargs.update(pdf_finetune.pdf_model_overrides(pdf_head, train_dataset[target], pdf_bins))
     else:
         classes = sorted({_label_key(v) for split in (train_dataset, eval_dataset) for v in split[target]})
         if len(classes) < 2:
@@ -490,15 +506,20 @@ def finetune(
         eval_dataset=eval_dataset,
         data_collator=collator,
         train_collator=train_collator,
-        compute_metrics=_compute_metrics_fn(task, regression, photo_z and task == "regression"),
-    )
+        compute_metrics=(
+            pdf_finetune.pdf_compute_metrics(model.config, photo_z) if pdf_head
+            else _compute_metrics_fn(task, regression, photo_z and task == "regression")
+        ),
+    )  # fmt: skip
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
     final = trainer.predict(eval_dataset, metric_key_prefix="eval")
     metrics = {key: float(value) for key, value in final.metrics.items() if isinstance(value, (int, float))}
     raw = final.predictions[0] if isinstance(final.predictions, tuple) else final.predictions
-    if regression is not None:
+    if pdf_head:
+        eval_predictions = pdf_finetune.pdf_point_predictions(raw, trainer.model.config)
+    elif regression is not None:
         eval_predictions = regression.restore(np.asarray(raw).reshape(-1))
     else:
         eval_predictions = np.asarray(raw).argmax(axis=-1)
@@ -507,13 +528,17 @@ def finetune(
     model = trainer.model
     if mode == "lora":
         model = model.merge_and_unload()
-    if regression is not None:
+    if regression is not None and not pdf_head:
         _bake_standardisation(model, regression)
         model.config.regression_target = asdict(regression)
     for parameter in model.parameters():
         parameter.requires_grad_(True)  # a frozen backbone is a training choice, not part of the checkpoint
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    pdf_scores = None
+    if pdf_head:
+        pdf_scores = pdf_finetune.write_pdf_outputs(model, processor, test_rows, calibration_dataset, target,
+                                                    output_dir, image_column, photo_z, max(batch_size, 64))  # fmt: skip
 
     result = FinetuneResult(
         output_dir=output_dir,
@@ -528,10 +553,11 @@ def finetune(
         learning_rate=learning_rate,
         head_init=head_init,
         augment=augment,
-        regression_target=asdict(regression) if regression is not None else None,
+        regression_target=asdict(regression) if regression is not None and not pdf_head else None,
         id2label=id2label,
         log_history=list(trainer.state.log_history),
         eval_predictions=eval_predictions,
+        pdf=pdf_scores,
     )
     (output_dir / "finetune_results.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if regression is not None:
