@@ -11,7 +11,7 @@ from downstream_helpers import PYTHON, dataset_flags, load_script, run_script, s
 
 from astropt_hf import AstroPTConfig, AstroPTForImageClassification
 from astropt_hf.downstream.binned_pdf import BinnedPDF
-from astropt_hf.downstream.pdf_finetune import pdf_bin_edges
+from astropt_hf.downstream.pdf_finetune import DEFAULT_LABEL_SMOOTHING, pdf_bin_edges
 from astropt_hf.downstream.pdf_metrics import calibrate_and_score, coverage, crps, fit_temperature, mean_nll
 from astropt_hf.modeling_astropt import binned_pdf_nll, gaussian_mixture_nll
 
@@ -216,8 +216,9 @@ def test_finetune_cli_with_a_pdf_head_writes_calibrated_predictions(tmp_path, ca
     )
     np.save(tmp_path / "images.npy", np.stack(test[:]["image"]))
     reply = json.loads(run_script(PYTHON, "-c", code, str(output), str(tmp_path / "images.npy")).stdout.splitlines()[-1])
-    assert reply["head"] == "binned_pdf" and reply["bins"] == pytest.approx(json.loads(
-        (output / "config.json").read_text())["pdf_bins"]) and len(reply["bins"]) == 25  # fmt: skip
+    saved = json.loads((output / "config.json").read_text())
+    assert reply["head"] == "binned_pdf" and reply["bins"] == pytest.approx(saved["pdf_bins"]) and len(reply["bins"]) == 25
+    assert saved["pdf_label_smoothing"] == DEFAULT_LABEL_SMOOTHING
     config = AutoModelForImageClassification.from_pretrained(output, trust_remote_code=True).config
     medians = BinnedPDF.from_outputs(np.asarray(reply["logits"]), config).median()
     np.testing.assert_allclose(medians, table["median"], rtol=1e-5, atol=1e-6)

@@ -14,9 +14,9 @@ temperature on the validation split, and writes:
 
 and returns the scores that go into ``finetune_results.json`` under ``"pdf"``.
 
-The binned softmax is the default PDF head: it can take any shape (several peaks, a hard edge at z = 0,
-skew), where a few Gaussians must be fitted into it, and it needs no care at initialisation; the mixture
-head is there to compare with.
+The binned softmax (with `DEFAULT_LABEL_SMOOTHING`) is the default PDF head: it can take any shape (two
+peaks, a hard edge at z = 0, skew) without choosing a number of components, and it scored better on the
+proper scores (NLL, CRPS) after calibration; the README's "Photo-z PDFs" compares it with the mixture head.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ __all__ = [
 DEFAULT_PDF_HEAD = "binned_pdf"
 HEADS = ("linear", "pdf", "binned_pdf", "gaussian_mixture")
 DEFAULT_NUM_BINS = 64
+# Each training label spread over about one bin either side: neighbouring bins learn together, which
+# lowered the held-out NLL and CRPS against the one-hot likelihood (README, "Photo-z PDFs").
+DEFAULT_LABEL_SMOOTHING = 1.0
 RANGE_PADDING = 0.05
 SUMMARY_COLUMNS = ("median", "mode", "mean", "lo68", "hi68", "lo95", "hi95")
 
@@ -84,9 +87,13 @@ def pdf_bin_edges(values: Any, bins: int | Any | None = None) -> list[float]:
 
 
 def pdf_model_overrides(head_type: str, train_values: Any, bins: int | Any | None = None) -> dict[str, Any]:
-    """Keyword arguments for `AutoModelForImageClassification.from_pretrained` that build the PDF head."""
-    return {"num_labels": 1, "problem_type": "regression", "head_type": head_type,
-            "pdf_bins": pdf_bin_edges(train_values, bins)}  # fmt: skip
+    """Keyword arguments for `AutoModelForImageClassification.from_pretrained` that build the PDF head
+    (the binned head with `DEFAULT_LABEL_SMOOTHING`)."""
+    overrides = {"num_labels": 1, "problem_type": "regression", "head_type": head_type,
+                 "pdf_bins": pdf_bin_edges(train_values, bins)}  # fmt: skip
+    if head_type == "binned_pdf":
+        overrides["pdf_label_smoothing"] = DEFAULT_LABEL_SMOOTHING
+    return overrides
 
 
 def pdf_point_predictions(outputs: Any, config) -> np.ndarray:

@@ -116,7 +116,8 @@ def plot_pdf_examples(
     ncols: int = 3,
 ) -> Path:
     """A few galaxies' PDFs (density per unit of the target, one line per entry of `pdfs`) with the
-    true value marked; default: six galaxies spread over the range of true values."""
+    true value marked, each panel zoomed on its central 99.8%; default: six galaxies spread over the
+    range of true values."""
     truth = np.asarray(truth, dtype=np.float64).reshape(-1)
     if indices is None:
         order = np.argsort(truth)
@@ -128,6 +129,11 @@ def plot_pdf_examples(
         for (name, pdf), colour in zip(pdfs.items(), _COLOURS):
             axis.stairs(pdf.densities[index], pdf.edges, color=colour, lw=1.5, label=name)
         axis.axvline(truth[index], color="black", lw=1.5, ls="--", label="true value")
+        # zoom on where the mass is (and the true value): a narrow PDF over a wide range is a spike
+        low = min([truth[index]] + [pdf.quantile(0.001)[index] for pdf in pdfs.values()])
+        high = max([truth[index]] + [pdf.quantile(0.999)[index] for pdf in pdfs.values()])
+        pad = 0.1 * (high - low or 1.0)
+        axis.set_xlim(low - pad, high + pad)
         axis.set_ylim(0, None)
         title = ids[index] if ids is not None else f"galaxy {index}"
         axis.set_title(f"{title}: true {truth[index]:.3g}", fontsize=8)
