@@ -30,6 +30,7 @@ LOSSES = ("huber", "mse")
 POOLINGS = ("mean", "mean_first_k", "last")
 OBJECTIVES = ("next_patch", "masked_patch")
 ATTENTION_PATTERNS = ("causal", "prefix", "bidirectional")
+HEAD_TYPES = ("linear", "binned_pdf", "gaussian_mixture")
 
 # One checkpoint serves all three heads: save_pretrained adds the saving class's entry on top of these.
 DEFAULT_AUTO_MAP = {
@@ -89,6 +90,14 @@ class AstroPTConfig(PretrainedConfig):
         attention_pattern (`str`): `"causal"` (each patch sees the ones before it), `"prefix"` (bidirectional
             inside a prefix, causal after it, as AIM; features default to the whole image as prefix) or
             `"bidirectional"` (every patch sees every patch). `"masked_patch"` needs a non-causal pattern.
+        head_type (`str`): the image-classification head: `"linear"` (logits or a point regression),
+            `"binned_pdf"` (a softmax over the bins `pdf_bins` of one continuous target, read as a
+            piecewise-constant density) or `"gaussian_mixture"` (`pdf_num_components` Gaussians; their
+            means and widths are scaled by the range of `pdf_bins`, over which the PDF is also evaluated).
+        pdf_bins (`list[float]`): increasing bin edges of the PDF heads, in the target's units; default
+            `pdf_num_bins` equal bins from `pdf_min` to `pdf_max`.
+        pdf_label_smoothing (`float`): for `"binned_pdf"`, the width (in mean bin widths) of a Gaussian that
+            spreads each training target over neighbouring bins; 0 trains on the exact likelihood.
     """
 
     model_type = "astropt"
@@ -122,6 +131,13 @@ class AstroPTConfig(PretrainedConfig):
         mask_ratio: float = 0.5,
         norm_pix_loss: bool = False,
         attention_pattern: str = "causal",
+        head_type: str = "linear",
+        pdf_bins: list[float] | None = None,
+        pdf_min: float | None = None,
+        pdf_max: float | None = None,
+        pdf_num_bins: int = 64,
+        pdf_label_smoothing: float = 0.0,
+        pdf_num_components: int = 5,
         **kwargs,
     ):
         self.image_size = image_size
@@ -152,6 +168,11 @@ class AstroPTConfig(PretrainedConfig):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.attention_pattern = attention_pattern
+        self.head_type = head_type
+        self.pdf_bins = pdf_bins
+        self.pdf_min, self.pdf_max, self.pdf_num_bins = pdf_min, pdf_max, pdf_num_bins
+        self.pdf_label_smoothing = pdf_label_smoothing
+        self.pdf_num_components = pdf_num_components
         kwargs.setdefault("auto_map", dict(DEFAULT_AUTO_MAP))
         super().__init__(**kwargs)
         self.validate_astropt()
@@ -220,6 +241,7 @@ class AstroPTConfig(PretrainedConfig):
             raise ValueError(f"AstroPTConfig.huber_delta={self.huber_delta!r} is not valid; expected > 0")
         self.resolve_embedding_layer()
         self._validate_objective()
+        self._validate_head()
 
     def _validate_objective(self) -> None:
         _require_choice("objective", self.objective, OBJECTIVES)
@@ -236,6 +258,45 @@ class AstroPTConfig(PretrainedConfig):
                 "(a masked patch is reconstructed from the patches around it); got attention_pattern='causal'"
             )
 
+    def _validate_head(self) -> None:
+        """Also fills `pdf_bins` from `pdf_min`, `pdf_max` and `pdf_num_bins`: `from_pretrained` sets keyword
+        overrides after the constructor, so the model calls this again before building its head."""
+        _require_choice("head_type", self.head_type, HEAD_TYPES)
+        _require_positive_int("pdf_num_bins", self.pdf_num_bins)
+        if self.pdf_bins is None and self.pdf_min is not None and self.pdf_max is not None:
+            low, high, count = float(self.pdf_min), float(self.pdf_max), self.pdf_num_bins
+            self.pdf_bins = [low + (high - low) * i / count for i in range(count + 1)]
+        _require_positive_int("pdf_num_components", self.pdf_num_components)
+        smoothing = self.pdf_label_smoothing
+        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < math.inf:
+            raise ValueError(f"AstroPTConfig.pdf_label_smoothing={smoothing!r} is not valid; expected >= 0")
+        if self.head_type == "linear" and self.pdf_bins is None:
+            return
+        edges = self.pdf_bins
+        try:
+            edges = [float(edge) for edge in edges]
+            valid = len(edges) >= 2 and all(math.isfinite(e) for e in edges) and all(
+                high > low for low, high in zip(edges, edges[1:])
+            )
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(
+                f"AstroPTConfig.pdf_bins={self.pdf_bins!r} is not valid for head_type={self.head_type!r}; expected "
+                "at least 2 finite, increasing edges (or pdf_min < pdf_max and pdf_num_bins)"
+            )
+        self.pdf_bins = edges
+
+    @property
+    def head_outputs(self) -> int:
+        """Width of the image-classification head's output: one logit per label, per PDF bin, or
+        (weight logit, mean, log width) per mixture component."""
+        if self.head_type == "binned_pdf":
+            return len(self.pdf_bins) - 1
+        if self.head_type == "gaussian_mixture":
+            return 3 * self.pdf_num_components
+        return self.num_labels
+
     # --- presets ----------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, **overrides) -> AstroPTConfig:
@@ -248,4 +309,4 @@ class AstroPTConfig(PretrainedConfig):
         return cls(**kwargs)
 
 
-__all__ = ["ASTROPT_PRESETS", "ATTENTION_PATTERNS", "DEFAULT_AUTO_MAP", "OBJECTIVES", "AstroPTConfig"]
+__all__ = ["ASTROPT_PRESETS", "ATTENTION_PATTERNS", "DEFAULT_AUTO_MAP", "HEAD_TYPES", "OBJECTIVES", "AstroPTConfig"]

@@ -863,19 +863,63 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         return sequence
 
 
+def binned_pdf_nll(logits: torch.Tensor, labels: torch.Tensor, edges: torch.Tensor, smoothing: float = 0.0):
+    """Mean of -log(p_bin / bin width): the likelihood of each label under the piecewise-constant density
+    that softmax(logits) puts on the bins `edges` (labels outside the range count in the end bins).
+
+    With `smoothing` > 0 the one-hot target becomes a Gaussian of that many mean bin widths, integrated
+    over the bins, so a training label also teaches its neighbouring bins.
+    """
+    widths = edges.diff()
+    log_density = logits.float().log_softmax(-1) - widths.log()
+    labels = labels.reshape(-1).float().clamp(edges[0], edges[-1])
+    if smoothing > 0:
+        target = torch.special.ndtr((edges - labels[:, None]) / (smoothing * widths.mean())).diff(dim=-1)
+        target = target / target.sum(-1, keepdim=True)
+    else:
+        target = F.one_hot(torch.bucketize(labels, edges[1:-1], right=True), widths.numel()).float()
+    return -(target * log_density).sum(-1).mean()
+
+
+def gaussian_mixture_parameters(outputs: torch.Tensor, edges: torch.Tensor):
+    """(log weights, means, widths) of the mixture head's outputs, each (B, K), in the target's units.
+    The head works at unit scale: means and widths are in units of half the range of `edges`."""
+    logits, means, log_widths = outputs.float().chunk(3, dim=-1)
+    centre, half_range = (edges[0] + edges[-1]) / 2, (edges[-1] - edges[0]) / 2
+    return logits.log_softmax(-1), centre + half_range * means, half_range * log_widths.clamp(-9.0, 2.0).exp()
+
+
+def gaussian_mixture_nll(outputs: torch.Tensor, labels: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    log_weights, means, widths = gaussian_mixture_parameters(outputs, edges)
+    log_prob = torch.distributions.Normal(means, widths).log_prob(labels.reshape(-1, 1).float())
+    return -(log_weights + log_prob).logsumexp(-1).mean()
+
+
 class AstroPTForImageClassification(AstroPTPreTrainedModel):
     """astroPT with a linear head on the pooled image embedding, for classification or regression
-    (`config.problem_type` as in transformers' image classifiers)."""
+    (`config.problem_type` as in transformers' image classifiers), or a probability density of one
+    continuous target (`config.head_type`: `"binned_pdf"` or `"gaussian_mixture"`, trained on its likelihood).
+    """
 
     _keys_to_ignore_on_load_unexpected = [r"patch_head\."]  # the backbone of a pretraining checkpoint
 
     def __init__(self, config: AstroPTConfig):
         super().__init__(config)
+        config.validate_astropt()  # keyword overrides to from_pretrained skip the config's own checks
         self.num_labels = config.num_labels
         self.astropt = AstroPTModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        outputs = config.head_outputs
+        self.classifier = nn.Linear(config.hidden_size, outputs) if outputs > 0 else nn.Identity()
         self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is getattr(self, "classifier", None) and self.config.head_type == "gaussian_mixture":
+            # spread the components' means over the range so they do not start as one Gaussian
+            count = self.config.pdf_num_components
+            with torch.no_grad():
+                module.bias[count : 2 * count].copy_(torch.linspace(-1, 1, count + 2)[1:-1])
 
     def forward(
         self,
@@ -890,7 +934,7 @@ class AstroPTForImageClassification(AstroPTPreTrainedModel):
         r"""
         labels (`torch.Tensor` of shape (B,) or (B, num_labels)): class indices for single-label
             classification, floats for regression (`num_labels == 1` or `problem_type="regression"`) and
-            multi-hot floats for multi-label classification.
+            multi-hot floats for multi-label classification; for the PDF heads, the target in its units.
         prefix_length: as for `AstroPTModel` (prefix models; default the whole image).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -900,7 +944,13 @@ class AstroPTForImageClassification(AstroPTPreTrainedModel):
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
-        if labels is not None:
+        if labels is not None and self.config.head_type != "linear":
+            edges = torch.tensor(self.config.pdf_bins, dtype=torch.float32, device=logits.device)
+            if self.config.head_type == "binned_pdf":
+                loss = binned_pdf_nll(logits, labels, edges, self.config.pdf_label_smoothing)
+            else:
+                loss = gaussian_mixture_nll(logits, labels, edges)
+        elif labels is not None:
             # in float32 whatever the autocast dtype; float labels follow the logits' dtype
             labels = labels.float() if labels.is_floating_point() else labels
             loss = self.loss_function(labels, logits.float(), self.config)
@@ -917,5 +967,8 @@ __all__ = [
     "AstroPTForPreTrainingOutput",
     "AstroPTModel",
     "AstroPTPreTrainedModel",
+    "binned_pdf_nll",
+    "gaussian_mixture_nll",
+    "gaussian_mixture_parameters",
     "spiral_order",
 ]

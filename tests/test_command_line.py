@@ -32,8 +32,8 @@ def test_abbreviated_flags_are_refused(capsys):
     required = ["--model", "m", "--target", "redshift", "--output_dir", "out"]
     assert finetune.parse_args([*required, "--head_init", "probe"])[0].head_init == "probe"
     with pytest.raises(SystemExit) as info:
-        finetune.parse_args([*required, "--head", "probe"])  # not read as --head_init
-    assert info.value.code == 2 and "unrecognized arguments: --head probe" in capsys.readouterr().err
+        finetune.parse_args([*required, "--head_i", "probe"])  # not read as --head_init
+    assert info.value.code == 2 and "unrecognized arguments: --head_i probe" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="unrecognized arguments: --max_st 5"):
         parse_pretrain_args(["--max_st", "5"])
     sweep = load_script("scaling_sweep").build_parser()

@@ -161,7 +161,7 @@ def test_probe_head_init_equals_the_ridge_probe_of_the_training_embeddings(tiny_
 
 
 def test_dihedral_augmentation_gives_the_eight_orientations_and_refuses_position_angles(tiny_model, splits, tmp_path):
-    from astropt_hf.downstream.finetuning import random_dihedral
+    from astropt_hf.downstream.finetune_data import random_dihedral
 
     image = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
     orientations = {

@@ -28,23 +28,30 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from astropt_hf.command_line import NOT_A_FLAG, option
+from astropt_hf.downstream.finetune_data import (
+    AUGMENTATIONS,
+    LabelCollator,
+    RegressionTarget,
+    drop_missing,
+    infer_target_task,
+    label_key,
+    random_dihedral,
+)
+from astropt_hf.downstream.finetune_heads import bake_standardisation, init_head_from_probe
 from astropt_hf.model_cards.finetuned import render_finetuned_card
 
 logger = logging.getLogger(__name__)
 
 MODES = ("frozen", "full", "lora")
 HEAD_INITS = ("probe", "random")
-AUGMENTATIONS = ("none", "dihedral")
 ORIENTATION_TARGETS = frozenset({"position_angle", "pa", "theta", "orientation"})
 TASKS = ("regression", "classification")
 DEFAULT_LEARNING_RATES = {"frozen": 3e-3, "full": 3e-4, "lora": 1e-3}
@@ -60,106 +67,6 @@ __all__ = [
     "finetune",
     "infer_target_task",
 ]
-
-
-@dataclass(frozen=True)
-class RegressionTarget:
-    """Standardisation of a continuous target: the model trains on (y - mean) / std."""
-
-    name: str
-    mean: float
-    std: float
-
-    @classmethod
-    def fit(cls, name: str, values: Any) -> RegressionTarget:
-        array = np.asarray(values, dtype=np.float64)
-        array = array[np.isfinite(array)]
-        if array.size < 2:
-            raise ValueError(f"target {name!r}: need at least 2 finite training values; got {array.size}")
-        std = float(array.std())
-        return cls(name=name, mean=float(array.mean()), std=std if std > 0 else 1.0)
-
-    def standardise(self, values: Any) -> np.ndarray:
-        return (np.asarray(values, dtype=np.float64) - self.mean) / self.std
-
-    def restore(self, values: Any) -> np.ndarray:
-        return np.asarray(values, dtype=np.float64) * self.std + self.mean
-
-
-def infer_target_task(dataset, target: str) -> str:
-    """ "regression" for a float column, "classification" for integer, boolean, string or ClassLabel."""
-    from datasets import ClassLabel, Value
-
-    if target not in dataset.column_names:
-        raise ValueError(f"dataset has no column {target!r}; columns are {dataset.column_names}")
-    feature = dataset.features[target]
-    if isinstance(feature, ClassLabel):
-        return "classification"
-    if isinstance(feature, Value):
-        return "regression" if feature.dtype.startswith("float") else "classification"
-    raise ValueError(f"column {target!r} has type {feature}; expected a scalar column (number, string or label)")
-
-
-class LabelCollator:
-    """Rows -> {"pixel_values", "labels"}: images through the data layer's `GalaxyCollator`, labels encoded.
-
-    Regression labels are standardised floats (B,); classification labels are class indices (B,). An
-    image the data layer cannot read is skipped together with its label. `augment="dihedral"` turns
-    each image by a random multiple of 90 degrees and mirrors it half of the time (training only).
-    """
-
-    def __init__(
-        self,
-        processor,
-        image_column: str,
-        target: str,
-        regression: RegressionTarget | None = None,
-        label2id: dict[str, int] | None = None,
-        augment: str = "none",
-    ):
-        from astropt_hf.data import GalaxyCollator
-
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment={augment!r} is not valid; expected one of {list(AUGMENTATIONS)}")
-        self.images = GalaxyCollator(processor, image_column=image_column, keep_columns=[target])
-        self.target = target
-        self.regression = regression
-        self.label2id = label2id
-        self.augment = augment
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self.images(rows)
-        if self.augment == "dihedral":
-            batch["pixel_values"] = random_dihedral(batch["pixel_values"])
-        values = batch[self.target]
-        values = values.tolist() if isinstance(values, torch.Tensor) else list(values)
-        if self.regression is not None:
-            labels = torch.as_tensor(self.regression.standardise(values), dtype=torch.float32)
-        else:
-            labels = torch.as_tensor([self.label2id[_label_key(v)] for v in values], dtype=torch.long)
-        return {"pixel_values": batch["pixel_values"], "labels": labels}
-
-
-def random_dihedral(pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each (C, H, W) image of a batch turned by a random multiple of 90 degrees and mirrored half the time.
-
-    A galaxy seen in any of these 8 orientations is the same galaxy: redshift, magnitudes, colours,
-    size and axis ratio do not change (position angles do: do not augment for those).
-    """
-    turns = torch.randint(0, 4, (len(pixel_values),), generator=generator).tolist()
-    mirror = torch.randint(0, 2, (len(pixel_values),), generator=generator).tolist()
-    images = [
-        torch.rot90(image.flip(-1) if flip else image, k, dims=(-2, -1))
-        for image, k, flip in zip(pixel_values, turns, mirror)
-    ]
-    return torch.stack(images) if images else pixel_values
-
-
-def _label_key(value: Any) -> str:
-    """Labels are matched as strings so ints, numpy ints and strings from different splits agree."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    return str(value)
 
 
 @dataclass
@@ -185,6 +92,7 @@ class FinetuneResult:
     regression_target: dict[str, float] | None = None
     id2label: dict[int, str] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    pdf: dict[str, Any] | None = None  # PDF head: calibration and scores of the test PDFs (pdf_finetune)
     eval_predictions: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -192,21 +100,6 @@ class FinetuneResult:
         data["output_dir"] = str(self.output_dir)
         data.pop("eval_predictions")
         return data
-
-
-def _drop_missing(dataset, target: str, task: str, what: str):
-    """Rows whose target is missing cannot be trained or scored on: drop them and say how many."""
-    values = dataset[target]
-    if task == "regression":
-        keep = [i for i, v in enumerate(values) if v is not None and math.isfinite(float(v))]
-    else:
-        keep = [i for i, v in enumerate(values) if v is not None]
-    if len(keep) < len(values):
-        logger.warning("%s: dropped %d of %d rows with a missing %r", what, len(values) - len(keep), len(values), target)
-        dataset = dataset.select(keep)
-    if len(dataset) == 0:
-        raise ValueError(f"{what}: no rows with a {target!r} value")
-    return dataset
 
 
 def _apply_mode(model, mode: str, lora_r: int, lora_alpha: int, lora_dropout: float):
@@ -256,69 +149,6 @@ def _compute_metrics_fn(task: str, regression: RegressionTarget | None, photo_z:
         return inner(restored)
 
     return compute_metrics
-
-
-def _fit_linear_head(features: np.ndarray, labels: np.ndarray, task: str, num_labels: int):
-    """Weights (num_labels, D) and bias of a linear probe fitted on raw embeddings.
-
-    The probe is fitted on standardised features (as the probes in `astropt_hf.downstream.probes`: ridge with its
-    strength chosen by leave-one-out, or logistic regression) and the standardisation is folded into
-    the weights, so the head applies to the embeddings as they come out of the backbone.
-    """
-    from sklearn.linear_model import LogisticRegression, RidgeCV
-    from sklearn.preprocessing import StandardScaler
-
-    from astropt_hf.downstream.probes import DEFAULT_ALPHAS
-
-    scaler = StandardScaler().fit(features)
-    scaled = scaler.transform(features)
-    if task == "regression":
-        probe = RidgeCV(alphas=np.asarray(DEFAULT_ALPHAS)).fit(scaled, labels)
-        weight, bias = probe.coef_.reshape(1, -1), np.atleast_1d(probe.intercept_)
-    else:
-        probe = LogisticRegression(max_iter=1000).fit(scaled, labels)
-        weight, bias = np.zeros((num_labels, features.shape[1])), np.zeros(num_labels)
-        if len(probe.classes_) == 2:  # one logit z: softmax over [0, z] gives the same probabilities
-            weight[probe.classes_[1]], bias[probe.classes_[1]] = probe.coef_[0], probe.intercept_[0]
-        else:
-            weight[probe.classes_], bias[probe.classes_] = probe.coef_, probe.intercept_
-    weight = weight / scaler.scale_
-    bias = bias - weight @ scaler.mean_
-    return torch.as_tensor(weight, dtype=torch.float32), torch.as_tensor(bias, dtype=torch.float32)
-
-
-def _init_head_from_probe(model, processor, dataset, image_column: str, target: str, task: str,
-                          regression: RegressionTarget | None, label2id: dict | None, batch_size: int) -> None:
-    """Set the classifier to the linear probe of the training rows' embeddings (LP-FT).
-
-    A randomly initialised head on a frozen backbone trains slowly: the pooled embeddings vary across
-    galaxies by far less than their offsets, so the useful weights are large. Starting from the probe
-    makes `frozen` mode at least as good as the probe (the default there). For `full` and `lora` it is
-    the LP-FT option (Kumar et al. 2022, "Fine-tuning can distort pretrained features"), not the default:
-    on the demo galaxies the probe head's large weights made the first backbone updates swing the output.
-    """
-    from astropt_hf.downstream.embeddings import compute_embeddings
-
-    features = compute_embeddings(model.astropt, dataset, processor, batch_size=max(batch_size, 64),
-                                  image_column=image_column, progress=False)  # fmt: skip
-    readable = np.isfinite(features).all(axis=1)
-    values = [v for v, ok in zip(dataset[target], readable) if ok]
-    if task == "regression":
-        labels = regression.standardise(values)
-    else:
-        labels = np.asarray([label2id[_label_key(v)] for v in values])
-    weight, bias = _fit_linear_head(features[readable], labels, task, model.config.num_labels)
-    with torch.no_grad():
-        model.classifier.weight.copy_(weight)
-        model.classifier.bias.copy_(bias)
-
-
-def _bake_standardisation(model, regression: RegressionTarget) -> None:
-    """Rescale the head so the model outputs the target in its own units: y = std * (W e + b) + mean."""
-    head = model.classifier
-    with torch.no_grad():
-        head.weight.mul_(regression.std)
-        head.bias.mul_(regression.std).add_(regression.mean)
 
 
 def _trainer_class():
@@ -384,13 +214,28 @@ class FinetuneArguments:
     bf16: bool = option(False)
     num_workers: int = option(0)
     report_to: str = option("none", "none, tensorboard, wandb, ...")
+    head: Literal["linear", "pdf", "binned_pdf", "gaussian_mixture"] = option(
+        "linear", "pdf: a probability density of a regression target (binned_pdf, a softmax over bins, or "
+        "gaussian_mixture)"
+    )
+    pdf_bins: str | None = option(
+        None, "PDF bins: a count over the training targets' range (default 64) or comma-separated edges"
+    )
+    calibration_split: str = option("validation", "split on which the PDF temperature is fitted ('' for none)")
     # Set by code, not on the command line:
     # σ_NMAD and the outlier fraction in the metrics (default: when the target looks like a redshift)
     photo_z: bool | None = field(default=None, metadata=NOT_A_FLAG)
     trust_remote_code: bool = field(default=True, metadata=NOT_A_FLAG)
 
     def resolved_head_init(self) -> str:
-        return self.head_init or ("probe" if self.mode == "frozen" else "random")
+        return self.head_init or ("probe" if self.mode == "frozen" and self.head == "linear" else "random")
+
+    def resolved_pdf_bins(self) -> int | list[float] | None:
+        """`pdf_bins` as a bin count or a list of edges."""
+        if not self.pdf_bins:
+            return None
+        text = str(self.pdf_bins)
+        return [float(edge) for edge in text.split(",")] if "," in text else int(text)
 
     def resolved_learning_rate(self) -> float:
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.mode]
@@ -403,12 +248,16 @@ class _Labels:
     task: str
     regression: RegressionTarget | None = None
     id2label: dict[int, str] | None = None
+    pdf_head: str | None = None  # the config's head_type for a PDF head (labels then stay in their units)
+    pdf_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label2id(self) -> dict[str, int] | None:
         return {label: index for index, label in self.id2label.items()} if self.id2label else None
 
     def model_kwargs(self) -> dict[str, Any]:
+        if self.pdf_head:
+            return dict(self.pdf_overrides)
         if self.regression is not None:
             return {"num_labels": 1, "problem_type": "regression"}
         return {"num_labels": len(self.id2label), "problem_type": "single_label_classification",
@@ -439,10 +288,17 @@ def _check_options(options: FinetuneArguments, train_dataset, eval_dataset) -> s
     return task
 
 
-def _encode_labels(train_dataset, eval_dataset, target: str, task: str) -> _Labels:
+def _encode_labels(train_dataset, eval_dataset, target: str, task: str, options: FinetuneArguments) -> _Labels:
+    from astropt_hf.downstream import pdf_finetune
+
+    pdf_head = pdf_finetune.pdf_head_type(options.head, task, options.resolved_head_init())
+    if pdf_head:  # a PDF head learns the target in its own units
+        overrides = pdf_finetune.pdf_model_overrides(pdf_head, train_dataset[target], options.resolved_pdf_bins())
+        return _Labels(task, regression=RegressionTarget(target, 0.0, 1.0), pdf_head=pdf_head,
+                       pdf_overrides=overrides)
     if task == "regression":
         return _Labels(task, regression=RegressionTarget.fit(target, train_dataset[target]))
-    classes = sorted({_label_key(v) for split in (train_dataset, eval_dataset) for v in split[target]})
+    classes = sorted({label_key(v) for split in (train_dataset, eval_dataset) for v in split[target]})
     if len(classes) < 2:
         raise ValueError(f"classification of {target!r} needs at least 2 classes; got {classes}")
     return _Labels(task, id2label=dict(enumerate(classes)))
@@ -460,7 +316,7 @@ def _load_model(options: FinetuneArguments, labels: _Labels, train_dataset, imag
         name, trust_remote_code=options.trust_remote_code, ignore_mismatched_sizes=True, **labels.model_kwargs()
     )
     if options.resolved_head_init() == "probe":
-        _init_head_from_probe(model, processor, train_dataset, image_column, options.target, labels.task,
+        init_head_from_probe(model, processor, train_dataset, image_column, options.target, labels.task,
                               labels.regression, labels.label2id, options.batch_size)  # fmt: skip
     model = _apply_mode(model, options.mode, options.lora_r, options.lora_alpha, options.lora_dropout)
     return model, processor
@@ -506,8 +362,16 @@ def _build_trainer(options: FinetuneArguments, model, processor, labels: _Labels
         eval_dataset=datasets[1],
         data_collator=collator,
         train_collator=train_collator,
-        compute_metrics=_compute_metrics_fn(labels.task, labels.regression, photo_z and labels.task == "regression"),
+        compute_metrics=_metrics_for(labels, model.config, photo_z),
     )
+
+
+def _metrics_for(labels: _Labels, config, photo_z: bool):
+    if labels.pdf_head:
+        from astropt_hf.downstream import pdf_finetune
+
+        return pdf_finetune.pdf_compute_metrics(config, photo_z)
+    return _compute_metrics_fn(labels.task, labels.regression, photo_z and labels.task == "regression")
 
 
 def _save_plain_model(trainer, processor, options: FinetuneArguments, labels: _Labels, output_dir: Path):
@@ -515,8 +379,8 @@ def _save_plain_model(trainer, processor, options: FinetuneArguments, labels: _L
     model = trainer.model
     if options.mode == "lora":
         model = model.merge_and_unload()
-    if labels.regression is not None:
-        _bake_standardisation(model, labels.regression)
+    if labels.regression is not None and not labels.pdf_head:
+        bake_standardisation(model, labels.regression)
         model.config.regression_target = asdict(labels.regression)
     for parameter in model.parameters():
         parameter.requires_grad_(True)  # a frozen backbone is a training choice, not part of the checkpoint
@@ -526,7 +390,7 @@ def _save_plain_model(trainer, processor, options: FinetuneArguments, labels: _L
 
 
 def finetune(options: FinetuneArguments, train_dataset, eval_dataset, image_column: str = "image",
-             dataset_description: str = "") -> FinetuneResult:
+             dataset_description: str = "", calibration_dataset=None) -> FinetuneResult:
     """Fine-tune astroPT on `options.target` and save a checkpoint, its processor, metrics and a model card.
 
     Args:
@@ -534,6 +398,7 @@ def finetune(options: FinetuneArguments, train_dataset, eval_dataset, image_colu
             output folder, mode ("frozen", "full" or "lora", see the module docstring) and training settings.
         train_dataset, eval_dataset: map-style datasets with `image_column` and the target column.
         dataset_description: one line for the model card (where the rows came from).
+        calibration_dataset: PDF heads: the rows on which the PDFs' temperature is fitted (None: T = 1).
     Returns:
         `FinetuneResult` with the final evaluation metrics (also written to finetune_results.json).
     """
@@ -546,9 +411,10 @@ def finetune(options: FinetuneArguments, train_dataset, eval_dataset, image_colu
     output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(options.seed)
     photo_z = is_redshift_like(target) if options.photo_z is None else options.photo_z
-    train_dataset = _drop_missing(train_dataset.select_columns([image_column, target]), target, task, "train")
-    eval_dataset = _drop_missing(eval_dataset.select_columns([image_column, target]), target, task, "eval")
-    labels = _encode_labels(train_dataset, eval_dataset, target, task)
+    test_rows = eval_dataset  # with every column: the PDF table carries the ids
+    train_dataset = drop_missing(train_dataset.select_columns([image_column, target]), target, task, "train")
+    eval_dataset = drop_missing(eval_dataset.select_columns([image_column, target]), target, task, "eval")
+    labels = _encode_labels(train_dataset, eval_dataset, target, task, options)
     model, processor = _load_model(options, labels, train_dataset, image_column)
     trainable, total = _count_parameters(model)
     logger.info("fine-tuning %s (%s, %s): %d of %d parameters trainable", target, task, options.mode, trainable, total)
@@ -561,19 +427,31 @@ def finetune(options: FinetuneArguments, train_dataset, eval_dataset, image_colu
     final = trainer.predict(eval_dataset, metric_key_prefix="eval")
     metrics = {key: float(value) for key, value in final.metrics.items() if isinstance(value, (int, float))}
     raw = np.asarray(final.predictions[0] if isinstance(final.predictions, tuple) else final.predictions)
-    if labels.regression is not None:
+    if labels.pdf_head:
+        from astropt_hf.downstream import pdf_finetune
+
+        eval_predictions = pdf_finetune.pdf_point_predictions(raw, trainer.model.config)
+    elif labels.regression is not None:
         eval_predictions = labels.regression.restore(raw.reshape(-1))
     else:
         eval_predictions = raw.argmax(axis=-1)
     model = _save_plain_model(trainer, processor, options, labels, output_dir)
+    pdf_scores = None
+    if labels.pdf_head:
+        from astropt_hf.downstream import pdf_finetune
+
+        pdf_scores = pdf_finetune.write_pdf_outputs(model, processor, test_rows, calibration_dataset, target,
+                                                    output_dir, image_column, photo_z, max(options.batch_size, 64))
 
     result = FinetuneResult(
         output_dir=output_dir, target=target, task=task, mode=options.mode, metrics=metrics,
         num_trainable_parameters=trainable, num_parameters=total, train_seconds=train_seconds,
         max_steps=options.max_steps, learning_rate=options.resolved_learning_rate(),
         head_init=options.resolved_head_init(), augment=options.augment,
-        regression_target=asdict(labels.regression) if labels.regression is not None else None,
+        regression_target=asdict(labels.regression) if labels.regression is not None and not labels.pdf_head
+        else None,
         id2label=labels.id2label, log_history=list(trainer.state.log_history), eval_predictions=eval_predictions,
+        pdf=pdf_scores,
     )  # fmt: skip
     _write_outputs(result, options, model.config, final.label_ids, labels, photo_z, dataset_description)
     return result

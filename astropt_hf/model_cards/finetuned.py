@@ -30,6 +30,18 @@ def _metrics_table(metrics: dict[str, float]) -> str:
 
 def _output_and_usage(result: FinetuneResult) -> tuple[str, str]:
     """What the head outputs (a note for the card) and the line of code that reads it."""
+    if result.pdf is not None:
+        pdf = result.pdf
+        output_note = (
+            f"The head (`config.head_type = \"{pdf['head_type']}\"`) outputs a probability density of `{result.target}` "
+            f"over {pdf['num_bins']} bins from {pdf['range'][0]:.4g} to {pdf['range'][1]:.4g} (`config.pdf_bins`), trained "
+            "on its likelihood; `eval loss` below is its negative log-likelihood and the point metrics are those of the "
+            f"PDF median. A temperature of {pdf['temperature']:.4g} fitted on a validation split calibrates it "
+            "(`finetune_results.json` has the scores raw and calibrated, `test_predictions.parquet` every test galaxy)."
+        )
+        usage = ("pdfs = BinnedPDF.from_outputs(model(pixel_values=pixel_values).logits, model.config, "
+                 f"temperature={pdf['temperature']:.4g})  # from astropt_hf.downstream.binned_pdf")  # fmt: skip
+        return output_note, usage
     if result.task == "regression":
         stats = result.regression_target or {}
         output_note = (
