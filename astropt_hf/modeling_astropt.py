@@ -824,10 +824,8 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         predictions = loss = None
         if sequence is not None:
             predictions = self.patch_head(hidden[:, :length])
-            if masked:
-                loss = self._masked_patch_loss(predictions, sequence, bool_masked_pos)
-            else:
-                loss = self._next_patch_loss(predictions, sequence, prefix_length)
+            loss = (self._masked_patch_loss(predictions, sequence, bool_masked_pos) if masked
+                    else self._next_patch_loss(predictions, sequence, prefix_length))
         extra = {}
         if self.config.has_spectra:  # each modality's loss times its weight, over the number present (upstream)
             extra = self._spectrum_outputs(hidden, length, spectrum) if spectrum is not None else {}
@@ -836,8 +834,7 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
             extra["image_loss"], loss = loss, sum(weighted) / len(weighted) if weighted else None
         output = AstroPTForPreTrainingOutput(
             loss=loss, predictions=predictions, target_patches=sequence, mask=bool_masked_pos if masked else None,
-            hidden_states=outputs.hidden_states, attentions=outputs.attentions, **extra,
-        )
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions, **extra)
         return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
@@ -996,5 +993,8 @@ __all__ = [
     "AstroPTForPreTrainingOutput",
     "AstroPTModel",
     "AstroPTPreTrainedModel",
+    "AstroPTSpectrumPatches",
+    "patches_to_spectrum",
+    "spectrum_to_patches",
     "spiral_order",
 ]
