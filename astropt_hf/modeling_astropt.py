@@ -909,18 +909,18 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         """Continue images into their spectra: (B, L) predicted flux on `spectrum_wavelengths` ((B, L) or (L,),
         Angstrom, as for `forward`). The last image position predicts spectrum patch 0; each new patch is fed
         back with its wavelengths to predict the next, with the key/value cache as in `generate_patches`
-        (`temperature` likewise). `num_patches` stops early; learned positions need it and no wavelengths."""
-        sequence = self.astropt.patch_sequence(pixel_values, input_patches)
-        positions = None  # the (B, S, spectrum_patch_size) position input of every patch, unless learned
+        (`temperature` likewise). `num_patches` stops early; without wavelengths (learned positions) it is needed."""
+        sequence, size = self.astropt.patch_sequence(pixel_values, input_patches), self.config.spectrum_patch_size
+        positions = length = None  # every patch's position input (None if learned); samples in the spectrum
         if spectrum_wavelengths is not None:
             wavelengths = torch.as_tensor(spectrum_wavelengths, device=sequence.device).expand(len(sequence), -1)
-            positions = spectrum_to_patches(self.config, torch.zeros_like(wavelengths), wavelengths).positions
-        available = self.config.spectrum_max_patches if positions is None else positions.shape[1]
+            positions, length = spectrum_to_patches(self.config, wavelengths * 0, wavelengths).positions, wavelengths.shape[1]
+        available = self.config.spectrum_max_patches if length is None else -(-length // size)
         count = min(num_patches or available, available)
-        if not self.config.has_spectra or (positions is None and num_patches is None) or count <= 0:
+        if not self.config.has_spectra or (length is None and num_patches is None) or count <= 0:
             raise ValueError(f"generate_spectrum needs a model with spectra (modalities: {self.config.modalities}) "
                              f"and spectrum_wavelengths or num_patches in 1..{available}; got {num_patches!r}")
-        patches = sequence.new_zeros(len(sequence), count, self.config.spectrum_patch_size, dtype=torch.float32)
+        patches = sequence.new_zeros(len(sequence), count, size, dtype=torch.float32)
         cache = [AstroPTLayerCache(sequence.shape[1] + count - 1) for _ in self.astropt.layers] if use_cache else None
         hidden = self.astropt(input_patches=sequence, past_key_values=cache, return_dict=True).last_hidden_state
         for index in range(count):
@@ -936,7 +936,7 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
                     start=first)
                 hidden = self.astropt(input_patches=None if use_cache else sequence, spectrum_patches=spectrum,
                                       past_key_values=cache, return_dict=True).last_hidden_state
-        return patches_to_spectrum(patches, None if positions is None else wavelengths.shape[1])
+        return patches_to_spectrum(patches, length)
 
 
 class AstroPTForImageClassification(AstroPTPreTrainedModel):

@@ -17,8 +17,8 @@ from .image_processing_astropt import AstroPTImageProcessor
 class AstroPTProcessor(ProcessorMixin):
     r"""Galaxy images and spectra -> astroPT inputs: `pixel_values` from `AstroPTImageProcessor` and
     `spectrum_values`, `spectrum_wavelengths`, `spectrum_mask` (and `spectrum_scale`) from
-    `AstroPTSpectrumFeatureExtractor`, ready for `model(**inputs)` (drop `spectrum_scale` first, or pass
-    the tensors by name).
+    `AstroPTSpectrumFeatureExtractor`, ready for `model(**inputs)` (which ignores `spectrum_scale`, the
+    flux scale each spectrum was divided by, kept for undoing it).
 
     Args:
         image_processor (`AstroPTImageProcessor`, *optional*): default settings if omitted.

@@ -308,6 +308,7 @@ def test_learned_positions_by_index(multimodal_config):
     with pytest.raises(ValueError, match="num_patches"):
         model.generate_spectrum(images)
     generated = model.generate_spectrum(images, num_patches=4)
+    assert model.generate_spectrum(images, wavelengths[0, :50]).shape == (2, 50)  # the grid sets the length
     torch.testing.assert_close(generated.reshape(2, 4, SIZE)[:, 0], out.spectrum_predictions[:, 0])
 
 
