@@ -120,11 +120,11 @@ class AstroPTPatchify(nn.Module):
 
     def normalise(self, patches: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """Speed helper. Per-patch (or per-image) standardisation, as upstream: minus the mean, over the
-        unbiased std + eps. Vectorised passes (shift, mean, then the norm of the centred values) instead of `torch.std_mean`,
-        whose double-precision Welford kernel is much slower on CPUs. Shifting by each patch's first value
-        first keeps the float32 mean accurate for data far from zero (e.g. a sky level of 1000), so the two
-        agree to float32 rounding. `inplace` overwrites `patches` instead of allocating new tensors.
-        """
+        unbiased std + eps. Vectorised passes (shift, mean, then the norm of the centred values) instead of
+        `torch.std_mean`, whose double-precision Welford kernel is much slower on CPUs. Shifting by each
+        patch's first value first keeps the float32 mean accurate for data far from zero (e.g. a sky level of
+        1000), so the two agree to float32 rounding. `inplace` overwrites `patches` instead of allocating new
+        tensors."""
         if self.patch_norm == "none":
             return patches
         dims = (-1,) if self.patch_norm == "per_patch" else (-2, -1)
@@ -147,15 +147,12 @@ class AstroPTPatchify(nn.Module):
         return grid.permute(*dims).reshape(batch, c, g * p, g * p)
 
 
-# Spectra: consecutive patches of `spectrum_patch_size` samples, zero-padded at the end (upstream's layout),
-# with the wavelengths alongside as the position input.
-
-
 @dataclass
 class AstroPTSpectrumPatches:
-    """A spectrum as the model's patches, each (B, S, spectrum_patch_size): `values` (flux, bad and padded
-    samples zeroed), `positions` (the wavelength position input, zero where padded; None for learned
-    positions), `valid` (the real, good samples: only they count in the loss); `start`: the first patch's index."""
+    """A spectrum as the model's patches: runs of `spectrum_patch_size` samples, zero-padded at the end as
+    upstream, each (B, S, spectrum_patch_size): `values` (flux, bad and padded samples zeroed), `positions`
+    (the wavelength position input, zero where padded; None for learned positions), `valid` (the real, good
+    samples: only they count in the loss); `start`: the index of the first patch in its spectrum."""
 
     values: torch.Tensor
     positions: torch.Tensor | None
@@ -193,7 +190,8 @@ def spectrum_to_patches(config: AstroPTConfig, values: torch.Tensor, wavelengths
     if encoding == "wavelength":
         scaled = (wavelengths - config.spectrum_wavelength_offset) / config.spectrum_wavelength_scale
         positions = cut(torch.where(wavelengths > 0, scaled, 0).to(dtype))
-    return AstroPTSpectrumPatches(cut(torch.where(valid, values, 0).to(dtype)), positions, cut(valid.to(torch.uint8)).bool())
+    values = cut(torch.where(valid, values, 0).to(dtype))
+    return AstroPTSpectrumPatches(values, positions, cut(valid.to(torch.uint8)).bool())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,9 +208,11 @@ class AstroPTPatchMLP(nn.Module):
         if config.patch_embedding == "relu_mlp" and encoder:  # upstream v1: always with biases
             layers = [nn.Linear(inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()]
         elif config.patch_embedding == "relu_mlp":
-            layers = [nn.Linear(inputs, 2 * width), nn.ReLU(), nn.Linear(2 * width, width), nn.ReLU(), nn.Linear(width, outputs)]
+            layers = [nn.Linear(inputs, 2 * width), nn.ReLU(), nn.Linear(2 * width, width), nn.ReLU(),
+                      nn.Linear(width, outputs)]
         elif config.patch_embedding == "gelu_mlp":  # upstream v2 "aim"
-            layers = [nn.Linear(inputs, 4 * width, bias=bias), nn.GELU(approximate="tanh"), nn.Linear(4 * width, outputs, bias=bias)]
+            layers = [nn.Linear(inputs, 4 * width, bias=bias), nn.GELU(approximate="tanh"),
+                      nn.Linear(4 * width, outputs, bias=bias)]
         else:  # upstream "affine"
             layers = [nn.Linear(inputs, outputs, bias=bias)]
         self.mlp = nn.Sequential(*layers)
@@ -518,10 +518,8 @@ class AstroPTModel(AstroPTPreTrainedModel):
             raise ValueError("pass exactly one of pixel_values (B, C, H, W) or input_patches (B, T, P)")
         return self.patchify(pixel_values) if input_patches is None else input_patches
 
-    def model_inputs(
-        self, pixel_values=None, input_patches=None, spectrum_values=None, spectrum_wavelengths=None,
-        spectrum_mask=None, spectrum_patches: AstroPTSpectrumPatches | None = None,
-    ) -> tuple[torch.Tensor | None, AstroPTSpectrumPatches | None]:
+    def model_inputs(self, pixel_values=None, input_patches=None, spectrum_values=None, spectrum_wavelengths=None,
+                     spectrum_mask=None, spectrum_patches=None) -> tuple:
         """(image patch sequence or None, spectrum patches or None) from whichever inputs were given."""
         has_image = pixel_values is not None or input_patches is not None
         sequence = self.patch_sequence(pixel_values, input_patches) if has_image else None  # (B, T, P)
@@ -537,10 +535,8 @@ class AstroPTModel(AstroPTPreTrainedModel):
                              "or images and spectra together")
         return sequence, spectrum_patches
 
-    def pool(
-        self, hidden: torch.Tensor, num_image_patches: int, modality: str | None = None, pooling: str | None = None,
-        pooling_num_patches: int | None = None,
-    ) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, num_image_patches: int, modality: str | None = None,
+             pooling: str | None = None, pooling_num_patches: int | None = None) -> torch.Tensor:
         """(B, T + S, D) -> (B, D) by the pooling over the image patches (`modality="images"`), the spectrum
         patches (`"spectra"`) or `"both"` (default: all present): the mean of the pooled embeddings, so each
         modality counts equally whatever its length."""
@@ -557,7 +553,8 @@ class AstroPTModel(AstroPTPreTrainedModel):
     def _check_pattern_inputs(self, bool_masked_pos, prefix_length, sequence: torch.Tensor) -> None:
         if bool_masked_pos is not None:
             if self.config.objective != "masked_patch":
-                raise ValueError(f"bool_masked_pos needs objective='masked_patch'; this model is {self.config.objective!r}")
+                raise ValueError(f"bool_masked_pos needs objective='masked_patch'; this model is "
+                                 f"{self.config.objective!r}")
             if bool_masked_pos.shape != sequence.shape[:2] or bool_masked_pos.dtype != torch.bool:
                 raise ValueError(f"bool_masked_pos must be a bool tensor of shape {tuple(sequence.shape[:2])} (batch, "
                                  f"patches); got {bool_masked_pos.dtype} {tuple(bool_masked_pos.shape)}")
@@ -638,7 +635,7 @@ class AstroPTModel(AstroPTPreTrainedModel):
             the spectrum's; either alone works too. The pooled output covers every modality given (see `pool`).
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         layer = self.config.resolve_embedding_layer()
         sequence, spectrum = self.model_inputs(pixel_values, input_patches, spectrum_values, spectrum_wavelengths,
@@ -741,13 +738,13 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         return self.elementwise_loss(predictions, targets).mean(dim=-1)
 
     def _spectrum_outputs(self, hidden: torch.Tensor, num_image_patches: int, spectrum: AstroPTSpectrumPatches) -> dict:
-        """Spectrum predictions and loss. After an image, prediction s comes from sequence position T - 1 + s
-        (upstream's boundary: the last image position predicts spectrum patch 0) and every patch counts;
-        without one, position s - 1 predicts patch s and patch 0 has no prediction (NaN)."""
+        """Spectrum predictions and loss. After T image patches, position T - 1 + s predicts spectrum patch s
+        (upstream's boundary); without an image, position s - 1 does, and patch 0 has no prediction (NaN)."""
         count, first, start = spectrum.values.shape[1], int(num_image_patches == 0), max(num_image_patches - 1, 0)
         decoded = self.spectrum_head(hidden[:, start : start + count - first])
         predictions = F.pad(decoded, (0, 0, first, 0), value=math.nan)  # (B, S, size)
-        outputs = dict(spectrum_predictions=predictions, spectrum_target_patches=spectrum.values, spectrum_valid=spectrum.valid)
+        outputs = dict(spectrum_predictions=predictions, spectrum_target_patches=spectrum.values,
+                       spectrum_valid=spectrum.valid)
         if count > first:
             valid = spectrum.valid[:, first:]
             elementwise = self.elementwise_loss(predictions[:, first:].float(), spectrum.values[:, first:].float())
@@ -805,9 +802,8 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         prefix_length (`int` or `torch.LongTensor` of shape (B,)): `prefix` models; patches inside the
             prefix attend bidirectionally and are not predicted. Default: a random length per batch in
             training, half the sequence in evaluation.
-        spectrum_values, spectrum_wavelengths, spectrum_mask: models with spectra, as for `AstroPTModel`;
-            images, spectra or both. Masked, non-finite and padded spectrum samples never count in the loss.
-        """
+        spectrum_values, spectrum_wavelengths, spectrum_mask: as for `AstroPTModel` (masked, non-finite and
+            padded spectrum samples never count in the loss)."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         sequence, spectrum = self.astropt.model_inputs(pixel_values, input_patches, spectrum_values,
                                                        spectrum_wavelengths, spectrum_mask)
@@ -817,8 +813,9 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         if not masked and self.config.attention_pattern == "prefix" and prefix_length is None:
             prefix_length = self._default_prefix_length(sequence.shape[1], sequence.device)
         outputs = self.astropt(
-            input_patches=sequence, spectrum_patches=spectrum, bool_masked_pos=bool_masked_pos, prefix_length=prefix_length,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            input_patches=sequence, spectrum_patches=spectrum, bool_masked_pos=bool_masked_pos,
+            prefix_length=prefix_length, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
         )
         hidden, length = outputs.last_hidden_state, 0 if sequence is None else sequence.shape[1]
         predictions = loss = None
@@ -826,9 +823,8 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
             predictions = self.patch_head(hidden[:, :length])
             loss = (self._masked_patch_loss(predictions, sequence, bool_masked_pos) if masked
                     else self._next_patch_loss(predictions, sequence, prefix_length))
-        extra = {}
+        extra = self._spectrum_outputs(hidden, length, spectrum) if spectrum is not None else {}
         if self.config.has_spectra:  # each modality's loss times its weight, over the number present (upstream)
-            extra = self._spectrum_outputs(hidden, length, spectrum) if spectrum is not None else {}
             weighted = [part * weight for part, weight in ((loss, self.config.image_loss_weight),
                         (extra.get("spectrum_loss"), self.config.spectrum_loss_weight)) if part is not None]
             extra["image_loss"], loss = loss, sum(weighted) / len(weighted) if weighted else None
@@ -840,13 +836,14 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
     @torch.no_grad()
     def fill_masked_patches(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
         """Inpainting: (B, C, H, W) images with the patches marked in `bool_masked_pos` (B, T, sequence order)
-        replaced by the model's reconstruction. `masked_patch` models only. The result is in the model's patch space (after its normalisation, like `patches_to_image`): the
-        unmasked patches are exactly `patches_to_image(image_to_patches(pixel_values))`, which equals
-        `pixel_values` for `patch_norm="none"`. With `norm_pix_loss` the reconstructions are of standardised
-        patches (mean 0, variance 1), since a masked patch's own mean and variance are what is unknown.
-        """
+        replaced by the model's reconstruction. `masked_patch` models only. The result is in the model's patch
+        space (after its normalisation, like `patches_to_image`): the unmasked patches are exactly
+        `patches_to_image(image_to_patches(pixel_values))`, which equals `pixel_values` for
+        `patch_norm="none"`. With `norm_pix_loss` the reconstructions are of standardised patches (mean 0,
+        variance 1), since a masked patch's own mean and variance are what is unknown."""
         if self.config.objective != "masked_patch":
-            raise ValueError(f"fill_masked_patches needs objective='masked_patch'; this model is {self.config.objective!r}")
+            raise ValueError(f"fill_masked_patches needs objective='masked_patch'; this model is "
+                             f"{self.config.objective!r}")
         output = self(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos, return_dict=True)
         filled = torch.where(output.mask[..., None], output.predictions.to(output.target_patches.dtype),
                              output.target_patches)
@@ -854,12 +851,21 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
 
     def _check_generation(self, prompt_length: int, total: int) -> None:
         if self.config.objective != "next_patch" or self.config.attention_pattern == "bidirectional":
-            raise ValueError("generate_patches needs objective='next_patch' with attention_pattern 'causal' or 'prefix'; "
-                             f"this model is {self.config.objective!r} with {self.config.attention_pattern!r} attention"
-                             + (" (use fill_masked_patches)" if self.config.objective == "masked_patch" else ""))
+            raise ValueError(
+                "generate_patches needs objective='next_patch' with attention_pattern 'causal' or 'prefix'; this "
+                f"model is {self.config.objective!r} with {self.config.attention_pattern!r} attention"
+                + (" (use fill_masked_patches)" if self.config.objective == "masked_patch" else "")
+            )
         if total - 1 > self.config.max_position_embeddings:
             raise ValueError(f"prompt of {prompt_length} patches plus {total - prompt_length} new ones exceeds "
                              f"max_position_embeddings={self.config.max_position_embeddings}")
+
+    @staticmethod
+    def _with_noise(patch: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+        if temperature > 0:  # a regression output plus Gaussian noise of std `temperature`, as upstream
+            noise = torch.randn(patch.shape, generator=generator, device=patch.device, dtype=patch.dtype)
+            patch = patch + temperature * noise
+        return patch
 
     @torch.no_grad()
     def generate_patches(
@@ -888,10 +894,7 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
                 input_patches=step_input, prefix_length=step_prefix, past_key_values=cache, return_dict=True,
                 output_attentions=False, output_hidden_states=False,
             ).last_hidden_state
-            new_patch = self.patch_head(hidden[:, -1:])
-            if temperature > 0:
-                noise = torch.randn(new_patch.shape, generator=generator, device=new_patch.device, dtype=new_patch.dtype)
-                new_patch = new_patch + temperature * noise
+            new_patch = self._with_noise(self.patch_head(hidden[:, -1:]), temperature, generator)
             if sequence is None:  # the dtype a concatenation of prompt and patches would have
                 dtype = torch.promote_types(prompt_patches.dtype, new_patch.dtype)
                 sequence = prompt_patches.new_empty((prompt_patches.shape[0], total, prompt_patches.shape[2]), dtype=dtype)
@@ -909,12 +912,13 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         """Continue images into their spectra: (B, L) predicted flux on `spectrum_wavelengths` ((B, L) or (L,),
         Angstrom, as for `forward`). The last image position predicts spectrum patch 0; each new patch is fed
         back with its wavelengths to predict the next, with the key/value cache as in `generate_patches`
-        (`temperature` likewise). `num_patches` stops early; without wavelengths (learned positions) it is needed."""
+        (`temperature` likewise). `num_patches` stops early; without wavelengths (learned positions), it is due."""
         sequence, size = self.astropt.patch_sequence(pixel_values, input_patches), self.config.spectrum_patch_size
         positions = length = None  # every patch's position input (None if learned); samples in the spectrum
         if spectrum_wavelengths is not None:
             wavelengths = torch.as_tensor(spectrum_wavelengths, device=sequence.device).expand(len(sequence), -1)
-            positions, length = spectrum_to_patches(self.config, wavelengths * 0, wavelengths).positions, wavelengths.shape[1]
+            length = wavelengths.shape[1]
+            positions = spectrum_to_patches(self.config, wavelengths * 0, wavelengths).positions
         available = self.config.spectrum_max_patches if length is None else -(-length // size)
         count = min(num_patches or available, available)
         if not self.config.has_spectra or (length is None and num_patches is None) or count <= 0:
@@ -924,16 +928,12 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         cache = [AstroPTLayerCache(sequence.shape[1] + count - 1) for _ in self.astropt.layers] if use_cache else None
         hidden = self.astropt(input_patches=sequence, past_key_values=cache, return_dict=True).last_hidden_state
         for index in range(count):
-            new_patch = self.spectrum_head(hidden[:, -1:])
-            if temperature > 0:
-                noise = torch.randn(new_patch.shape, generator=generator, device=new_patch.device, dtype=new_patch.dtype)
-                new_patch = new_patch + temperature * noise
+            new_patch = self._with_noise(self.spectrum_head(hidden[:, -1:]), temperature, generator)
             patches[:, index : index + 1] = new_patch
             if index + 1 < count:  # with the cache only the new patch is fed back, else the whole sequence
-                first = index if use_cache else 0
-                spectrum = AstroPTSpectrumPatches(
-                    patches[:, first : index + 1], None if positions is None else positions[:, first : index + 1],
-                    start=first)
+                fed = slice(index if use_cache else 0, index + 1)
+                spectrum = AstroPTSpectrumPatches(patches[:, fed], None if positions is None else positions[:, fed],
+                                                  start=fed.start)
                 hidden = self.astropt(input_patches=None if use_cache else sequence, spectrum_patches=spectrum,
                                       past_key_values=cache, return_dict=True).last_hidden_state
         return patches_to_spectrum(patches, length)
