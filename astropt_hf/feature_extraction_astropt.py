@@ -53,15 +53,13 @@ def _check_lengths(flux: list[np.ndarray], **others: list[np.ndarray] | None) ->
                 raise ValueError(f"spectrum {index}: {name} has {len(other)} samples but flux has {len(f)}")
 
 
-def _check_wavelengths(index: int, wavelength: np.ndarray) -> None:
+def _check_wavelengths(name: str, wavelength: np.ndarray) -> None:
     if not np.all(np.isfinite(wavelength)) or np.any(wavelength <= 0):
-        raise ValueError(f"spectrum {index}: wavelengths must be finite and positive (Angstrom)")
+        raise ValueError(f"{name}: wavelengths must be finite and positive (Angstrom)")
     if wavelength.size > 1 and not np.all(np.diff(wavelength) > 0):
         step = int(np.argmin(np.diff(wavelength)))
-        raise ValueError(
-            f"spectrum {index}: wavelengths must increase strictly; sample {step + 1} ({wavelength[step + 1]!r}) "
-            f"follows {wavelength[step]!r}"
-        )
+        raise ValueError(f"{name}: wavelengths must increase strictly; sample {step + 1} ({wavelength[step + 1]!r}) "
+                         f"follows {wavelength[step]!r}")
 
 
 def resample(flux: np.ndarray, good: np.ndarray, wavelength: np.ndarray, grid: np.ndarray):
@@ -101,7 +99,7 @@ class AstroPTSpectrumFeatureExtractor(SequenceFeatureExtractor):
         self.normalisation = normalisation
         self.wavelength_grid = None if wavelength_grid is None else [float(w) for w in wavelength_grid]
         if self.wavelength_grid is not None:
-            _check_wavelengths(-1, np.asarray(self.wavelength_grid))
+            _check_wavelengths("wavelength_grid", np.asarray(self.wavelength_grid))
 
     def _good_pixels(self, index: int, flux, ivar, mask) -> np.ndarray:
         good = np.isfinite(flux)
@@ -136,7 +134,7 @@ class AstroPTSpectrumFeatureExtractor(SequenceFeatureExtractor):
         grid = wavelength_grid if wavelength_grid is not None else self.wavelength_grid
         grid = None if grid is None else np.asarray(grid, dtype=np.float64)
         if grid is not None:
-            _check_wavelengths(-1, grid)
+            _check_wavelengths("wavelength_grid", grid)
         spectra = _as_spectra("flux", flux)
         if wavelength is None and grid is None:
             raise ValueError("pass the wavelengths (Angstrom) of the flux samples, or a wavelength_grid they are on")
@@ -145,7 +143,7 @@ class AstroPTSpectrumFeatureExtractor(SequenceFeatureExtractor):
         _check_lengths(spectra, wavelength=wavelengths, ivar=ivars, mask=masks)
         rows = []
         for index, (values, waves) in enumerate(zip(spectra, wavelengths)):
-            _check_wavelengths(index, waves)
+            _check_wavelengths(f"spectrum {index}", waves)
             good = self._good_pixels(index, values, None if ivars is None else ivars[index],
                                      None if masks is None else masks[index])
             if grid is not None and not (len(waves) == len(grid) and np.array_equal(waves, grid)):

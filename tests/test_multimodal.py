@@ -152,7 +152,8 @@ def test_extractor_resamples_linearly_and_masks_what_a_bad_pixel_touches():
         (dict(flux=np.ones(5), wavelength=np.linspace(4000, 5000, 5), mask=np.zeros(6)), "mask has 6 samples"),
         (dict(flux=[np.ones(5)] * 2, wavelength=[np.linspace(4000, 5000, 5)] * 3), "2 flux spectra but 3 wavelength"),
         (dict(flux=np.ones(4), wavelength=np.array([4000.0, 4010.0, 4005.0, 4020.0])), "must increase strictly"),
-        (dict(flux=np.ones(3), wavelength=np.array([4000.0, np.nan, 4020.0])), "finite and positive"),
+        (dict(flux=np.ones(3), wavelength=np.array([4000.0, np.nan, 4020.0])), "spectrum 0: wavelengths must be finite"),
+        (dict(flux=np.ones(2), wavelength_grid=[5000.0, 4000.0]), "wavelength_grid: wavelengths must increase"),
         (dict(flux=np.full(3, np.nan), wavelength=np.array([4000.0, 4010.0, 4020.0])), "spectrum 0: every sample is masked"),
         (dict(flux=[np.ones(3), np.ones(3)], wavelength=np.array([4000.0, 4010.0, 4020.0]), ivar=[np.ones(3), np.zeros(3)]),
          "spectrum 1: every sample is masked"),
@@ -197,8 +198,7 @@ def test_spectrum_patching_pads_at_the_end_and_inverts(multimodal_config):
     expected = (wavelengths - 3000.0) / 7000.0
     torch.testing.assert_close(patches_to_spectrum(patches.positions, 40), expected)
     assert patches.positions[:, 2, 8:].eq(0).all()  # upstream zero-pads the position input
-    # a shared (L,) grid, and padding wavelengths of 0, as the processor writes them
-    shared = spectrum_to_patches(config, flux, wavelengths[0])
+    shared = spectrum_to_patches(config, flux, wavelengths[0])  # one (L,) grid; then padding wavelengths of 0
     torch.testing.assert_close(shared.positions, patches.positions)
     zero_padded = wavelengths.clone()
     zero_padded[:, 30:] = 0
