@@ -1,19 +1,23 @@
 """astroPT as a HuggingFace Transformers model.
 
 Importing this package registers the astroPT classes with the Auto classes locally, and marks them so
-that `save_pretrained` copies the three remote-code files next to each checkpoint and writes `auto_map`
-entries: the checkpoint then loads anywhere with `trust_remote_code=True`, no `astropt_hf` needed.
+that `save_pretrained` copies the remote-code files next to each checkpoint and writes `auto_map` entries:
+the checkpoint then loads anywhere with `trust_remote_code=True`, no `astropt_hf` needed. (A model brings
+the configuration and modeling files; `AstroPTProcessor` the image, spectrum and processor files.)
 """
 
 from transformers import (
     AutoConfig,
+    AutoFeatureExtractor,
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
+    AutoProcessor,
 )
 
 from .configuration_astropt import ASTROPT_PRESETS, DEFAULT_AUTO_MAP, AstroPTConfig
+from .feature_extraction_astropt import AstroPTSpectrumFeatureExtractor
 from .image_processing_astropt import AstroPTImageProcessor
 from .modeling_astropt import (
     AstroPTForImageClassification,
@@ -21,8 +25,12 @@ from .modeling_astropt import (
     AstroPTForPreTrainingOutput,
     AstroPTModel,
     AstroPTPreTrainedModel,
+    AstroPTSpectrumPatches,
+    patches_to_spectrum,
+    spectrum_to_patches,
     spiral_order,
 )
+from .processing_astropt import AstroPTProcessor
 
 __version__ = "0.1.0"
 
@@ -38,6 +46,10 @@ def _register() -> None:
     AstroPTForPreTraining.register_for_auto_class("AutoModelForPreTraining")
     AstroPTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
     AstroPTImageProcessor.register_for_auto_class("AutoImageProcessor")
+    AutoFeatureExtractor.register(AstroPTConfig, AstroPTSpectrumFeatureExtractor, exist_ok=True)
+    AutoProcessor.register(AstroPTConfig, AstroPTProcessor, exist_ok=True)
+    AstroPTSpectrumFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+    AstroPTProcessor.register_for_auto_class("AutoProcessor")
 
 
 _register()
@@ -52,5 +64,10 @@ __all__ = [
     "AstroPTImageProcessor",
     "AstroPTModel",
     "AstroPTPreTrainedModel",
+    "AstroPTProcessor",
+    "AstroPTSpectrumFeatureExtractor",
+    "AstroPTSpectrumPatches",
+    "patches_to_spectrum",
+    "spectrum_to_patches",
     "spiral_order",
 ]

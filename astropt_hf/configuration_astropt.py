@@ -31,6 +31,9 @@ POOLINGS = ("mean", "mean_first_k", "last")
 OBJECTIVES = ("next_patch", "masked_patch")
 ATTENTION_PATTERNS = ("causal", "prefix", "bidirectional")
 HEAD_TYPES = ("linear", "binned_pdf", "gaussian_mixture")
+# Modalities in sequence order: upstream orders them by name, so images come before spectra.
+MODALITIES = ("images", "spectra")
+SPECTRUM_POSITION_ENCODINGS = ("wavelength", "learned")
 
 # One checkpoint serves all three heads: save_pretrained adds the saving class's entry on top of these.
 DEFAULT_AUTO_MAP = {
@@ -79,6 +82,20 @@ class AstroPTConfig(PretrainedConfig):
         pooling (`str`): how patch embeddings become one image embedding: `"mean"` over all patches,
             `"mean_first_k"` over the first `pooling_num_patches` in sequence order (the central ones with
             spiral order), or `"last"`.
+        modalities (`list[str]`): what the sequence holds, in sequence order: `["images"]` (default) or
+            `["images", "spectra"]` (image patches, then spectrum patches; upstream orders modalities by name).
+        spectrum_patch_size (`int`): samples per spectrum patch (upstream 256); spectra are zero-padded at the
+            end to whole patches.
+        spectrum_position_encoding (`str`): `"wavelength"` (upstream: a position MLP of the same kind as the
+            tokeniser reads each patch's `spectrum_patch_size` wavelengths, as
+            `(wavelength - spectrum_wavelength_offset) / spectrum_wavelength_scale`, zero where padded) or
+            `"learned"` (a table indexed by the patch's place in the spectrum).
+        spectrum_wavelength_offset, spectrum_wavelength_scale (`float`): in Angstrom; upstream's 3000 and
+            7000 map its 3000-10000 A range onto [0, 1].
+        spectrum_max_patches (`int`): the most spectrum patches in one sequence (rows of the learned table);
+            31 holds a DESI spectrum (7,781 samples) in patches of 256.
+        image_loss_weight, spectrum_loss_weight (`float`): each modality's weight in the next-patch loss (sum of
+            weighted losses over the number of modalities present, as upstream; upstream's spectra weigh 0.5).
         embedding_layer (`str` or `int`): which block's output feeds the pooling: `"last"` (after the final
             LayerNorm), `"middle"` (block `num_hidden_layers // 2`, as upstream v2) or a block index.
         objective (`str`): `"next_patch"` (regress each patch from the ones before it; upstream `"ar"`) or
@@ -127,6 +144,14 @@ class AstroPTConfig(PretrainedConfig):
         pooling: str = "mean",
         pooling_num_patches: int = 64,
         embedding_layer: str | int = "last",
+        modalities: list[str] | tuple[str, ...] = ("images",),
+        spectrum_patch_size: int = 256,
+        spectrum_position_encoding: str = "wavelength",
+        spectrum_wavelength_offset: float = 3000.0,
+        spectrum_wavelength_scale: float = 7000.0,
+        spectrum_max_patches: int = 31,
+        image_loss_weight: float = 1.0,
+        spectrum_loss_weight: float = 0.5,
         objective: str = "next_patch",
         mask_ratio: float = 0.5,
         norm_pix_loss: bool = False,
@@ -164,6 +189,16 @@ class AstroPTConfig(PretrainedConfig):
         self.pooling = pooling
         self.pooling_num_patches = pooling_num_patches
         self.embedding_layer = embedding_layer
+        # --- modalities ---
+        self.modalities = list(modalities) if isinstance(modalities, (list, tuple)) else modalities
+        self.spectrum_patch_size = spectrum_patch_size
+        self.spectrum_position_encoding = spectrum_position_encoding
+        self.spectrum_wavelength_offset = spectrum_wavelength_offset
+        self.spectrum_wavelength_scale = spectrum_wavelength_scale
+        self.spectrum_max_patches = spectrum_max_patches
+        self.image_loss_weight = image_loss_weight
+        self.spectrum_loss_weight = spectrum_loss_weight
+        # ---
         self.objective = objective
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
@@ -239,9 +274,40 @@ class AstroPTConfig(PretrainedConfig):
                 raise ValueError(f"AstroPTConfig.{field}={value!r} is not valid; expected a value in [0, 1)")
         if not (self.huber_delta > 0 and math.isfinite(self.huber_delta)):
             raise ValueError(f"AstroPTConfig.huber_delta={self.huber_delta!r} is not valid; expected > 0")
+        self._validate_modalities()
         self.resolve_embedding_layer()
         self._validate_objective()
         self._validate_head()
+
+    @property
+    def has_spectra(self) -> bool:
+        return "spectra" in self.modalities
+
+    def _validate_modalities(self) -> None:
+        names = self.modalities
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"AstroPTConfig.modalities={names!r} is not valid; expected a list of distinct names")
+        for name in names:
+            _require_choice("modalities", name, MODALITIES)
+        if "images" not in names:
+            raise ValueError(f"AstroPTConfig.modalities={names!r} is not valid; images are always a modality")
+        self.modalities = [n for n in MODALITIES if n in names]  # sequence order, whatever order was given
+        _require_positive_int("spectrum_patch_size", self.spectrum_patch_size)
+        _require_positive_int("spectrum_max_patches", self.spectrum_max_patches)
+        _require_choice("spectrum_position_encoding", self.spectrum_position_encoding, SPECTRUM_POSITION_ENCODINGS)
+        for field in ("spectrum_wavelength_offset", "spectrum_wavelength_scale", "image_loss_weight",
+                      "spectrum_loss_weight"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                field != "spectrum_wavelength_offset" and value <= 0
+            ):
+                raise ValueError(f"AstroPTConfig.{field}={value!r} is not valid; expected a finite number"
+                                 + ("" if field == "spectrum_wavelength_offset" else " > 0"))
+        if self.has_spectra and (self.objective != "next_patch" or self.attention_pattern != "causal"):
+            raise ValueError(
+                "AstroPTConfig.modalities with 'spectra' needs objective='next_patch' and attention_pattern='causal' "
+                f"(as upstream's multimodal models); got {self.objective!r} with {self.attention_pattern!r}"
+            )
 
     def _validate_objective(self) -> None:
         _require_choice("objective", self.objective, OBJECTIVES)
@@ -309,4 +375,7 @@ class AstroPTConfig(PretrainedConfig):
         return cls(**kwargs)
 
 
-__all__ = ["ASTROPT_PRESETS", "ATTENTION_PATTERNS", "DEFAULT_AUTO_MAP", "HEAD_TYPES", "OBJECTIVES", "AstroPTConfig"]
+__all__ = [
+    "ASTROPT_PRESETS", "ATTENTION_PATTERNS", "DEFAULT_AUTO_MAP", "HEAD_TYPES", "MODALITIES", "OBJECTIVES",
+    "AstroPTConfig",
+]

@@ -1,16 +1,14 @@
-"""AstroPT: a transformer that reads a galaxy image as a sequence of patches and regresses patches.
+"""AstroPT: a transformer that reads a galaxy image (and optionally its spectrum: image patches, then
+spectrum patches, as upstream) as a sequence of patches and regresses patches. Two objectives share one
+backbone: `next_patch` (a GPT: each position predicts the next patch, with causal or prefix attention) and
+`masked_patch` (BERT-style: a learned mask token replaces some patch embeddings, attention is
+bidirectional, and every position is reconstructed).
 
-Two objectives share one backbone: `next_patch` (a GPT: each position predicts the next patch, with causal
-or prefix attention) and `masked_patch` (BERT-style: a learned mask token replaces some patch embeddings,
-attention is bidirectional, and every position is reconstructed).
-
-Read top to bottom: patch geometry (cut, order, normalise, and back), the patch tokeniser and embeddings
+Read top to bottom: patch geometry (cut, order, normalise, and back; spectra), the tokenisers and embeddings
 (with the mask token), attention (masks for each pattern, one dispatch through transformers' registry),
 the transformer block, the backbone, then the heads (pretraining for both objectives, with generation and
-inpainting; image classification).
-
-This is one of the three "remote code" files copied next to every checkpoint: it imports only torch,
-numpy, transformers and its two siblings, so `AutoModel.from_pretrained(..., trust_remote_code=True)`
+inpainting; image classification). A "remote code" file copied next to every checkpoint: it imports only
+torch, numpy, transformers and its siblings, so `AutoModel.from_pretrained(..., trust_remote_code=True)`
 works without `astropt_hf` installed.
 """
 
@@ -33,15 +31,12 @@ from .configuration_astropt import AstroPTConfig
 # ------------------------------------------------------------------------------------------------
 # Patch geometry: image <-> sequence of patch vectors. The model owns it because the learned
 # positions only make sense in the order the patches were cut and ordered.
-# ------------------------------------------------------------------------------------------------
 
 
 def spiral_order(grid_size: int) -> np.ndarray:
-    """Raster indices of a `grid_size` x `grid_size` grid in spiral order, from the centre outwards.
-
-    The spiral is the clockwise outside-in walk that starts at the top-left corner, reversed, which is the
-    order upstream astroPT trains in. `order[k]` is the raster index of sequence position `k`.
-    """
+    """Raster indices of a `grid_size` x `grid_size` grid in spiral order, from the centre outwards: the
+    clockwise outside-in walk from the top-left corner, reversed, which is the order upstream astroPT trains
+    in. `order[k]` is the raster index of sequence position `k`."""
     top, bottom, left, right = 0, grid_size - 1, 0, grid_size - 1
     walk: list[int] = []
     while top <= bottom and left <= right:
@@ -63,11 +58,9 @@ def patch_order(config: AstroPTConfig) -> np.ndarray:
 
 
 class AstroPTPatchify(nn.Module):
-    """Cuts images into ordered, normalised patch vectors and puts patch sequences back into images.
-
-    A patch vector is laid out (p1 p2 c), i.e. pixel rows, then pixel columns, then bands. The two speed
-    helpers (`_cut_and_order`, `normalise`) are marked as such; everything else is plain geometry.
-    """
+    """Cuts images into ordered, normalised patch vectors and puts patch sequences back into images. A patch
+    vector is laid out (p1 p2 c), i.e. pixel rows, then pixel columns, then bands. The two speed helpers
+    (`_cut_and_order`, `normalise`) are marked as such; everything else is plain geometry."""
 
     def __init__(self, config: AstroPTConfig):
         super().__init__()
@@ -92,10 +85,8 @@ class AstroPTPatchify(nn.Module):
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         expected = (self.num_channels, self.grid_size * self.patch_size, self.grid_size * self.patch_size)
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values has shape {tuple(pixel_values.shape)}; expected (batch, {', '.join(map(str, expected))})"
-                " as set by the config's num_channels and image_size"
-            )
+            raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; expected (batch, "
+                             f"{', '.join(map(str, expected))}) as set by the config's num_channels and image_size")
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float or uint8 -> (B, T, P) float32 patches in sequence order, normalised."""
@@ -106,9 +97,8 @@ class AstroPTPatchify(nn.Module):
 
     # --- speed helpers: the same result as a plain reshape / gather / std_mean, with less memory traffic ---
     def _cut_and_order(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Speed helper. (B, C, H, W) -> (B, T, P) float32 patch vectors in sequence order, not normalised.
-
-        Cutting and ordering happen while the data is still in its input dtype (for uint8 images a quarter
+        """Speed helper. (B, C, H, W) -> (B, T, P) float32 patch vectors in sequence order, not normalised:
+        cutting and ordering happen while the data is still in its input dtype (for uint8 images a quarter
         of the float32 traffic), with two copies that each move contiguous runs: first to pixel-interleaved
         (B, rows, cols, C) (a no-op for channels-last input), then whole patch rows of patch_size * C values;
         cutting straight from (C, H, W) would gather every value from C separate planes. The order is one
@@ -130,13 +120,11 @@ class AstroPTPatchify(nn.Module):
 
     def normalise(self, patches: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """Speed helper. Per-patch (or per-image) standardisation, as upstream: minus the mean, over the
-        unbiased std + eps.
-
-        Vectorised passes (shift, mean, then the norm of the centred values) instead of `torch.std_mean`,
-        whose double-precision Welford kernel is much slower on CPUs. Shifting by each patch's first value
-        first keeps the float32 mean accurate for data far from zero (e.g. a sky level of 1000), so the two
-        agree to float32 rounding. `inplace` overwrites `patches` instead of allocating new tensors.
-        """
+        unbiased std + eps. Vectorised passes (shift, mean, then the norm of the centred values) instead of
+        `torch.std_mean`, whose double-precision Welford kernel is much slower on CPUs. Shifting by each
+        patch's first value first keeps the float32 mean accurate for data far from zero (e.g. a sky level of
+        1000), so the two agree to float32 rounding. `inplace` overwrites `patches` instead of allocating new
+        tensors."""
         if self.patch_norm == "none":
             return patches
         dims = (-1,) if self.patch_norm == "per_patch" else (-2, -1)
@@ -159,42 +147,78 @@ class AstroPTPatchify(nn.Module):
         return grid.permute(*dims).reshape(batch, c, g * p, g * p)
 
 
+@dataclass
+class AstroPTSpectrumPatches:
+    """A spectrum as the model's patches: runs of `spectrum_patch_size` samples, zero-padded at the end as
+    upstream, each (B, S, spectrum_patch_size): `values` (flux, bad and padded samples zeroed), `positions`
+    (the wavelength position input, zero where padded; None for learned positions), `valid` (the real, good
+    samples: only they count in the loss); `start`: the index of the first patch in its spectrum."""
+
+    values: torch.Tensor
+    positions: torch.Tensor | None
+    valid: torch.Tensor | None = None
+    start: int = 0
+
+
+def patches_to_spectrum(patches: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    """(B, S, spectrum_patch_size) -> (B, length): the inverse of the spectrum patching, padding dropped."""
+    return patches.flatten(-2)[:, :length]
+
+
+def spectrum_to_patches(config: AstroPTConfig, values: torch.Tensor, wavelengths: torch.Tensor | None = None,
+                        mask: torch.Tensor | None = None) -> AstroPTSpectrumPatches:
+    """(B, L) flux, (B, L) or (L,) wavelengths in Angstrom as observed, and an optional (B, L) mask (nonzero =
+    good, as `AstroPTProcessor`'s `spectrum_mask`) -> the model's spectrum patches. Masked or non-finite
+    samples are zeroed and never count in the loss; wavelengths <= 0 (padding) get position input 0."""
+    size, length, encoding = config.spectrum_patch_size, values.shape[-1], config.spectrum_position_encoding
+    if wavelengths is not None and wavelengths.dim() == 1:
+        wavelengths = wavelengths.expand(len(values), -1)
+    shapes = [tuple(tensor.shape) for tensor in (values, wavelengths, mask) if tensor is not None]
+    if values.dim() != 2 or len(set(shapes)) > 1 or length > config.spectrum_max_patches * size:
+        raise ValueError("spectrum_values, spectrum_wavelengths and spectrum_mask must be (batch, samples) alike, of "
+                         f"at most spectrum_max_patches * spectrum_patch_size = {config.spectrum_max_patches * size} "
+                         f"samples; got shapes {shapes}")
+    if wavelengths is None and encoding == "wavelength":
+        raise ValueError("this model places spectrum patches by wavelength: pass spectrum_wavelengths (Angstrom)")
+    valid = torch.isfinite(values) if mask is None else torch.isfinite(values) & mask.bool()
+    dtype = values.dtype if values.dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+    def cut(samples: torch.Tensor) -> torch.Tensor:
+        return F.pad(samples, (0, -length % size)).unflatten(-1, (-1, size))
+
+    positions = None
+    if encoding == "wavelength":
+        scaled = (wavelengths - config.spectrum_wavelength_offset) / config.spectrum_wavelength_scale
+        positions = cut(torch.where(wavelengths > 0, scaled, 0).to(dtype))
+    values = cut(torch.where(valid, values, 0).to(dtype))
+    return AstroPTSpectrumPatches(values, positions, cut(valid.to(torch.uint8)).bool())
+
+
 # ------------------------------------------------------------------------------------------------
 # Patch tokeniser (patch vector -> hidden) and its mirror, the patch head (hidden -> patch).
-# ------------------------------------------------------------------------------------------------
 
 
-def _patch_mlp(config: AstroPTConfig, inputs: int, outputs: int, encoder: bool) -> nn.Sequential:
-    width, bias = config.hidden_size, config.use_bias
-    if config.patch_embedding == "relu_mlp":  # upstream v1: always with biases
-        if encoder:
-            return nn.Sequential(nn.Linear(inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
-        return nn.Sequential(
-            nn.Linear(inputs, 2 * width), nn.ReLU(), nn.Linear(2 * width, width), nn.ReLU(), nn.Linear(width, outputs)
-        )
-    if config.patch_embedding == "gelu_mlp":  # upstream v2 "aim"
-        return nn.Sequential(
-            nn.Linear(inputs, 4 * width, bias=bias), nn.GELU(approximate="tanh"), nn.Linear(4 * width, outputs, bias=bias)
-        )
-    return nn.Sequential(nn.Linear(inputs, outputs, bias=bias))  # upstream "affine"
+class AstroPTPatchMLP(nn.Module):
+    """A tokeniser (`encoder=True`: a patch of `size` values -> hidden) or its mirror, a head (hidden -> patch)."""
 
-
-class AstroPTPatchEncoder(nn.Module):
-    def __init__(self, config: AstroPTConfig):
+    def __init__(self, config: AstroPTConfig, size: int, encoder: bool):
         super().__init__()
-        self.mlp = _patch_mlp(config, config.patch_dim, config.hidden_size, encoder=True)
+        width, bias = config.hidden_size, config.use_bias
+        inputs, outputs = (size, width) if encoder else (width, size)
+        if config.patch_embedding == "relu_mlp" and encoder:  # upstream v1: always with biases
+            layers = [nn.Linear(inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()]
+        elif config.patch_embedding == "relu_mlp":
+            layers = [nn.Linear(inputs, 2 * width), nn.ReLU(), nn.Linear(2 * width, width), nn.ReLU(),
+                      nn.Linear(width, outputs)]
+        elif config.patch_embedding == "gelu_mlp":  # upstream v2 "aim"
+            layers = [nn.Linear(inputs, 4 * width, bias=bias), nn.GELU(approximate="tanh"),
+                      nn.Linear(4 * width, outputs, bias=bias)]
+        else:  # upstream "affine"
+            layers = [nn.Linear(inputs, outputs, bias=bias)]
+        self.mlp = nn.Sequential(*layers)
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.mlp(patches)
-
-
-class AstroPTPatchDecoder(nn.Module):
-    def __init__(self, config: AstroPTConfig):
-        super().__init__()
-        self.mlp = _patch_mlp(config, config.hidden_size, config.patch_dim, encoder=False)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.mlp(hidden_states)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.mlp(inputs)
 
 
 class AstroPTEmbeddings(nn.Module):
@@ -202,38 +226,53 @@ class AstroPTEmbeddings(nn.Module):
 
     A `masked_patch` model also has the learned `mask_token` that replaces the embedding of every masked
     patch; the position embedding is added to every token, masked or not, so the model knows where the
-    patch it reconstructs sits.
+    patch it reconstructs sits. Spectrum tokens (after the image's) have their own tokeniser and positions:
+    an MLP of the same kind from each patch's wavelength position input (upstream) or a table by patch index.
     """
 
     def __init__(self, config: AstroPTConfig):
         super().__init__()
-        self.patch_embeddings = AstroPTPatchEncoder(config)
+        self.patch_embeddings = AstroPTPatchMLP(config, config.patch_dim, encoder=True)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.mask_token = (
-            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.objective == "masked_patch" else None
-        )
+        masked, width = config.objective == "masked_patch", config.hidden_size
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width)) if masked else None
+        if config.has_spectra:
+            self.spectrum_embeddings = AstroPTPatchMLP(config, config.spectrum_patch_size, encoder=True)
+            by_wavelength = config.spectrum_position_encoding == "wavelength"
+            self.spectrum_position_embeddings = (AstroPTPatchMLP(config, config.spectrum_patch_size, encoder=True)
+                                                 if by_wavelength else nn.Embedding(config.spectrum_max_patches, width))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, patches: torch.Tensor, position_offset: int = 0, bool_masked_pos: torch.Tensor | None = None
+        self, patches: torch.Tensor | None, position_offset: int = 0, bool_masked_pos: torch.Tensor | None = None,
+        spectrum: AstroPTSpectrumPatches | None = None,
     ) -> torch.Tensor:
+        parts = [] if patches is None else [self._embed_image(patches, position_offset, bool_masked_pos)]
+        parts += [] if spectrum is None else [self._embed_spectrum(spectrum)]
+        return self.dropout(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+
+    def _embed_image(self, patches: torch.Tensor, position_offset: int, bool_masked_pos: torch.Tensor | None):
         length = patches.shape[1]
         if position_offset + length > self.position_embeddings.num_embeddings:
-            raise ValueError(
-                f"sequence of {position_offset + length} patches is longer than max_position_embeddings="
-                f"{self.position_embeddings.num_embeddings}"
-            )
+            raise ValueError(f"sequence of {position_offset + length} patches is longer than max_position_embeddings="
+                             f"{self.position_embeddings.num_embeddings}")
         tokens = self.patch_embeddings(patches)
         if bool_masked_pos is not None:
             tokens = torch.where(bool_masked_pos[..., None], self.mask_token.to(tokens.dtype), tokens)
         positions = torch.arange(position_offset, position_offset + length, device=patches.device)
-        return self.dropout(tokens + self.position_embeddings(positions))
+        return tokens + self.position_embeddings(positions)
+
+    def _embed_spectrum(self, spectrum: AstroPTSpectrumPatches) -> torch.Tensor:
+        tokens = self.spectrum_embeddings(spectrum.values)
+        if spectrum.positions is not None:
+            return tokens + self.spectrum_position_embeddings(spectrum.positions)
+        indices = torch.arange(spectrum.start, spectrum.start + tokens.shape[1], device=tokens.device)
+        return tokens + self.spectrum_position_embeddings(indices)
 
 
 # ------------------------------------------------------------------------------------------------
 # Attention. The pattern becomes a boolean mask (True = may attend) or, where a kernel can do it
 # without one, `is_causal` / no mask; the backend comes from transformers' attention registry.
-# ------------------------------------------------------------------------------------------------
 
 
 def _causal_mask(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
@@ -244,9 +283,8 @@ def _causal_mask(query_length: int, key_length: int, device: torch.device) -> to
 def attention_mask_for(
     pattern: str, query_length: int, key_length: int, prefix_length: int | torch.Tensor | None, device: torch.device
 ) -> tuple[torch.Tensor | None, bool]:
-    """(mask, is_causal) for queries that are the last `query_length` of `key_length` positions.
-
-    `mask` is None where the pattern needs none: bidirectional attention, a single query (it is the last
+    """(mask, is_causal) for queries that are the last `query_length` of `key_length` positions. `mask` is
+    None where the pattern needs none: bidirectional attention, a single query (it is the last
     position, so it sees every key), a square causal pattern (`is_causal` lets SDPA use its fast kernels)
     and a prefix that covers every key (also `prefix_length=None`). A prefix mask lets a query see every
     key inside the prefix and every key not in its future; a (B,) `prefix_length` gives a (B, 1, Tq, Tk)
@@ -269,14 +307,8 @@ def attention_mask_for(
 
 
 def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention written out, with transformers' signature: (B, heads, T, head_dim) queries, keys and values
     and a boolean mask (or `is_causal=True` without one) in; (B, T, heads, head_dim) and the weights out."""
@@ -345,12 +377,8 @@ class AstroPTAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        layer_cache: AstroPTLayerCache | None = None,
-        output_attentions: bool = False,
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, is_causal: bool = False,
+        layer_cache: AstroPTLayerCache | None = None, output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
@@ -362,10 +390,8 @@ class AstroPTAttention(nn.Module):
         if output_attentions:  # only the written-out attention returns its weights
             attention = eager_attention_forward
         elif attention_mask is not None and attention is not eager_attention_forward and implementation != "sdpa":
-            raise ValueError(
-                f"attn_implementation={implementation!r} takes no boolean attention mask; the "
-                f"{self.config.attention_pattern!r} pattern here needs 'sdpa' or 'eager'"
-            )
+            raise ValueError(f"attn_implementation={implementation!r} takes no boolean attention mask; the "
+                             f"{self.config.attention_pattern!r} pattern here needs 'sdpa' or 'eager'")
         attended, weights = attention(
             self, query, key, value, attention_mask, scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0, is_causal=is_causal,
@@ -389,7 +415,6 @@ class AstroPTMLP(nn.Module):
 
 # ------------------------------------------------------------------------------------------------
 # Transformer block: pre-LayerNorm self-attention and GELU MLP (as GPT-2 / nanoGPT).
-# ------------------------------------------------------------------------------------------------
 
 
 class AstroPTBlock(nn.Module):
@@ -401,12 +426,8 @@ class AstroPTBlock(nn.Module):
         self.mlp = AstroPTMLP(config)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        layer_cache: AstroPTLayerCache | None = None,
-        output_attentions: bool = False,
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, is_causal: bool = False,
+        layer_cache: AstroPTLayerCache | None = None, output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attended, weights = self.attention(
             self.layernorm_before(hidden_states), attention_mask, is_causal, layer_cache, output_attentions
@@ -418,7 +439,6 @@ class AstroPTBlock(nn.Module):
 
 # ------------------------------------------------------------------------------------------------
 # Backbone
-# ------------------------------------------------------------------------------------------------
 
 
 class AstroPTPreTrainedModel(PreTrainedModel):
@@ -470,14 +490,11 @@ class _BlockOutputs:
 
 
 class AstroPTModel(AstroPTPreTrainedModel):
-    """The astroPT backbone: pixels -> ordered patch sequence -> transformer -> patch embeddings.
+    """The astroPT backbone: pixels (and spectra) -> ordered patch sequence -> transformer -> patch embeddings.
+    Attention follows `config.attention_pattern`; a `prefix` model's features default to the whole image as
+    prefix (every patch sees every patch), AIM's recipe for downstream use; pass `prefix_length` otherwise."""
 
-    Attention follows `config.attention_pattern`. For a `prefix` model the features default to the whole
-    image as prefix (every patch sees every patch), AIM's recipe for downstream use; pass `prefix_length`
-    for anything else.
-    """
-
-    _keys_to_ignore_on_load_unexpected = [r"patch_head\."]  # loading a pretraining checkpoint
+    _keys_to_ignore_on_load_unexpected = [r"patch_head\.", r"spectrum_head\."]  # loading a pretraining checkpoint
 
     def __init__(self, config: AstroPTConfig):
         super().__init__(config)
@@ -494,74 +511,92 @@ class AstroPTModel(AstroPTPreTrainedModel):
     def image_to_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.patchify(pixel_values)
 
-    def patch_sequence(
-        self, pixel_values: torch.Tensor | None = None, input_patches: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def patch_sequence(self, pixel_values: torch.Tensor | None = None,
+                       input_patches: torch.Tensor | None = None) -> torch.Tensor:
         """The ordered, normalised (B, T, P) sequence of whichever input was given."""
         if (pixel_values is None) == (input_patches is None):
             raise ValueError("pass exactly one of pixel_values (B, C, H, W) or input_patches (B, T, P)")
         return self.patchify(pixel_values) if input_patches is None else input_patches
 
+    def model_inputs(self, pixel_values=None, input_patches=None, spectrum_values=None, spectrum_wavelengths=None,
+                     spectrum_mask=None, spectrum_patches=None) -> tuple:
+        """(image patch sequence or None, spectrum patches or None) from whichever inputs were given."""
+        has_image = pixel_values is not None or input_patches is not None
+        sequence = self.patch_sequence(pixel_values, input_patches) if has_image else None  # (B, T, P)
+        if spectrum_values is not None:
+            if spectrum_patches is not None or not self.config.has_spectra:
+                raise ValueError(f"spectrum_values need a model with spectra, without spectrum_patches as well "
+                                 f"(this model's modalities: {self.config.modalities})")
+            spectrum_patches = spectrum_to_patches(self.config, spectrum_values, spectrum_wavelengths, spectrum_mask)
+        elif spectrum_wavelengths is not None or spectrum_mask is not None:
+            raise ValueError("spectrum_wavelengths and spectrum_mask need spectrum_values (B, L)")
+        if sequence is None and spectrum_patches is None:
+            raise ValueError("pass pixel_values (B, C, H, W) or input_patches (B, T, P), spectrum_values (B, L), "
+                             "or images and spectra together")
+        return sequence, spectrum_patches
+
+    def pool(self, hidden: torch.Tensor, num_image_patches: int, modality: str | None = None,
+             pooling: str | None = None, pooling_num_patches: int | None = None) -> torch.Tensor:
+        """(B, T + S, D) -> (B, D) by the pooling over the image patches (`modality="images"`), the spectrum
+        patches (`"spectra"`) or `"both"` (default: all present): the mean of the pooled embeddings, so each
+        modality counts equally whatever its length."""
+        spans = {"images": hidden[:, :num_image_patches], "spectra": hidden[:, num_image_patches:]}
+        present = [name for name, span in spans.items() if span.shape[1] > 0]
+        names = present if modality in (None, "both") else [modality]
+        if not set(names) <= set(present) or (modality == "both" and len(present) < 2):
+            raise ValueError(f"modality={modality!r} is not valid here; expected 'images', 'spectra' or 'both' "
+                             f"among the inputs given ({', '.join(present)})")
+        count = pooling_num_patches if pooling_num_patches is not None else self.config.pooling_num_patches
+        pooled = [pool_patch_embeddings(spans[name], pooling or self.config.pooling, count) for name in names]
+        return pooled[0] if len(pooled) == 1 else (pooled[0] + pooled[1]) / 2
+
     def _check_pattern_inputs(self, bool_masked_pos, prefix_length, sequence: torch.Tensor) -> None:
         if bool_masked_pos is not None:
             if self.config.objective != "masked_patch":
-                raise ValueError(
-                    f"bool_masked_pos needs objective='masked_patch'; this model is {self.config.objective!r}"
-                )
+                raise ValueError(f"bool_masked_pos needs objective='masked_patch'; this model is "
+                                 f"{self.config.objective!r}")
             if bool_masked_pos.shape != sequence.shape[:2] or bool_masked_pos.dtype != torch.bool:
-                raise ValueError(
-                    f"bool_masked_pos must be a bool tensor of shape {tuple(sequence.shape[:2])} (batch, patches); "
-                    f"got {bool_masked_pos.dtype} {tuple(bool_masked_pos.shape)}"
-                )
+                raise ValueError(f"bool_masked_pos must be a bool tensor of shape {tuple(sequence.shape[:2])} (batch, "
+                                 f"patches); got {bool_masked_pos.dtype} {tuple(bool_masked_pos.shape)}")
         if prefix_length is not None:
             if self.config.attention_pattern != "prefix":
-                raise ValueError(
-                    f"prefix_length needs attention_pattern='prefix'; this model is {self.config.attention_pattern!r}"
-                )
+                raise ValueError(f"prefix_length needs attention_pattern='prefix'; this model is "
+                                 f"{self.config.attention_pattern!r}")
             # tensors are checked by shape only: reading their values would synchronise with the GPU
             if torch.is_tensor(prefix_length):
                 invalid = prefix_length.dim() > 1 or prefix_length.numel() not in (1, sequence.shape[0])
             else:
                 invalid = isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or prefix_length < 0
             if invalid:
-                raise ValueError(
-                    f"prefix_length must be an int >= 0, or a tensor of one length or of one per image "
-                    f"({sequence.shape[0]}); got {prefix_length!r}"
-                )
+                raise ValueError(f"prefix_length must be an int >= 0, or a tensor of one length or of one per image "
+                                 f"({sequence.shape[0]}); got {prefix_length!r}")
 
     def _run_blocks(
-        self,
-        sequence: torch.Tensor,
-        *,
-        bool_masked_pos: torch.Tensor | None = None,
-        prefix_length: int | torch.Tensor | None = None,
-        past_key_values: list[AstroPTLayerCache] | None = None,
-        num_blocks: int | None = None,
-        keep_block: int | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        self, sequence: torch.Tensor | None, *, spectrum: AstroPTSpectrumPatches | None = None,
+        bool_masked_pos: torch.Tensor | None = None, prefix_length: int | torch.Tensor | None = None,
+        past_key_values: list[AstroPTLayerCache] | None = None, num_blocks: int | None = None,
+        keep_block: int | None = None, output_hidden_states: bool = False, output_attentions: bool = False,
     ) -> _BlockOutputs:
         """Embed and run the first `num_blocks` blocks (by default all of them, then the final LayerNorm; an
         explicit `num_blocks` returns that block's raw output). Stopping early is what makes middle-block
         embeddings cheap: upstream runs every block even when it keeps the middle one."""
-        self._check_pattern_inputs(bool_masked_pos, prefix_length, sequence)
+        if sequence is not None:
+            self._check_pattern_inputs(bool_masked_pos, prefix_length, sequence)
         offset = past_key_values[0].length if past_key_values else 0
-        length = sequence.shape[1]
-        mask, is_causal = attention_mask_for(
-            self.config.attention_pattern, length, offset + length, prefix_length, sequence.device
-        )
+        hidden = self.embeddings(sequence, offset, bool_masked_pos, spectrum)
+        length = hidden.shape[1]
+        mask, is_causal = attention_mask_for(self.config.attention_pattern, length, offset + length, prefix_length,
+                                             hidden.device)
         final_layernorm = num_blocks is None
         num_blocks = len(self.layers) if num_blocks is None else num_blocks
-        hidden = self.embeddings(sequence, offset, bool_masked_pos)
         all_hidden = [hidden] if output_hidden_states else None
         attentions = [] if output_attentions else None
         kept = None
         for index, block in enumerate(self.layers[:num_blocks]):
             layer_cache = past_key_values[index] if past_key_values is not None else None
             if self.gradient_checkpointing and self.training and layer_cache is None:
-                hidden, weights = self._gradient_checkpointing_func(
-                    block.__call__, hidden, mask, is_causal, None, output_attentions
-                )
+                hidden, weights = self._gradient_checkpointing_func(block.__call__, hidden, mask, is_causal, None,
+                                                                    output_attentions)
             else:
                 hidden, weights = block(hidden, mask, is_causal, layer_cache, output_attentions)
             if index == keep_block:
@@ -572,22 +607,16 @@ class AstroPTModel(AstroPTPreTrainedModel):
                 attentions.append(weights)
         if final_layernorm:
             hidden = self.layernorm(hidden)
-        return _BlockOutputs(
-            hidden, kept, tuple(all_hidden) if all_hidden is not None else None,
-            tuple(attentions) if attentions is not None else None,
-        )
+        return _BlockOutputs(hidden, kept, tuple(all_hidden) if all_hidden is not None else None,
+                             tuple(attentions) if attentions is not None else None)
 
     def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        input_patches: torch.Tensor | None = None,
-        bool_masked_pos: torch.Tensor | None = None,
-        prefix_length: int | torch.Tensor | None = None,
-        past_key_values: list[AstroPTLayerCache] | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, pixel_values: torch.Tensor | None = None, input_patches: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None, prefix_length: int | torch.Tensor | None = None,
+        past_key_values: list[AstroPTLayerCache] | None = None, spectrum_values: torch.Tensor | None = None,
+        spectrum_wavelengths: torch.Tensor | None = None, spectrum_mask: torch.Tensor | None = None,
+        spectrum_patches: AstroPTSpectrumPatches | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
         pixel_values (`torch.Tensor` of shape (B, C, H, W)): images from `AstroPTImageProcessor` (float) or
@@ -601,56 +630,50 @@ class AstroPTModel(AstroPTPreTrainedModel):
             the whole sequence (bidirectional features).
         past_key_values (list of `AstroPTLayerCache`, one per block): keys and values of earlier positions,
             extended in place; the new patches continue the cached sequence.
+        spectrum_values, spectrum_wavelengths, spectrum_mask (`torch.Tensor` (B, L)): models with spectra; as
+            for `spectrum_to_patches` (or `spectrum_patches` from it). The sequence is the image's patches, then
+            the spectrum's; either alone works too. The pooled output covers every modality given (see `pool`).
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         layer = self.config.resolve_embedding_layer()
+        sequence, spectrum = self.model_inputs(pixel_values, input_patches, spectrum_values, spectrum_wavelengths,
+                                               spectrum_mask, spectrum_patches)
         run = self._run_blocks(
-            self.patch_sequence(pixel_values, input_patches),
-            bool_masked_pos=bool_masked_pos, prefix_length=prefix_length, past_key_values=past_key_values,
-            keep_block=layer, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-        )
+            sequence, spectrum=spectrum, bool_masked_pos=bool_masked_pos, prefix_length=prefix_length,
+            past_key_values=past_key_values, keep_block=layer, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions)
         source = run.hidden if layer == self.config.num_hidden_layers else run.kept
-        pooled = pool_patch_embeddings(source, self.config.pooling, self.config.pooling_num_patches)
-        if not return_dict:
-            return tuple(v for v in (run.hidden, pooled, run.hidden_states, run.attentions) if v is not None)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=run.hidden, pooler_output=pooled, hidden_states=run.hidden_states,
-            attentions=run.attentions,
-        )
+        pooled = self.pool(source, 0 if sequence is None else sequence.shape[1])
+        output = BaseModelOutputWithPooling(last_hidden_state=run.hidden, pooler_output=pooled,
+                                            hidden_states=run.hidden_states, attentions=run.attentions)
+        return output if return_dict else output.to_tuple()
 
     def get_image_embeddings(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        input_patches: torch.Tensor | None = None,
-        layer: str | int | None = None,
-        pooling: str | None = None,
-        pooling_num_patches: int | None = None,
-        prefix_length: int | torch.Tensor | None = None,
+        self, pixel_values: torch.Tensor | None = None, input_patches: torch.Tensor | None = None,
+        layer: str | int | None = None, pooling: str | None = None, pooling_num_patches: int | None = None,
+        prefix_length: int | torch.Tensor | None = None, spectrum_values: torch.Tensor | None = None,
+        spectrum_wavelengths: torch.Tensor | None = None, spectrum_mask: torch.Tensor | None = None,
+        modality: str | None = None,
     ) -> torch.Tensor:
-        """One embedding per image, (B, D), running only the blocks the chosen layer needs.
+        """One embedding per galaxy, (B, D), running only the blocks the chosen layer needs.
 
         `layer`, `pooling` and `pooling_num_patches` default to the config's `embedding_layer`, `pooling`
-        and `pooling_num_patches`; `prefix_length` (prefix models) to the whole image.
+        and `pooling_num_patches`; `prefix_length` (prefix models) to the whole image. `modality` picks the
+        patches pooled (`"images"`, `"spectra"`, `"both"`; default all given; see `pool`).
         """
         index = self.config.resolve_embedding_layer(layer)
         num_blocks = None if index == self.config.num_hidden_layers else index + 1
-        run = self._run_blocks(
-            self.patch_sequence(pixel_values, input_patches), prefix_length=prefix_length, num_blocks=num_blocks
-        )
-        return pool_patch_embeddings(
-            run.hidden,
-            pooling or self.config.pooling,
-            pooling_num_patches if pooling_num_patches is not None else self.config.pooling_num_patches,
-        )
+        sequence, spectrum = self.model_inputs(pixel_values, input_patches, spectrum_values, spectrum_wavelengths,
+                                               spectrum_mask)
+        run = self._run_blocks(sequence, spectrum=spectrum, prefix_length=prefix_length, num_blocks=num_blocks)
+        return self.pool(run.hidden, 0 if sequence is None else sequence.shape[1], modality, pooling,
+                         pooling_num_patches)
 
 
 # ------------------------------------------------------------------------------------------------
 # Heads
-# ------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -663,6 +686,10 @@ class AstroPTForPreTrainingOutput(ModelOutput):
         `norm_pix_loss`).
     target_patches (B, T, P): the ordered, normalised input sequence the predictions are compared against.
     mask (B, T): `masked_patch` only; True at the masked positions.
+    Models with spectra also report `image_loss`, `spectrum_loss` (unweighted; `loss` is their weighted sum
+    over the number of modalities present), `spectrum_predictions` (B, S, spectrum_patch_size), where `[:, s]`
+    predicts spectrum patch s (patch 0 from the last image position; NaN without an image), and the spectrum's
+    `spectrum_target_patches` and `spectrum_valid` (the samples in the loss).
     """
 
     loss: torch.FloatTensor | None = None
@@ -671,16 +698,23 @@ class AstroPTForPreTrainingOutput(ModelOutput):
     mask: torch.BoolTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_loss: torch.FloatTensor | None = None
+    spectrum_loss: torch.FloatTensor | None = None
+    spectrum_predictions: torch.FloatTensor | None = None
+    spectrum_target_patches: torch.FloatTensor | None = None
+    spectrum_valid: torch.BoolTensor | None = None
 
 
 class AstroPTForPreTraining(AstroPTPreTrainedModel):
-    """astroPT with its patch head: the pretraining objective, patch completion (next-patch models),
-    inpainting (masked-patch models) and image round trips."""
+    """astroPT with its patch head (and spectrum head): the pretraining objective, patch completion and
+    image-to-spectrum generation (next-patch models), inpainting (masked-patch models) and image round trips."""
 
     def __init__(self, config: AstroPTConfig):
         super().__init__(config)
         self.astropt = AstroPTModel(config)
-        self.patch_head = AstroPTPatchDecoder(config)
+        self.patch_head = AstroPTPatchMLP(config, config.patch_dim, encoder=False)
+        if config.has_spectra:
+            self.spectrum_head = AstroPTPatchMLP(config, config.spectrum_patch_size, encoder=False)
         self.post_init()
 
     def image_to_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -692,21 +726,33 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         return self.astropt.patchify.unpatchify(patches)
 
     def patch_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.elementwise_loss(predictions, targets).mean()
+
+    def elementwise_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.config.loss == "huber":
-            return F.huber_loss(predictions, targets, delta=self.config.huber_delta)
-        return F.mse_loss(predictions, targets)
+            return F.huber_loss(predictions, targets, delta=self.config.huber_delta, reduction="none")
+        return F.mse_loss(predictions, targets, reduction="none")
 
     def per_patch_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(B, T, P) -> (B, T): the configured loss averaged over each patch's values."""
-        if self.config.loss == "huber":
-            elementwise = F.huber_loss(predictions, targets, delta=self.config.huber_delta, reduction="none")
-        else:
-            elementwise = F.mse_loss(predictions, targets, reduction="none")
-        return elementwise.mean(dim=-1)
+        return self.elementwise_loss(predictions, targets).mean(dim=-1)
 
-    def random_patch_mask(
-        self, batch_size: int, device: torch.device | None = None, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def _spectrum_outputs(self, hidden: torch.Tensor, num_image_patches: int, spectrum: AstroPTSpectrumPatches) -> dict:
+        """Spectrum predictions and loss. After T image patches, position T - 1 + s predicts spectrum patch s
+        (upstream's boundary); without an image, position s - 1 does, and patch 0 has no prediction (NaN)."""
+        count, first, start = spectrum.values.shape[1], int(num_image_patches == 0), max(num_image_patches - 1, 0)
+        decoded = self.spectrum_head(hidden[:, start : start + count - first])
+        predictions = F.pad(decoded, (0, 0, first, 0), value=math.nan)  # (B, S, size)
+        outputs = dict(spectrum_predictions=predictions, spectrum_target_patches=spectrum.values,
+                       spectrum_valid=spectrum.valid)
+        if count > first:
+            valid = spectrum.valid[:, first:]
+            elementwise = self.elementwise_loss(predictions[:, first:].float(), spectrum.values[:, first:].float())
+            outputs["spectrum_loss"] = (elementwise * valid).sum() / valid.sum().clamp(min=1)
+        return outputs
+
+    def random_patch_mask(self, batch_size: int, device: torch.device | None = None,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, T) bool: round(mask_ratio * T) masked positions per image (at least one), drawn independently."""
         length = self.config.num_patches
         count = max(1, round(self.config.mask_ratio * length))
@@ -744,15 +790,11 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         return (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
     def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        input_patches: torch.Tensor | None = None,
-        bool_masked_pos: torch.Tensor | None = None,
-        prefix_length: int | torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, pixel_values: torch.Tensor | None = None, input_patches: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None, prefix_length: int | torch.Tensor | None = None,
+        spectrum_values: torch.Tensor | None = None, spectrum_wavelengths: torch.Tensor | None = None,
+        spectrum_mask: torch.Tensor | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs,
     ) -> AstroPTForPreTrainingOutput | tuple:
         r"""
         bool_masked_pos (`torch.BoolTensor` of shape (B, T)): `masked_patch` models; True marks a masked
@@ -760,46 +802,48 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         prefix_length (`int` or `torch.LongTensor` of shape (B,)): `prefix` models; patches inside the
             prefix attend bidirectionally and are not predicted. Default: a random length per batch in
             training, half the sequence in evaluation.
-        """
+        spectrum_values, spectrum_wavelengths, spectrum_mask: as for `AstroPTModel` (masked, non-finite and
+            padded spectrum samples never count in the loss)."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        sequence = self.astropt.patch_sequence(pixel_values, input_patches)
+        sequence, spectrum = self.astropt.model_inputs(pixel_values, input_patches, spectrum_values,
+                                                       spectrum_wavelengths, spectrum_mask)
         masked = self.config.objective == "masked_patch"
         if masked and bool_masked_pos is None:
             bool_masked_pos = self.random_patch_mask(sequence.shape[0], sequence.device)
         if not masked and self.config.attention_pattern == "prefix" and prefix_length is None:
             prefix_length = self._default_prefix_length(sequence.shape[1], sequence.device)
         outputs = self.astropt(
-            input_patches=sequence, bool_masked_pos=bool_masked_pos, prefix_length=prefix_length,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            input_patches=sequence, spectrum_patches=spectrum, bool_masked_pos=bool_masked_pos,
+            prefix_length=prefix_length, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
         )
-        predictions = self.patch_head(outputs.last_hidden_state)
-        if masked:
-            loss = self._masked_patch_loss(predictions, sequence, bool_masked_pos)
-        else:
-            loss = self._next_patch_loss(predictions, sequence, prefix_length)
-        mask = bool_masked_pos if masked else None
-        if not return_dict:
-            values = (loss, predictions, sequence, mask, outputs.hidden_states, outputs.attentions)
-            return tuple(v for v in values if v is not None)
-        return AstroPTForPreTrainingOutput(
-            loss=loss, predictions=predictions, target_patches=sequence, mask=mask,
-            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-        )
+        hidden, length = outputs.last_hidden_state, 0 if sequence is None else sequence.shape[1]
+        predictions = loss = None
+        if sequence is not None:
+            predictions = self.patch_head(hidden[:, :length])
+            loss = (self._masked_patch_loss(predictions, sequence, bool_masked_pos) if masked
+                    else self._next_patch_loss(predictions, sequence, prefix_length))
+        extra = self._spectrum_outputs(hidden, length, spectrum) if spectrum is not None else {}
+        if self.config.has_spectra:  # each modality's loss times its weight, over the number present (upstream)
+            weighted = [part * weight for part, weight in ((loss, self.config.image_loss_weight),
+                        (extra.get("spectrum_loss"), self.config.spectrum_loss_weight)) if part is not None]
+            extra["image_loss"], loss = loss, sum(weighted) / len(weighted) if weighted else None
+        output = AstroPTForPreTrainingOutput(
+            loss=loss, predictions=predictions, target_patches=sequence, mask=bool_masked_pos if masked else None,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions, **extra)
+        return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
     def fill_masked_patches(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
         """Inpainting: (B, C, H, W) images with the patches marked in `bool_masked_pos` (B, T, sequence order)
-        replaced by the model's reconstruction. `masked_patch` models only.
-
-        The result is in the model's patch space (after its normalisation, like `patches_to_image`): the
-        unmasked patches are exactly `patches_to_image(image_to_patches(pixel_values))`, which equals
-        `pixel_values` for `patch_norm="none"`. With `norm_pix_loss` the reconstructions are of standardised
-        patches (mean 0, variance 1), since a masked patch's own mean and variance are what is unknown.
-        """
+        replaced by the model's reconstruction. `masked_patch` models only. The result is in the model's patch
+        space (after its normalisation, like `patches_to_image`): the unmasked patches are exactly
+        `patches_to_image(image_to_patches(pixel_values))`, which equals `pixel_values` for
+        `patch_norm="none"`. With `norm_pix_loss` the reconstructions are of standardised patches (mean 0,
+        variance 1), since a masked patch's own mean and variance are what is unknown."""
         if self.config.objective != "masked_patch":
-            raise ValueError(
-                f"fill_masked_patches needs objective='masked_patch'; this model is {self.config.objective!r}"
-            )
+            raise ValueError(f"fill_masked_patches needs objective='masked_patch'; this model is "
+                             f"{self.config.objective!r}")
         output = self(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos, return_dict=True)
         filled = torch.where(output.mask[..., None], output.predictions.to(output.target_patches.dtype),
                              output.target_patches)
@@ -813,23 +857,23 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
                 + (" (use fill_masked_patches)" if self.config.objective == "masked_patch" else "")
             )
         if total - 1 > self.config.max_position_embeddings:
-            raise ValueError(
-                f"prompt of {prompt_length} patches plus {total - prompt_length} new ones exceeds "
-                f"max_position_embeddings={self.config.max_position_embeddings}"
-            )
+            raise ValueError(f"prompt of {prompt_length} patches plus {total - prompt_length} new ones exceeds "
+                             f"max_position_embeddings={self.config.max_position_embeddings}")
+
+    @staticmethod
+    def _with_noise(patch: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+        if temperature > 0:  # a regression output plus Gaussian noise of std `temperature`, as upstream
+            noise = torch.randn(patch.shape, generator=generator, device=patch.device, dtype=patch.dtype)
+            patch = patch + temperature * noise
+        return patch
 
     @torch.no_grad()
     def generate_patches(
-        self,
-        prompt_patches: torch.Tensor,
-        num_new_patches: int,
-        temperature: float = 0.0,
-        use_cache: bool = True,
+        self, prompt_patches: torch.Tensor, num_new_patches: int, temperature: float = 0.0, use_cache: bool = True,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Continue a (B, T0, P) prompt in sequence order by `num_new_patches`; returns (B, T0 + N, P).
-
-        Each new patch is the head's regression output plus Gaussian noise of std `temperature` (0: none),
+        """Continue a (B, T0, P) prompt in sequence order by `num_new_patches`; returns (B, T0 + N, P). Each
+        new patch is the head's regression output plus Gaussian noise of std `temperature` (0: none),
         as upstream. A prefix model reads the prompt as its prefix (bidirectionally) and the new patches
         causally. With `use_cache`, keys and values are kept, so each new patch costs one single-position
         forward instead of re-running the whole sequence.
@@ -850,10 +894,7 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
                 input_patches=step_input, prefix_length=step_prefix, past_key_values=cache, return_dict=True,
                 output_attentions=False, output_hidden_states=False,
             ).last_hidden_state
-            new_patch = self.patch_head(hidden[:, -1:])
-            if temperature > 0:
-                noise = torch.randn(new_patch.shape, generator=generator, device=new_patch.device, dtype=new_patch.dtype)
-                new_patch = new_patch + temperature * noise
+            new_patch = self._with_noise(self.patch_head(hidden[:, -1:]), temperature, generator)
             if sequence is None:  # the dtype a concatenation of prompt and patches would have
                 dtype = torch.promote_types(prompt_patches.dtype, new_patch.dtype)
                 sequence = prompt_patches.new_empty((prompt_patches.shape[0], total, prompt_patches.shape[2]), dtype=dtype)
@@ -861,6 +902,41 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
             sequence[:, position : position + 1] = new_patch  # written in place: no copy of the history
             step_input = new_patch if use_cache else sequence[:, : position + 1]
         return sequence
+
+    @torch.no_grad()
+    def generate_spectrum(
+        self, pixel_values: torch.Tensor | None = None, spectrum_wavelengths: torch.Tensor | None = None,
+        num_patches: int | None = None, temperature: float = 0.0, use_cache: bool = True,
+        generator: torch.Generator | None = None, input_patches: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Continue images into their spectra: (B, L) predicted flux on `spectrum_wavelengths` ((B, L) or (L,),
+        Angstrom, as for `forward`). The last image position predicts spectrum patch 0; each new patch is fed
+        back with its wavelengths to predict the next, with the key/value cache as in `generate_patches`
+        (`temperature` likewise). `num_patches` stops early; without wavelengths (learned positions), it is due."""
+        sequence, size = self.astropt.patch_sequence(pixel_values, input_patches), self.config.spectrum_patch_size
+        positions = length = None  # every patch's position input (None if learned); samples in the spectrum
+        if spectrum_wavelengths is not None:
+            wavelengths = torch.as_tensor(spectrum_wavelengths, device=sequence.device).expand(len(sequence), -1)
+            length = wavelengths.shape[1]
+            positions = spectrum_to_patches(self.config, wavelengths * 0, wavelengths).positions
+        available = self.config.spectrum_max_patches if length is None else -(-length // size)
+        count = min(num_patches or available, available)
+        if not self.config.has_spectra or (length is None and num_patches is None) or count <= 0:
+            raise ValueError(f"generate_spectrum needs a model with spectra (modalities: {self.config.modalities}) "
+                             f"and spectrum_wavelengths or num_patches in 1..{available}; got {num_patches!r}")
+        patches = sequence.new_zeros(len(sequence), count, size, dtype=torch.float32)
+        cache = [AstroPTLayerCache(sequence.shape[1] + count - 1) for _ in self.astropt.layers] if use_cache else None
+        hidden = self.astropt(input_patches=sequence, past_key_values=cache, return_dict=True).last_hidden_state
+        for index in range(count):
+            new_patch = self._with_noise(self.spectrum_head(hidden[:, -1:]), temperature, generator)
+            patches[:, index : index + 1] = new_patch
+            if index + 1 < count:  # with the cache only the new patch is fed back, else the whole sequence
+                fed = slice(index if use_cache else 0, index + 1)
+                spectrum = AstroPTSpectrumPatches(patches[:, fed], None if positions is None else positions[:, fed],
+                                                  start=fed.start)
+                hidden = self.astropt(input_patches=None if use_cache else sequence, spectrum_patches=spectrum,
+                                      past_key_values=cache, return_dict=True).last_hidden_state
+        return patches_to_spectrum(patches, length)
 
 
 def binned_pdf_nll(logits: torch.Tensor, labels: torch.Tensor, edges: torch.Tensor, smoothing: float = 0.0):
@@ -967,8 +1043,11 @@ __all__ = [
     "AstroPTForPreTrainingOutput",
     "AstroPTModel",
     "AstroPTPreTrainedModel",
+    "AstroPTSpectrumPatches",
     "binned_pdf_nll",
     "gaussian_mixture_nll",
     "gaussian_mixture_parameters",
+    "patches_to_spectrum",
+    "spectrum_to_patches",
     "spiral_order",
 ]

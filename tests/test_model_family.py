@@ -343,7 +343,7 @@ def test_masked_evaluation_grid_greys_masked_patches_and_fills_them(tiny_config,
     from accelerate import Accelerator
 
     from astropt_hf.training.evaluation import predicted_images, save_prediction_grid
-    from astropt_hf.training.loop import _reset_accelerate_state
+    from astropt_hf.training.run_setup import reset_accelerate_state
 
     model = AstroPTForPreTraining(masked_config(tiny_config, patch_norm="none", mask_ratio=0.25))
     images = torch.randn(3, 3, 16, 16)
@@ -353,7 +353,7 @@ def test_masked_evaluation_grid_greys_masked_patches_and_fills_them(tiny_config,
         again = predicted_images(accelerator, model, images)
         next_patch = predicted_images(accelerator, AstroPTForPreTraining(tiny_config()), images)
     finally:
-        _reset_accelerate_state()
+        reset_accelerate_state()
     assert [label for label, _, _ in panels.rows] == ["masked input", "reconstructed", "truth"]
     (_, masked_input, grey), (_, reconstructed, _), (_, truth, _) = panels.rows
     assert grey.shape == (3, 16, 16) and torch.all(grey.float().mean((1, 2)) == 0.25)  # 4 of 16 patches
