@@ -38,9 +38,11 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -323,14 +325,38 @@ def load_synthetic_galaxies(
         # the OS releases the lock if its holder dies.
         with FileLock(str(target.parent / f".{target.name}.lock")):
             if not (target / "dataset_dict.json").is_file():
-                _generate_to(
-                    target,
-                    {"train": num_train, "validation": num_validation, "test": num_test},
-                    image_size,
-                    seed,
-                    num_proc,
-                )
+                with _dataset_progress_bars_only_in_a_terminal():
+                    _generate_to(
+                        target,
+                        {"train": num_train, "validation": num_validation, "test": num_test},
+                        image_size,
+                        seed,
+                        num_proc,
+                    )
     return datasets.load_from_disk(str(target))
+
+
+@contextmanager
+def _dataset_progress_bars_only_in_a_terminal():
+    """Turn off datasets' progress bars for the block when stderr is not a terminal.
+
+    In a log file a bar is not redrawn in place: every refresh of the per-split "Generating ... split"
+    and "Saving the dataset" bars becomes a line of its own, hundreds for the default set. The start
+    and end of the generation are logged (INFO) either way. An explicit
+    ``HF_DATASETS_DISABLE_PROGRESS_BARS`` setting is left to win.
+    """
+    import datasets
+
+    in_terminal = sys.stderr is not None and sys.stderr.isatty()
+    user_choice = datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is not None
+    if in_terminal or user_choice or datasets.are_progress_bars_disabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 def _generate_to(

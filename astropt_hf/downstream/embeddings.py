@@ -36,6 +36,7 @@ from astropt_hf.downstream.embedding_store import (
     EmbeddingTable,
     read_embeddings,
 )
+from astropt_hf.load_reports import plain_load_reports
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def load_backbone(
 
     import astropt_hf  # noqa: F401  (registers the Auto classes for local folders)
 
-    model = AutoModel.from_pretrained(str(model_name_or_path), trust_remote_code=trust_remote_code)
+    with plain_load_reports():  # a fine-tuned classifier's folder reports its unused head weights
+        model = AutoModel.from_pretrained(str(model_name_or_path), trust_remote_code=trust_remote_code)
     processor = AutoImageProcessor.from_pretrained(str(model_name_or_path), trust_remote_code=trust_remote_code)
     if device is not None:
         model.to(device)
