@@ -46,6 +46,7 @@ from astropt_hf.downstream.finetune_data import (
     random_dihedral,
 )
 from astropt_hf.downstream.finetune_heads import bake_standardisation, init_head_from_probe
+from astropt_hf.load_reports import plain_load_reports
 from astropt_hf.model_cards.finetuned import render_finetuned_card
 
 logger = logging.getLogger(__name__)
@@ -312,9 +313,10 @@ def _load_model(options: FinetuneArguments, labels: _Labels, train_dataset, imag
 
     name = str(options.model)
     processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=options.trust_remote_code)
-    model = AutoModelForImageClassification.from_pretrained(
-        name, trust_remote_code=options.trust_remote_code, ignore_mismatched_sizes=True, **labels.model_kwargs()
-    )
+    with plain_load_reports():  # the head is new: transformers reports it, without colour codes in log files
+        model = AutoModelForImageClassification.from_pretrained(
+            name, trust_remote_code=options.trust_remote_code, ignore_mismatched_sizes=True, **labels.model_kwargs()
+        )
     if options.resolved_head_init() == "probe":
         init_head_from_probe(model, processor, train_dataset, image_column, options.target, labels.task,
                               labels.regression, labels.label2id, options.batch_size)  # fmt: skip
