@@ -100,7 +100,14 @@ class PretrainArguments(DataArguments):
     log_steps: int = option(10, "log the training loss every this many steps", minimum=1)
     save_steps: int = option(100, "save a resumable checkpoint every this many steps (0: only at the end)",
                              minimum=0)
-    save_total_limit: int = option(2, "keep this many most recent checkpoints", minimum=1)
+    save_schedule: Literal["regular", "log"] = option(
+        "regular", "'regular': every save_steps; 'log': also at steps 1, 2, 4, ... below save_steps, never pruned, "
+        "every checkpoint with a loadable model/ folder"
+    )
+    save_total_limit: int = option(2, "keep this many most recent checkpoints (log-spaced ones are all kept)", minimum=1)
+    save_model_in_checkpoints: bool = option(
+        False, "write a loadable model/ folder (save_pretrained) into every checkpoint (always with save_schedule log)"
+    )
     report_to: Literal["none", "tensorboard", "wandb", "all"] = option(
         "none", "experiment tracker: none, tensorboard, wandb or all"
     )
