@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -171,10 +172,22 @@ _TRAIN_FIELDS = tuple(f for f in dataclasses.fields(PretrainArguments) if f.meta
 _UNSET = object()
 
 
+def _one_parser_type(hint):
+    """The parser takes one type per key (or Optional of one): a constructor argument typed as several
+    sequence types (`list[str] | tuple[str, ...]`) becomes a list of the first one's items."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return hint
+    members = [m for m in typing.get_args(hint) if m is not type(None)]
+    if len(members) < 2 or not all(typing.get_origin(m) in (list, tuple) for m in members):
+        return hint
+    items = list[typing.get_args(members[0])[0]] if typing.get_args(members[0]) else list
+    return items | None if len(members) < len(typing.get_args(hint)) else items
+
+
 def _constructor_keys(cls, name: str, group: str, only: Sequence[str] | None = None):
     hints = typing.get_type_hints(cls.__init__)
     keys = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
-    fields = [(key, hints.get(key, Any), dataclasses.field(default=_UNSET)) for key in keys
+    fields = [(key, _one_parser_type(hints.get(key, Any)), dataclasses.field(default=_UNSET)) for key in keys
               if only is None or key in only]
     return dataclasses.make_dataclass(name, fields, namespace={"_argument_group_name": group})
 
