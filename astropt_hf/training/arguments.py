@@ -184,11 +184,20 @@ def _one_parser_type(hint):
     return items | None if len(members) < len(typing.get_args(hint)) else items
 
 
+def _is_list(hint) -> bool:
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(m is list or typing.get_origin(m) is list for m in members)
+
+
 def _constructor_keys(cls, name: str, group: str, only: Sequence[str] | None = None):
     hints = typing.get_type_hints(cls.__init__)
     keys = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
-    fields = [(key, _one_parser_type(hints.get(key, Any)), dataclasses.field(default=_UNSET)) for key in keys
-              if only is None or key in only]
+    fields = []
+    for key in (k for k in keys if only is None or k in only):
+        hint = _one_parser_type(hints.get(key, Any))
+        # the parser reads a list key's default only from a factory (a plain default would become None)
+        unset = dataclasses.field(default_factory=lambda: _UNSET) if _is_list(hint) else dataclasses.field(default=_UNSET)
+        fields.append((key, hint, unset))
     return dataclasses.make_dataclass(name, fields, namespace={"_argument_group_name": group})
 
 
