@@ -5,8 +5,15 @@
     accelerate launch scripts/pretrain.py --config scripts/configs/astropt-089M.yaml --dataset Smith42/galaxies
     accelerate launch scripts/pretrain.py --max_steps 50 --hidden_size 64 --learning_rate 3e-4
     accelerate launch scripts/pretrain.py --output_dir runs/x --resume_from_checkpoint latest
+    accelerate launch scripts/pretrain.py --save_schedule log --save_steps 100   # for probes across training
 
 Every key of a YAML preset can be overridden as `--key value`; `--help` lists them all.
+
+`--save_schedule log` also keeps checkpoints at steps 1, 2, 4, ... below `save_steps` (never pruned by
+`save_total_limit`), and writes into every checkpoint a `model/` folder that `from_pretrained` loads, so that
+`scripts/probe_checkpoints.py --run OUTPUT_DIR` can probe the model across training; each checkpoint's
+`trainer_state.json` records its `tokens_seen` and `images_seen`. `--max_image_side_factor N` skips (and
+counts) images of more than (N x image_size)^2 pixels per band, read from the file header before decoding.
 """
 
 import logging

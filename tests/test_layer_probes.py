@@ -98,3 +98,23 @@ def test_run_layer_probes_writes_results_and_figures(tiny_model, tmp_path):
     for png in (result.heatmap, result.line_plot):
         assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
     assert result.heatmap.name == "probe_layers.png"
+
+
+def test_linear_probe_cli_adds_layers_and_attentive_probes_after_the_linear_ones(tiny_model, tmp_path, capsys):
+    from downstream_helpers import dataset_flags, load_script
+
+    script = load_script("linear_probe")
+    assert script.main(["--model", str(tiny_model), "--targets", "redshift,mag_r", "--output_dir", str(tmp_path),
+                        "--n_folds", "3", "--batch_size", "8", "--device", "cpu", "--baselines", "random_init",
+                        "--layers", "0,2,3", "--attentive", *dataset_flags()]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| target | metric | best layer |" in printed and "| target | metric | attentive | linear |" in printed
+    stored = json.loads((tmp_path / "probe_results.json").read_text())
+    assert set(stored["layers"]) == {"redshift", "mag_r"} and set(stored["layers"]["mag_r"]) == {"0", "2", "3"}
+    assert set(stored["best_layer"]) == {"redshift", "mag_r"} and stored["best_layer"]["redshift"] in (0, 2, 3)
+    for target in ("redshift", "mag_r"):
+        # the linear probes' results survive the layer and attentive probes written after them
+        assert set(stored["targets"][target]) == {"astropt", "random_init", "attentive", "attentive_random_init"}
+        assert stored["targets"][target]["attentive"]["n_samples"] == 24
+        assert stored["targets"][target]["attentive"]["r2"] != stored["targets"][target]["astropt"]["r2"]
+    assert (tmp_path / "probe_layers.png").is_file() and (tmp_path / "probe_bars.png").is_file()

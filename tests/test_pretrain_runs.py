@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from astropt_hf.training import ConfigError, parse_pretrain_args, run_pretraining
-from astropt_hf.training.checkpointing import list_checkpoints
+from astropt_hf.training.checkpointing import MODEL_SUBFOLDER, is_permanent_checkpoint, list_checkpoints
 from astropt_hf.training.run_lock import OWNER_NAME, OutputDirLocked
+from astropt_hf.training.save_schedule import checkpoint_steps
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "pretrain.py"
@@ -339,6 +340,48 @@ def test_two_machines_over_loopback_train_the_same_run_as_two_processes_on_one(s
 # ---------------------------------------------------------------------------------------- bad data
 
 
+@pytest.fixture(scope="module")
+def log_reference_run(synthetic_cache, tmp_path_factory) -> Path:
+    """The reference run again, with log-spaced checkpoints."""
+    out = tmp_path_factory.mktemp("log-reference") / "run"
+    run_pretraining(parse_pretrain_args(tiny_args(
+        synthetic_cache, out, max_steps=RESUME_STEPS, eval_steps=1000, save_steps=0, gradient_accumulation_steps=2,
+        num_plot_images=0, save_schedule="log")))
+    return out
+
+
+def test_log_checkpoints_sigterm_and_resume_equal_the_uninterrupted_run(synthetic_cache, reference_run,
+                                                                       log_reference_run, tmp_path):
+    log_steps = checkpoint_steps(RESUME_STEPS, 0, "log")[:-1]  # 1, 2, 4, ..., 128
+    assert [int(p.name.split("-")[1]) for p in list_checkpoints(log_reference_run)] == [*log_steps, RESUME_STEPS]
+    assert_same_weights(log_reference_run, reference_run)  # saving the checkpoints does not change the training
+    out = tmp_path / "run"
+    process = _start_training(synthetic_cache, out, save_steps=0, save_schedule="log")
+    wait_for(lambda: any(p.name == "checkpoint-8" for p in list_checkpoints(out)), process, what="checkpoint-8")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    stopped = json.loads((out / "summary.json").read_text())["steps"]
+    assert 8 <= stopped < 128
+
+    resumed = _resume(synthetic_cache, out, save_steps=0, save_schedule="log")
+    assert resumed["status"] == "completed" and resumed["resumed_from"].endswith(f"checkpoint-{stopped}")
+    assert_same_weights(out, log_reference_run)
+    reference = {r["step"]: r["train_loss"] for r in read_metrics(log_reference_run) if "train_loss" in r}
+    resumed_losses = {r["step"]: r["train_loss"] for r in read_metrics(out) if "train_loss" in r}
+    assert sorted(resumed_losses) == sorted(reference)
+    assert all(resumed_losses[step] == pytest.approx(loss, abs=1e-6) for step, loss in reference.items())
+    # every log-spaced checkpoint, before and after the stop, holds the model of the uninterrupted run at its step
+    steps = [int(p.name.split("-")[1]) for p in list_checkpoints(out)]
+    assert set(steps) == {*log_steps, stopped, RESUME_STEPS}
+    for step in log_steps:
+        assert is_permanent_checkpoint(out / f"checkpoint-{step}")
+        assert_same_weights(out / f"checkpoint-{step}" / MODEL_SUBFOLDER,
+                            log_reference_run / f"checkpoint-{step}" / MODEL_SUBFOLDER)
+        state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())
+        assert state["tokens_seen"] == step * resumed["tokens_per_step"]
+
+
 def _write_png_folder(root: Path, good: int, rng: np.random.Generator) -> None:
     from PIL import Image
 
@@ -389,3 +432,24 @@ def test_gradient_accumulation_equals_one_big_batch(synthetic_cache, tmp_path):
         synthetic_cache, untrained, batch_size=16, gradient_accumulation_steps=1, **dict(common, max_steps=1))))
     with pytest.raises(AssertionError):  # the comparison can tell runs apart
         assert_same_weights(tmp_path / "big", untrained, atol=1e-5)
+
+
+def test_images_over_the_side_factor_are_skipped_and_counted(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    data = tmp_path / "folder"
+    _write_png_folder(data / "train", 30, rng)
+    # 4x the model's side: within the default factor (16), over a factor of 1
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(data / "train" / "big.png")
+    np.save(data / "train" / "big.npy", rng.random((64, 64, 3)).astype(np.float32))
+    _write_png_folder(data / "validation", 8, rng)
+    summaries = {}
+    for factor in (16, 1):
+        # 32 training files, batches of 8, 4 steps: exactly one pass over every file.
+        argv = tiny_args(str(tmp_path / "cache"), tmp_path / f"factor-{factor}", dataset=str(data), max_steps=4,
+                         eval_steps=4, save_steps=0, num_plot_images=0, stretch="none")
+        summaries[factor] = run_pretraining(parse_pretrain_args([*argv, "--max_image_side_factor", str(factor)]))
+    assert summaries[16]["skipped_samples"] == 0 and summaries[16]["images_seen"] == 32
+    assert summaries[1]["status"] == "completed" and summaries[1]["skipped_samples"] == 2
+    assert summaries[1]["images_seen"] == 30

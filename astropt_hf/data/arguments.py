@@ -36,6 +36,10 @@ class DataArguments:
     synthetic_num_test: int = option(512, "synthetic set: test galaxies", minimum=0)
     synthetic_image_size: int | None = option(None, "synthetic stamp size in pixels (null: the model's image_size)")
     synthetic_seed: int = option(0, "seed of the synthetic set (separate from the training seed, so the cache is reused)")
+    max_image_side_factor: int = option(
+        16, "pretraining: skip (and count) images of more than (this x image_size)^2 pixels per band, judged "
+        "from the file's header before anything is decoded", minimum=1,
+    )
 
     def is_synthetic(self) -> bool:
         return self.dataset is not None and self.dataset.strip().lower() == "synthetic"

@@ -35,7 +35,8 @@ PER_RUN_KEYS = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir")
 # Settings that do not change what a size learns: they may differ when a sweep is resumed.
 NON_RESULT_KEYS = (
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "num_workers", "report_to", "run_name",
-    "log_steps", "save_steps", "save_total_limit", "push_to_hub", "hub_model_id", "hub_private", "record_sample_ids",
+    "log_steps", "save_steps", "save_schedule", "save_total_limit", "save_model_in_checkpoints",
+    "push_to_hub", "hub_model_id", "hub_private", "record_sample_ids",
     "data_cache_dir", "num_plot_images", "compile", "gradient_checkpointing",
 )
 SETTINGS_FILE = "sweep_settings.json"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,7 +101,14 @@ class PretrainArguments(DataArguments):
     log_steps: int = option(10, "log the training loss every this many steps", minimum=1)
     save_steps: int = option(100, "save a resumable checkpoint every this many steps (0: only at the end)",
                              minimum=0)
-    save_total_limit: int = option(2, "keep this many most recent checkpoints", minimum=1)
+    save_schedule: Literal["regular", "log"] = option(
+        "regular", "'regular': every save_steps; 'log': also at steps 1, 2, 4, ... below save_steps, never pruned, "
+        "every checkpoint with a loadable model/ folder"
+    )
+    save_total_limit: int = option(2, "keep this many most recent checkpoints (log-spaced ones are all kept)", minimum=1)
+    save_model_in_checkpoints: bool = option(
+        False, "write a loadable model/ folder (save_pretrained) into every checkpoint (always with save_schedule log)"
+    )
     report_to: Literal["none", "tensorboard", "wandb", "all"] = option(
         "none", "experiment tracker: none, tensorboard, wandb or all"
     )
@@ -164,11 +172,32 @@ _TRAIN_FIELDS = tuple(f for f in dataclasses.fields(PretrainArguments) if f.meta
 _UNSET = object()
 
 
+def _one_parser_type(hint):
+    """The parser takes one type per key (or Optional of one): a constructor argument typed as several
+    sequence types (`list[str] | tuple[str, ...]`) becomes a list of the first one's items."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return hint
+    members = [m for m in typing.get_args(hint) if m is not type(None)]
+    if len(members) < 2 or not all(typing.get_origin(m) in (list, tuple) for m in members):
+        return hint
+    items = list[typing.get_args(members[0])[0]] if typing.get_args(members[0]) else list
+    return items | None if len(members) < len(typing.get_args(hint)) else items
+
+
+def _is_list(hint) -> bool:
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(m is list or typing.get_origin(m) is list for m in members)
+
+
 def _constructor_keys(cls, name: str, group: str, only: Sequence[str] | None = None):
     hints = typing.get_type_hints(cls.__init__)
     keys = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
-    fields = [(key, hints.get(key, Any), dataclasses.field(default=_UNSET)) for key in keys
-              if only is None or key in only]
+    fields = []
+    for key in (k for k in keys if only is None or k in only):
+        hint = _one_parser_type(hints.get(key, Any))
+        # the parser reads a list key's default only from a factory (a plain default would become None)
+        unset = dataclasses.field(default_factory=lambda: _UNSET) if _is_list(hint) else dataclasses.field(default=_UNSET)
+        fields.append((key, hint, unset))
     return dataclasses.make_dataclass(name, fields, namespace={"_argument_group_name": group})
 
 

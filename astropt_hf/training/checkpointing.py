@@ -8,7 +8,9 @@ step, so the newest complete one is the one with the highest step and a marker.
 Contents: `Accelerator.save_state` (model as safetensors, optimizer, scheduler, RNG per process; loaded
 back with `weights_only=True`), `trainer_state.json` (counters, loss history), one `data_state_<rank>.json`
 per process (where its data stream stands) and `run_settings.json` (the settings that define the run, which
-a resume must repeat: see `KEYS_THAT_MAY_CHANGE_ON_RESUME`). No pickled Python objects of ours.
+a resume must repeat: see `KEYS_THAT_MAY_CHANGE_ON_RESUME`). No pickled Python objects of ours. Optionally
+a `model/` folder that `from_pretrained` loads (see `save_schedule`). A checkpoint whose marker says
+`"permanent": true` (a log-spaced one) is never rotated out.
 
 A save that fails (a full disk, a vanished mount) raises `CheckpointSaveError` on every process, after its
 `.tmp` folder is deleted; the checkpoints saved before it are untouched (old ones are only rotated out once
@@ -25,6 +27,7 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +56,18 @@ KEYS_THAT_MAY_CHANGE_ON_RESUME = frozenset({
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "max_steps",
     "data_cache_dir", "num_workers", "id_column", "gradient_checkpointing",
     "eval_steps", "eval_batches", "eval_batch_size", "num_plot_images", "log_steps",
-    "save_steps", "save_total_limit", "report_to", "run_name", "record_sample_ids",
+    "save_steps", "save_total_limit", "save_model_in_checkpoints", "report_to", "run_name", "record_sample_ids",
     "push_to_hub", "hub_model_id", "hub_private",
 })
+# Defining keys added after checkpoints began recording their settings, each with the value that does what
+# the runs before it did: a checkpoint that does not record one resumes with that value (and only with it).
+KEYS_ADDED_SINCE_RECORDING: dict[str, Any] = {"save_schedule": "regular", "max_image_side_factor": 16}
+MODEL_SUBFOLDER = "model"
 
 
 class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written (on any process); the earlier checkpoints are intact."""
+_NOT_ADDED = object()
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
@@ -122,9 +130,19 @@ def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def is_permanent_checkpoint(path: str | os.PathLike) -> bool:
+    """A complete checkpoint saved to be kept for good (a log-spaced one): `rotate_checkpoints` leaves it."""
+    try:
+        marker = json.loads((Path(path) / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("permanent") is True
+
+
 def rotate_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the `keep` newest complete checkpoints; returns what was deleted."""
-    checkpoints = list_checkpoints(output_dir)
+    """Delete all but the `keep` newest complete checkpoints, not counting the permanent ones (which stay);
+    returns what was deleted."""
+    checkpoints = [path for path in list_checkpoints(output_dir) if not is_permanent_checkpoint(path)]
     doomed = checkpoints[: max(0, len(checkpoints) - keep)]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
@@ -157,6 +175,9 @@ def check_run_settings(checkpoint: str | os.PathLike, settings: dict[str, Any]) 
     path = Path(checkpoint) / RUN_SETTINGS_NAME
     if not path.is_file():
         return False
+    recorded = json.loads(path.read_text())
+    settings = {key: value for key, value in settings.items()
+                if key in recorded or KEYS_ADDED_SINCE_RECORDING.get(key, _NOT_ADDED) != value}  # fmt: skip
     check_recorded_settings(
         path, settings, "the run it resumes",
         "Resume with the recorded values (a changed max_steps needs --lr_decay_steps at the recorded value), "
@@ -193,6 +214,8 @@ def save_checkpoint(
     data_state: dict,
     total_limit: int,
     settings: dict | None = None,
+    permanent: bool = False,
+    export_model: Callable[[Path], str | None] | None = None,
 ) -> Path:
     """Save a resumable checkpoint atomically; every process must call this.
 
@@ -203,6 +226,9 @@ def save_checkpoint(
         data_state: JSON-able position of this process's data stream.
         total_limit: complete checkpoints to keep after this one is in place.
         settings: the run's settings (`run_settings`), recorded for the resume check.
+        permanent: never rotated out (a log-spaced checkpoint); it does not count towards `total_limit`.
+        export_model: called on every process with the checkpoint's `model/` folder, writes a loadable model
+            there (`output_dir.save_final_model`) and returns None or, on every process, why it could not.
 
     Raises:
         CheckpointSaveError: on every process, if any of them failed to write its part.
@@ -220,12 +246,17 @@ def save_checkpoint(
         accelerator.save_state(str(tmp), safe_serialization=True)
         _write_json(tmp / f"data_state_{accelerator.process_index}.json", data_state)
 
+    def write_model() -> None:
+        failure = export_model(tmp / MODEL_SUBFOLDER)
+        if failure is not None:
+            raise OSError(failure)
+
     def finish() -> None:
         _write_json(tmp / TRAINER_STATE_NAME, trainer_state)
         if settings is not None:
             _write_json(tmp / RUN_SETTINGS_NAME, settings)
         _write_json(tmp / COMPLETE_MARKER, {"step": step, "num_processes": accelerator.num_processes,
-                                            "saved_at": time.time()})
+                                            "saved_at": time.time(), "permanent": bool(permanent)})
         fsync_folder(tmp)
         # Drops a checkpoint of the same step from an earlier, interrupted attempt.
         replace_path(tmp, final, durable=True)
@@ -233,7 +264,9 @@ def save_checkpoint(
 
     # Each phase ends in an agreement (a collective) instead of a plain barrier, so that a process whose
     # write failed does not leave the others waiting for it.
-    for phase in (prepare if main else None, write_own_part, finish if main else None):
+    phases = (prepare if main else None, write_own_part, *((write_model,) if export_model else ()),
+              finish if main else None)
+    for phase in phases:
         failure = first_failure(accelerator, _attempt(phase) if phase is not None else None)
         if failure is not None:
             if main:
@@ -298,7 +331,9 @@ class StopSignal:
 
 __all__ = [
     "COMPLETE_MARKER",
+    "KEYS_ADDED_SINCE_RECORDING",
     "KEYS_THAT_MAY_CHANGE_ON_RESUME",
+    "MODEL_SUBFOLDER",
     "RUN_SETTINGS_NAME",
     "CheckpointSaveError",
     "check_run_settings",
@@ -307,6 +342,7 @@ __all__ = [
     "checkpoint_step",
     "find_latest_checkpoint",
     "is_complete_checkpoint",
+    "is_permanent_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "remove_incomplete_checkpoints",

@@ -23,7 +23,6 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from ..data import GalaxyCollator
 from ..modeling_astropt import AstroPTForPreTraining
 from ..plotting import plot_loss_curves
 from ..run_files import write_json_atomic
@@ -59,11 +58,12 @@ from .run_lock import lock_output_dir
 from .run_setup import (
     check_tracker_installed,
     first_images,
+    pretraining_collators,
     reset_accelerate_state,
     run_banner,
     tracker_config,
-    warn_if_stretching_display_images,
 )
+from .save_schedule import is_log_checkpoint, saves_model, should_save
 from .schedule import build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -188,10 +188,8 @@ class Pretrainer:
     def _setup_data(self) -> None:
         args, started = self.args, time.perf_counter()
         self.train_source, self.val_source = load_pretraining_sources(args, self.accelerator)
-        self.collator = GalaxyCollator(self.processor, self.train_source.image_column, self.train_source.id_column)
-        if self.main:
-            warn_if_stretching_display_images(self.val_source, self.processor)
-        self.val_collator = GalaxyCollator(self.processor, self.val_source.image_column, self.val_source.id_column)
+        self.collator, self.val_collator = pretraining_collators(
+            (self.train_source, self.val_source), self.processor, self.config, args.max_image_side_factor, self.main)
         self.eval_batch_size = args.resolved_eval_batch_size()
         self.num_val_items = args.eval_batches * self.eval_batch_size
         self.num_train = count_items(self.train_source)
@@ -288,7 +286,7 @@ class Pretrainer:
                 if evaluating:
                     self.evaluate()
                 stopping = any_process(self.accelerator, stop.requested)
-                saving = stopping or step == args.max_steps or (args.save_steps and step % args.save_steps == 0)
+                saving = stopping or should_save(step, args.max_steps, args.save_steps, args.save_schedule)
                 checking = self.world == 1 or logging_step or evaluating or saving or step % HEALTH_CHECK_STEPS == 0
                 if checking and self.health.check(step, self.model if saving else None) or saving and not self.save():
                     status = "failed"
@@ -385,14 +383,17 @@ class Pretrainer:
         return val_loss
 
     def save(self) -> bool:
-        """An atomic checkpoint of this step (every process must call it); False, with `health.failure` set,
-        if it could not be written (the earlier checkpoints stay as they were)."""
-        images, skipped = self._global_counts()
-        shared = dict(self.state, step=self.step, images_seen=images, skipped_samples=skipped,
-                      wall_seconds=self._wall_seconds(), data_seconds=self._data_seconds())
+        """An atomic checkpoint of this step (every process must call it), with `model/` if the schedule asks;
+        False, with `health.failure` set, if it could not be written (the earlier checkpoints stay as they were)."""
+        args, (images, skipped) = self.args, self._global_counts()
+        shared = dict(self.state, step=self.step, images_seen=images, tokens_seen=images * self.tokens_per_image,
+                      skipped_samples=skipped, wall_seconds=self._wall_seconds(), data_seconds=self._data_seconds())
+        export = (lambda folder: save_final_model(self.accelerator, self.model, self.processor, folder)) \
+            if saves_model(args.save_schedule, args.save_model_in_checkpoints) else None
         try:
             save_checkpoint(self.accelerator, self.output_dir, self.step, shared,
-                            dict(self.data_state, **self.stream.state()), self.args.save_total_limit, self.settings)
+                            dict(self.data_state, **self.stream.state()), args.save_total_limit, self.settings,
+                            is_log_checkpoint(self.step, args.max_steps, args.save_steps, args.save_schedule), export)
         except CheckpointSaveError as err:
             self.health.failure = str(err)
             return False
@@ -493,7 +494,6 @@ class Pretrainer:
         if any(record.get(key) is not None for record in self.metrics.read() for key in losses):
             plot_loss_curves(self.metrics.path, self.output_dir / "loss.png", title="astroPT pretraining",
                              run_name=self.output_dir.name, loss_name=loss_description(self.config))
-
 
 
 __all__ = ["Pretrainer", "run_pretraining"]

@@ -61,8 +61,8 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def save_final_model(accelerator, model, processor, output_dir: Path) -> str | None:
     """`save_pretrained` of the model (gathered from all processes under FSDP/DeepSpeed) and processor,
-    with the remote-code files, so that `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` works.
-    Returns None, or on every process the reason the files could not be written (a full disk)."""
+    with the remote-code files, so that `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` works;
+    every process must call it (at the end of a run, and for a checkpoint's `model/` folder). Returns None, or on every process the reason the files could not be written (a full disk)."""
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed ZeRO-3
     # torch.compile's wrapper prefixes every key with "_orig_mod."; the checkpoint must not carry it
@@ -77,7 +77,7 @@ def save_final_model(accelerator, model, processor, output_dir: Path) -> str | N
             state_dict=state_dict, safe_serialization=True,
         )
     except Exception as err:  # noqa: BLE001 -- a full disk is an OSError, a SafetensorError or a RuntimeError
-        failure = f"could not write the final model in {output_dir} ({type(err).__name__}: {err})"
+        failure = f"could not write the model in {output_dir} ({type(err).__name__}: {err})"
     return first_failure(accelerator, failure)  # also the barrier: the files are complete on return
 
 

@@ -1,6 +1,7 @@
-"""Pieces a pretraining run sets up with: checks before any work (the tracker is installed), warnings about
-the data (display images given a flux stretch), the tracker's flat config, the images of the prediction
-grids, and the reset that lets another run start in the same process."""
+"""Pieces a pretraining run sets up with: checks before any work (the tracker is installed), the collators
+(with their decode limits) and a warning about the data (display images given a flux stretch), the
+tracker's flat config, the images of the prediction grids, and the reset that lets another run start in the
+same process."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 from accelerate.state import AcceleratorState, GradientState
 
-from ..data import decode_image
+from ..data import DecodeLimits, GalaxyCollator, decode_image
 from .arguments import ConfigError, PretrainArguments
 from .data_streams import count_items, validation_batches
 
@@ -36,13 +37,24 @@ def first_images(source, collator, count: int) -> dict | None:
     return None
 
 
-def warn_if_stretching_display_images(source, processor) -> None:
+def pretraining_collators(sources, processor, config, max_side_factor: int, warn: bool = False) -> list:
+    """One `GalaxyCollator` per source: an image of more than `max_side_factor` times the model's side (its
+    pixels per band, read from the file's header before anything is decoded) is skipped and counted. With
+    `warn`, first `warn_if_stretching_display_images` on the last source (the validation split)."""
+    limits = DecodeLimits.for_image_size(config.image_size, config.num_channels, max_side_factor)
+    if warn:
+        warn_if_stretching_display_images(sources[-1], processor, limits)
+    return [GalaxyCollator(processor, source.image_column, source.id_column, decode_limits=limits) for source in sources]
+
+
+def warn_if_stretching_display_images(source, processor, limits=None) -> None:
     """Warn when an asinh stretch meant for fluxes (the demo's default) meets 8-bit images, which PNG/JPEG
-    cutouts are and which are usually stretched for display already. Looks at the first item only."""
+    cutouts are and which are usually stretched for display already. Looks at the first item only, decoded
+    within `limits` (a `DecodeLimits`) as the collator would."""
     if processor.stretch != "asinh" or count_items(source) in (None, 0):
         return
     try:
-        image = decode_image(source.dataset[0][source.image_column], source=f"{source.origin} item 0")
+        image = decode_image(source.dataset[0][source.image_column], source=f"{source.origin} item 0", limits=limits)
     except (ValueError, OSError):
         return  # an undecodable first item is skipped and counted by the collator, as any other
     if image.dtype == np.uint8:
@@ -88,6 +100,7 @@ def run_banner(trainer) -> str:
 __all__ = [
     "check_tracker_installed",
     "first_images",
+    "pretraining_collators",
     "reset_accelerate_state",
     "run_banner",
     "tracker_config",
