@@ -107,8 +107,11 @@ def value_converter(annotation) -> Callable[[Any], Any]:
     """A function that turns a command-line string or a YAML value into `annotation`'s type, raising
     `argparse.ArgumentTypeError` (``got 'ten'; expected an integer``) when it cannot."""
     members = _union_members(annotation)
-    if typing.get_origin(annotation) is list:
-        members = typing.get_args(annotation) or (str,)
+    # a list is parsed item by item (argparse collects the items): convert each to the list's item type
+    members = tuple(
+        item for member in members
+        for item in ((typing.get_args(member) or (str,)) if typing.get_origin(member) is list else (member,))
+    )
     nullable = type(None) in members
     # "none" is a real value of some string keys (stretch: none, report_to: none); "null" always means null
     null_words = ("null", "~") if str in members else _NULL_WORDS

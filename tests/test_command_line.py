@@ -75,3 +75,11 @@ def test_values_read_the_same_from_a_preset_and_the_command_line():
     assert parser.parse(["--layer", "null"])[0].layer is None
     with pytest.raises(SystemExit):
         parser.values_from({"steps": "2.5"}, "preset")
+
+
+def test_list_valued_keys_are_parsed_item_by_item():
+    args = parse_pretrain_args(["--pdf_bins", "0", "0.5", "1e0", "--modalities", "images", "spectra"])
+    assert args.model["pdf_bins"] == [0.0, 0.5, 1.0]
+    assert args.model["modalities"] == ["images", "spectra"]
+    with pytest.raises(ConfigError, match="pdf_bins"):
+        parse_pretrain_args(["--pdf_bins", "0", "one"])
