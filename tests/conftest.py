@@ -75,3 +75,13 @@ def upstream_modality_classes(monkeypatch):
         return ModalityConfig, ModalityRegistry
 
     return classes
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and on a busy 2-core machine two OpenMP threads per
+    process spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

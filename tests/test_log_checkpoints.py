@@ -35,12 +35,7 @@ from astropt_hf.training.save_schedule import (
 TOKENS_PER_STEP = 8 * (16 // 4) ** 2  # batch of 8 tiny images of 16 patches
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train(output_dir: Path, **overrides) -> dict:

@@ -2,8 +2,6 @@
 
 import importlib.util
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fresh_process import run_without_astropt_hf
 
 from astropt_hf import AstroPTForImageClassification, AstroPTForPreTraining, AstroPTModel
 
@@ -283,19 +282,8 @@ def test_every_head_returns_hidden_states_and_attentions_only_when_asked(tiny_co
 
 LOADER = textwrap.dedent(
     """
-    import builtins, json, sys
+    import json, sys
     import torch
-    real_import = builtins.__import__
-    def guarded_import(name, *args, **kwargs):
-        if name == "astropt_hf" or name.startswith("astropt_hf."):
-            raise ImportError("astropt_hf is not installed here")
-        return real_import(name, *args, **kwargs)
-    builtins.__import__ = guarded_import
-    try:
-        import astropt_hf  # noqa
-        raise SystemExit("astropt_hf was importable")
-    except ImportError:
-        pass
     from transformers import AutoModel, AutoModelForPreTraining
     checkpoint, inputs_path, out_path = sys.argv[1:4]
     inputs = torch.load(inputs_path)
@@ -321,12 +309,7 @@ def test_masked_model_loads_as_remote_code_without_astropt_hf(tmp_path, tiny_con
     model.save_pretrained(checkpoint)  # no processor: the model must not need one
     images, mask = torch.randn(2, 3, 16, 16), fixed_mask()
     torch.save({"images": images, "mask": mask}, tmp_path / "inputs.pt")
-    (tmp_path / "load.py").write_text(LOADER)
-    completed = subprocess.run(
-        [sys.executable, str(tmp_path / "load.py"), str(checkpoint), str(tmp_path / "inputs.pt"),
-         str(tmp_path / "out.json")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
+    completed = run_without_astropt_hf(LOADER, tmp_path, checkpoint, tmp_path / "inputs.pt", tmp_path / "out.json")
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["module"].startswith("transformers_modules.") and result["objective"] == "masked_patch"

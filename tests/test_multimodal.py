@@ -4,14 +4,13 @@ across the modality boundary, causality, cached generation, embeddings, upstream
 import json
 import math
 import re
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fresh_process import run_without_astropt_hf
 
 from astropt_hf import (
     AstroPTConfig,
@@ -422,13 +421,7 @@ def test_parity_with_upstream_multimodal_gpt(tokeniser, length):
 # --- remote code ------------------------------------------------------------------------------------------
 LOADER = textwrap.dedent(
     """
-    import builtins, json, sys
-    real_import = builtins.__import__
-    def guarded_import(name, *args, **kwargs):
-        if name == "astropt_hf" or name.startswith("astropt_hf."):
-            raise ImportError("astropt_hf is not installed here")
-        return real_import(name, *args, **kwargs)
-    builtins.__import__ = guarded_import
+    import json, sys
     import numpy as np, torch
     from transformers import AutoModel, AutoModelForPreTraining, AutoProcessor
     checkpoint, data_path, out_path = sys.argv[1:4]
@@ -476,10 +469,7 @@ def test_multimodal_checkpoint_and_processor_load_as_remote_code(tmp_path, multi
             "wavelengths": np.linspace(3600, 9800, 50), "ivar": rng.random((2, 50)) + (rng.random((2, 50)) > 0.1)}
     data["ivar"][data["ivar"] < 1] = 0.0
     np.savez(tmp_path / "data.npz", **data)
-    script = tmp_path / "load.py"
-    script.write_text(LOADER)
-    completed = subprocess.run([sys.executable, str(script), str(checkpoint), str(tmp_path / "data.npz"),
-                                str(tmp_path / "out.json")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    completed = run_without_astropt_hf(LOADER, tmp_path, checkpoint, tmp_path / "data.npz", tmp_path / "out.json")
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads((tmp_path / "out.json").read_text())
     assert all(m.startswith("transformers_modules.") for m in result["modules"]), result["modules"]

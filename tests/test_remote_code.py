@@ -2,12 +2,11 @@
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import torch
+from fresh_process import run_without_astropt_hf
 from PIL import Image
 from transformers import AutoModelForPreTraining
 
@@ -15,23 +14,11 @@ from astropt_hf import AstroPTForPreTraining, AstroPTImageProcessor
 
 REMOTE_FILES = {"configuration_astropt.py", "modeling_astropt.py", "image_processing_astropt.py"}
 
-# Runs in a fresh interpreter: importing astropt_hf must fail there, so every class comes from the
-# checkpoint's own copy of the remote code.
+# Runs in a fresh interpreter where importing astropt_hf fails (fresh_process.run_without_astropt_hf).
 LOADER = textwrap.dedent(
     """
-    import builtins, json, sys
+    import json, sys
     import numpy as np, torch
-    real_import = builtins.__import__
-    def guarded_import(name, *args, **kwargs):
-        if name == "astropt_hf" or name.startswith("astropt_hf."):
-            raise ImportError("astropt_hf is not installed here")
-        return real_import(name, *args, **kwargs)
-    builtins.__import__ = guarded_import
-    try:
-        import astropt_hf  # noqa
-        raise SystemExit("astropt_hf was importable")
-    except ImportError:
-        pass
     from PIL import Image
     from transformers import (AutoImageProcessor, AutoModel, AutoModelForImageClassification,
                               AutoModelForPreTraining, pipeline)
@@ -74,13 +61,7 @@ def test_checkpoint_loads_in_fresh_process_without_astropt_hf(tmp_path, tiny_con
     image_path = tmp_path / "galaxy.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(image_path)
     out_path = tmp_path / "result.json"
-    script = tmp_path / "load.py"
-    script.write_text(LOADER)
-    env_python = sys.executable
-    completed = subprocess.run(
-        [env_python, str(script), str(checkpoint), str(image_path), str(out_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
+    completed = run_without_astropt_hf(LOADER, tmp_path, checkpoint, image_path, out_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out_path.read_text())
     assert all(module.startswith("transformers_modules.") for module in result["modules"]), result["modules"]
