@@ -17,7 +17,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_conversion_parity import scramble, upstream_patchify, upstream_spiralise, v3_names, write_galaxy_png
+from test_conversion_parity import (
+    load_script,
+    scramble,
+    upstream_patchify,
+    upstream_spiralise,
+    v3_names,
+    write_galaxy_png,
+)
 from transformers import AutoModelForPreTraining, AutoProcessor
 
 from astropt_hf.conversion import convert_upstream_checkpoint
@@ -257,3 +264,16 @@ def test_converted_checkpoint_loads_in_a_fresh_process_without_astropt_hf(tmp_pa
     torch.testing.assert_close(torch.tensor(result["predictions"]), expected["images"], atol=TOLERANCE, rtol=0)
     torch.testing.assert_close(torch.tensor(result["spectrum_predictions"]), expected["spectra"], atol=TOLERANCE,
                                rtol=0)
+
+
+def test_convert_script_takes_the_wavelength_scale(tmp_path, capsys):
+    model, model_args, registry = build_upstream()
+    checkpoint = save_checkpoint(tmp_path / "ckpt.pt", model, model_args, registry)
+    script = load_script()
+    assert script.main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "out"),
+                        "--spectrum_wavelength_scale", "5000"]) == 0
+    printed = capsys.readouterr().out
+    assert "modalities images + spectra" in printed and "parity:      passed" in printed
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["spectrum_wavelength_scale"] == 5000.0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "`(wavelength - 3000) / 5000` (Angstrom)" in card and "spectrum_predictions[:, s]" in card
