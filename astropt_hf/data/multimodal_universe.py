@@ -13,10 +13,12 @@ where a sample is *bad* (a DESI mask bit set, or ivar < 1e-6).
 **Cross-matched** images + spectra (MMU's ``cross_match_datasets``): both structs side by side in one
 row; an object without a counterpart has a null (or empty) ``spectrum``.
 
-What reaches the loss: an image pixel that is masked, has ``ivar <= 0`` or is not finite becomes NaN
-here, and the image processor replaces NaN by its ``nan_fill_value`` (0 by default), so it enters the
-patches as that constant, not as signal; the image loss has no per-pixel mask, so such pixels are not
-left out of it. A spectrum sample that is masked, has ``ivar <= 0`` or is not finite is marked bad in
+What reaches the loss: an image pixel that is masked, has ``ivar <= 0`` or is not finite is set to
+``MASKED_PIXEL_VALUE`` (0, the image processor's default ``nan_fill_value``) as rows are read, so it
+enters the patches as that constant, not as signal (``decode_mmu_image`` alone gives NaN there). It is
+set here rather than left NaN for the processor because the processor warns for every image holding NaN,
+and nearly every survey cutout has masked pixels. The image loss has no per-pixel mask, so such pixels are
+not left out of it. A spectrum sample that is masked, has ``ivar <= 0`` or is not finite is marked bad in
 ``mask`` (True = bad, what ``AstroPTSpectrumFeatureExtractor`` reads), which zeroes it and leaves it out
 of the spectrum loss.
 """
@@ -33,6 +35,7 @@ from .decoding import CorruptSampleError
 IMAGE_KEYS = ("band", "flux", "ivar", "mask", "psf_fwhm", "scale")
 SPECTRUM_KEYS = ("flux", "ivar", "lambda", "mask")
 SPECTRUM_COLUMN_CANDIDATES = ("spectrum",)
+MASKED_PIXEL_VALUE = 0.0
 
 
 def is_mmu_image(value: Any) -> bool:
@@ -88,9 +91,10 @@ def select_bands(available: Sequence[str], requested: Sequence[str] | None, sour
     return indices
 
 
-def decode_mmu_image(value: Any, bands: Sequence[str] | None = None, source: Any = None) -> np.ndarray:
+def decode_mmu_image(value: Any, bands: Sequence[str] | None = None, source: Any = None,
+                     masked_value: float = np.nan) -> np.ndarray:
     """An MMU image struct -> (C, H, W) float32 flux of the chosen `bands` (default all, in stored order),
-    NaN wherever a pixel is masked (``mask`` False), has ``ivar <= 0`` or is not finite.
+    `masked_value` wherever a pixel is masked (``mask`` False), has ``ivar <= 0`` or is not finite.
 
     Raises ``CorruptSampleError`` for a struct without bands, bands of different shapes, or a band that is
     not there (``bands``)."""
@@ -112,7 +116,7 @@ def decode_mmu_image(value: Any, bands: Sequence[str] | None = None, source: Any
         raise CorruptSampleError(source, f"the image struct's bands do not line up ({err})") from err
     if flux.ndim != 3:
         raise CorruptSampleError(source, f"expected (H, W) per band, got flux of shape {flux.shape}")
-    flux[bad] = np.nan
+    flux[bad] = masked_value
     return flux
 
 
@@ -138,7 +142,8 @@ def read_mmu_spectrum(value: Any, source: Any = None) -> dict[str, np.ndarray] |
 class MMURowDecoder:
     """Decodes the MMU columns of dataset rows (picklable, for DataLoader workers).
 
-    ``image_column`` becomes a (C, H, W) float32 array (``decode_mmu_image`` with ``bands``), or, for a row
+    ``image_column`` becomes a (C, H, W) float32 array (``decode_mmu_image`` with ``bands``, bad pixels
+    ``MASKED_PIXEL_VALUE``), or, for a row
     that cannot be decoded, the ``CorruptSampleError`` itself, which ``decode_image`` raises again so that
     the collator skips and counts the row. ``spectrum_column`` (if any) becomes ``read_mmu_spectrum``'s dict
     or None.
@@ -154,7 +159,8 @@ class MMURowDecoder:
         source = row.get("object_id")
         if self.image_column is not None:
             try:
-                row[self.image_column] = decode_mmu_image(row[self.image_column], self.bands, source)
+                row[self.image_column] = decode_mmu_image(row[self.image_column], self.bands, source,
+                                                          MASKED_PIXEL_VALUE)
             except CorruptSampleError as err:
                 row[self.image_column] = err
         if self.spectrum_column is not None:

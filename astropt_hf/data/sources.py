@@ -32,7 +32,7 @@ inside the dataset.
 ``mask``, ``band``, ...; DESI ``spectrum`` structs with ``flux``, ``ivar``, ``lambda``, ``mask``; and
 cross-matched sets holding both) are recognised from the features (or a stream's first row) and decoded
 lazily as rows are read: the image becomes a (C, H, W) float32 array of the ``bands`` asked for, bad
-pixels NaN; the spectrum a dict of arrays with ``mask`` True = bad (``GalaxySource.spectrum_column``).
+pixels 0; the spectrum a dict of arrays with ``mask`` True = bad (``GalaxySource.spectrum_column``).
 See ``astropt_hf.data.multimodal_universe`` for what happens to masked and zero-ivar pixels.
 """
 
