@@ -33,6 +33,10 @@ class ConvertArguments:
         None, "image side the model was trained on; default: 512 for v1, 256 for the v2.0 release, the size "
         "recorded in the checkpoint's training config, else sqrt(block_size + 1) * patch_size"
     )
+    spectrum_wavelength_scale: float | None = option(
+        None, "images+spectra checkpoints: the Angstrom scale the training data divided (wavelength - 3000) by; "
+        "default 7000, as astropt 2.0.9's dataset"
+    )
     no_parity_check: bool = option(False, "skip the check against upstream's forward")
     push_to_hub: bool = option(False, "upload the output directory to the hub")
     hub_model_id: str | None = option(None, "hub repository for --push_to_hub, e.g. name/astropt")
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_file=args.checkpoint_file,
             revision=args.revision,
             keep_prefix_attention=args.keep_prefix_attention,
+            spectrum_wavelength_scale=args.spectrum_wavelength_scale,
         )
     except (UnsafeCheckpointError, ParityCheckError, ValueError, FileNotFoundError) as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)

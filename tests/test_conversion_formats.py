@@ -145,8 +145,8 @@ def test_image_size_defaults():
 
 
 def test_multi_modality_and_foreign_keys_are_refused():
-    with pytest.raises(ValueError, match=r"not supported: modalities \['images', 'spectra'\]"):
-        read_upstream_weights(upstream_state_dict("v2", modalities=("images", "spectra")))
+    with pytest.raises(ValueError, match=r"not supported: modalities \['images', 'photometry'\]"):
+        read_upstream_weights(upstream_state_dict("v2", modalities=("images", "photometry")))
     with pytest.raises(ValueError, match="not a recognised upstream astroPT state dict"):
         read_upstream_weights({"encoder.layer.0.weight": torch.zeros(1)})
     lora = upstream_state_dict("v2")

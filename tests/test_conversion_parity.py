@@ -273,11 +273,12 @@ def test_v2_v3_parity_against_pypi_astropt(tmp_path, fmt, tokeniser, bias, prefi
 
 def test_multi_modality_checkpoint_is_refused(tmp_path):
     astropt_model = pytest.importorskip("astropt.model", exc_type=ImportError)
-    spectra = astropt_model.ModalityConfig(name="spectra", input_size=8, pos_input_size=1, patch_size=8, embed_pos=True)
-    upstream, model_args, registry = build_astropt_v2("aim", False, extra_modalities=[spectra])
+    photometry = astropt_model.ModalityConfig(name="photometry", input_size=8, pos_input_size=1, patch_size=8,
+                                              embed_pos=True)
+    upstream, model_args, registry = build_astropt_v2("aim", False, extra_modalities=[photometry])
     torch.save({"model": upstream.state_dict(), "model_args": model_args, "modality_registry": registry},
                tmp_path / "ckpt.pt")
-    with pytest.raises(ValueError, match=r"not supported: modalities \['images', 'spectra'\]"):
+    with pytest.raises(ValueError, match=r"not supported: modalities \['images', 'photometry'\]"):
         convert_upstream_checkpoint(tmp_path / "ckpt.pt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

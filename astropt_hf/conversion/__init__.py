@@ -1,5 +1,5 @@
 """Bring upstream astroPT checkpoints (`ckpt.pt`, v1 / v2.x / v3 layouts; next-patch and masked objectives;
-local files or hub references) across, safely and checked.
+images, or images and spectra; local files or hub references) across, safely and checked.
 
 Not part of the remote code: nothing here is needed to load a converted model.
 """

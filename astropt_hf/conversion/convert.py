@@ -16,7 +16,12 @@ from .parity import PARITY_TOLERANCE, ParityResult, check_parity
 from .safe_unpickle import load_upstream_checkpoint
 from .upstream_classes import UpstreamRecord
 from .upstream_config import map_upstream_config
-from .upstream_formats import IMAGE_MODALITY, UpstreamWeights, read_upstream_weights, rename_to_astropt_hf
+from .upstream_formats import (
+    UpstreamWeights,
+    check_supported_modalities,
+    read_upstream_weights,
+    rename_to_astropt_hf,
+)
 from .upstream_objective import UpstreamPrefixAttentionWarning
 
 __all__ = ["PARITY_TOLERANCE", "ConversionReport", "ParityCheckError", "ParityResult", "check_parity",
@@ -47,6 +52,7 @@ class ConversionReport:
     prediction_max_abs_diff: float | None = None
     embedding_max_abs_diff: float | None = None
     loss_max_abs_diff: float | None = None  # masked models: the loss for the same mask on both sides
+    spectrum_prediction_max_abs_diff: float | None = None  # images+spectra models
     parity_allowed_diff: float | None = None
     hub_model_id: str | None = None
     hub_source: str | None = None  # "owner/repo/path/in/repo@commit" when the checkpoint came from the hub
@@ -64,7 +70,7 @@ class ConversionReport:
         if not self.parity_checked:
             return None
         diffs = [self.prediction_max_abs_diff, self.embedding_max_abs_diff]
-        diffs += [self.loss_max_abs_diff] if self.loss_max_abs_diff is not None else []
+        diffs += [d for d in (self.loss_max_abs_diff, self.spectrum_prediction_max_abs_diff) if d is not None]
         return max(diffs) <= self.parity_allowed_diff
 
     def parity_summary(self) -> str:
@@ -73,9 +79,11 @@ class ConversionReport:
         verdict = "passed" if self.parity_passed else "FAILED"
         masked = self.config.get("objective") == "masked_patch"
         loss = f", {self.loss_max_abs_diff:.2e} in the loss" if self.loss_max_abs_diff is not None else ""
+        spectra = self.spectrum_prediction_max_abs_diff
+        what = "reconstructions (the same mask on both sides)" if masked else "next-patch predictions"
+        what = what if spectra is None else f"image predictions, {spectra:.2e} in spectrum predictions"
         return (
-            f"{verdict}: max abs difference {self.prediction_max_abs_diff:.2e} in "
-            f"{'reconstructions (the same mask on both sides)' if masked else 'next-patch predictions'}{loss}, "
+            f"{verdict}: max abs difference {self.prediction_max_abs_diff:.2e} in {what}{loss}, "
             f"{self.embedding_max_abs_diff:.2e} in embeddings (allowed {self.parity_allowed_diff:.1e}, fp32)"
         )
 
@@ -87,6 +95,7 @@ class ConversionReport:
             f"image size:  {self.image_size} px ({self.image_size_source})",
             f"objective:   {self.config.get('objective', 'next_patch')}, attention "
             f"{self.config.get('attention_pattern', 'causal')}"
+            + (f", modalities {' + '.join(self.config['modalities'])}" if "modalities" in self.config else "")
             + (f", mask ratio {self.config['mask_ratio']}" if self.config.get("objective") == "masked_patch" else ""),
             f"parity:      {self.parity_summary()}",
         ]
@@ -103,11 +112,8 @@ class ConversionReport:
 def _check_registry(checkpoint: dict, source: str) -> None:
     registry = checkpoint.get("modality_registry")
     names = registry.names() if isinstance(registry, UpstreamRecord) and hasattr(registry, "names") else None
-    if names is not None and names != [IMAGE_MODALITY]:
-        raise ValueError(
-            f"{source}: not supported: modalities {names}. Only checkpoints with a single "
-            f"'{IMAGE_MODALITY}' modality can be converted"
-        )
+    if names is not None:
+        check_supported_modalities(names, source)
 
 
 def _load_weights_into(model: torch.nn.Module, renamed: dict[str, torch.Tensor], source: str) -> list[str]:
@@ -144,7 +150,8 @@ def _upstream_settings(checkpoint: dict) -> dict[str, Any]:
     return {name: model_args[name] for name in names if name in model_args}
 
 
-def _converted_model(checkpoint: dict, image_size: int | None, source: str, keep_prefix_attention: bool = False):
+def _converted_model(checkpoint: dict, image_size: int | None, source: str, keep_prefix_attention: bool = False,
+                     spectrum_wavelength_scale: float | None = None):
     """(model, the weights read, the config mapping, the config kwargs used, notes) for a loaded checkpoint."""
     from .. import AstroPTConfig, AstroPTForPreTraining
 
@@ -154,7 +161,8 @@ def _converted_model(checkpoint: dict, image_size: int | None, source: str, keep
     _check_registry(checkpoint, source)
     weights = read_upstream_weights(state_dict, source)
     mapping = map_upstream_config(
-        checkpoint, weights, image_size=image_size, source=source, keep_prefix_attention=keep_prefix_attention
+        checkpoint, weights, image_size=image_size, source=source, keep_prefix_attention=keep_prefix_attention,
+        spectrum_wavelength_scale=spectrum_wavelength_scale,
     )
     num_patches = (mapping.config_kwargs["image_size"] // mapping.config_kwargs["patch_size"]) ** 2
     config_kwargs = dict(mapping.config_kwargs)
@@ -172,21 +180,53 @@ def _record_parity(report: ConversionReport, model: torch.nn.Module, weights: Up
     report.parity_checked = True
     report.prediction_max_abs_diff, report.embedding_max_abs_diff = result.prediction_diff, result.embedding_diff
     report.loss_max_abs_diff, report.parity_allowed_diff = result.loss_diff, result.allowed
+    report.spectrum_prediction_max_abs_diff = result.spectrum_prediction_diff
     if not report.parity_passed:
         raise ParityCheckError(f"{source}: converted model does not reproduce upstream: {report.parity_summary()}")
 
 
 def _write_conversion(report: ConversionReport, model: torch.nn.Module, output_dir: Path, card_repo_id: str) -> None:
-    """Save the model, its image processor, the model card and the public conversion report."""
-    from .. import AstroPTImageProcessor
+    """Save the model, its image processor (with spectra: an `AstroPTProcessor` holding it and a spectrum
+    feature extractor), the model card and the public conversion report."""
+    from .. import AstroPTImageProcessor, AstroPTProcessor, AstroPTSpectrumFeatureExtractor
 
     config = model.config
     model.save_pretrained(output_dir)
-    AstroPTImageProcessor(image_size=config.image_size, num_channels=config.num_channels).save_pretrained(output_dir)
+    image_processor = AstroPTImageProcessor(image_size=config.image_size, num_channels=config.num_channels)
+    if config.has_spectra:
+        # upstream fed the flux as it is: no normalisation, so the converted model gets upstream's inputs
+        AstroPTProcessor(image_processor, AstroPTSpectrumFeatureExtractor(normalisation="none")).save_pretrained(
+            output_dir
+        )
+    else:
+        image_processor.save_pretrained(output_dir)
     (output_dir / "README.md").write_text(render_model_card(report, card_repo_id))
     # the card and report travel to the hub: record the file name, not this machine's path
     public_report = {**asdict(report), "source": report.public_source, "output_dir": None}
     (output_dir / "conversion_report.json").write_text(json.dumps(public_report, indent=2, default=str) + "\n")
+
+
+def _new_report(resolved, checkpoint: dict, model, weights: UpstreamWeights, mapping, config_kwargs: dict,
+                notes: list[str]) -> ConversionReport:
+    """The report of a conversion before its parity check."""
+    from .. import __version__
+
+    return ConversionReport(
+        source=str(resolved.path),
+        hub_source=resolved.description if resolved.repo_id else None,
+        upstream_settings=_upstream_settings(checkpoint),
+        warnings=list(mapping.warnings),
+        detected_format=weights.format,
+        format_description=weights.format_description,
+        had_compile_prefix=weights.had_compile_prefix,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        image_size=model.config.image_size,
+        image_size_source=mapping.image_size_source,
+        config=config_kwargs,
+        dropped_keys=dict(weights.dropped_keys),
+        notes=notes,
+        converter_version=__version__,
+    )
 
 
 def convert_upstream_checkpoint(
@@ -200,6 +240,7 @@ def convert_upstream_checkpoint(
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     keep_prefix_attention: bool = False,
+    spectrum_wavelength_scale: float | None = None,
 ) -> ConversionReport:
     """Convert an upstream astroPT checkpoint (v1, v2.x or v3 layout) to a Transformers checkpoint.
 
@@ -216,14 +257,18 @@ def convert_upstream_checkpoint(
     applied the prefix mask): they are recorded as `attention_pattern="bidirectional"` with an
     `UpstreamPrefixAttentionWarning`, or as `"prefix"` with `keep_prefix_attention=True`.
 
+    Images+spectra checkpoints (PyPI astropt 2.0.9's multimodal GPT) convert with both modalities; the
+    converted model takes flux and wavelengths in Angstrom and places the spectrum patches as upstream's
+    dataset did, by `(wavelength - 3000) / spectrum_wavelength_scale` (default 7000, astropt 2.0.9's
+    scaling; give the scale a checkpoint's training data used if it was another). The output directory then
+    holds an `AstroPTProcessor` (images and spectra, flux not normalised, as upstream fed it).
+
     Raises:
         UnsafeCheckpointError: the file's pickle asks for code outside the allowlist.
         CheckpointReferenceError: (a `ValueError`) the hub reference names no file that can be had.
         ValueError: unknown layout, unsupported modalities, or inconsistent settings (the message says which).
         ParityCheckError: the converted model's outputs differ from upstream's beyond fp32 tolerance.
     """
-    from .. import __version__
-
     if push_to_hub and not hub_model_id:
         raise ValueError("push_to_hub=True needs hub_model_id (e.g. 'your-name/astropt-089M')")
     if push_to_hub and output_dir is None:
@@ -234,25 +279,12 @@ def convert_upstream_checkpoint(
     source = resolved.description
     checkpoint = load_upstream_checkpoint(path)
     checkpoint.pop("optimizer", None)  # not converted; let it go (it is memory-mapped, never read)
-    model, weights, mapping, config_kwargs, notes = _converted_model(checkpoint, image_size, source, keep_prefix_attention)
+    model, weights, mapping, config_kwargs, notes = _converted_model(
+        checkpoint, image_size, source, keep_prefix_attention, spectrum_wavelength_scale
+    )
     for warning in mapping.warnings:
         warnings.warn(warning, UpstreamPrefixAttentionWarning, stacklevel=2)
-    report = ConversionReport(
-        source=str(path),
-        hub_source=resolved.description if resolved.repo_id else None,
-        upstream_settings=_upstream_settings(checkpoint),
-        warnings=list(mapping.warnings),
-        detected_format=weights.format,
-        format_description=weights.format_description,
-        had_compile_prefix=weights.had_compile_prefix,
-        num_parameters=sum(p.numel() for p in model.parameters()),
-        image_size=model.config.image_size,
-        image_size_source=mapping.image_size_source,
-        config=config_kwargs,
-        dropped_keys=dict(weights.dropped_keys),
-        notes=notes,
-        converter_version=__version__,
-    )
+    report = _new_report(resolved, checkpoint, model, weights, mapping, config_kwargs, notes)
     if parity_check:
         _record_parity(report, model, weights, source)
     if output_dir is None:

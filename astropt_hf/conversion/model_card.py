@@ -41,6 +41,8 @@ def _objective_values(report: ConversionReport) -> dict[str, str]:
         }
     values = {"objective": "next-patch regression (upstream `objective='ar'`)", "attention_pattern": attention,
               "pretraining_usage": "next-patch predictions, as upstream's forward"}  # fmt: skip
+    if "spectra" in config.get("modalities", ()):
+        return {**values, **_multimodal_values(config)}
     if pattern == "causal":
         values["objective_details"] = (
             "Upstream feeds the sequence without its last patch, so `predictions[:, t]` predicts patch `t + 1` and "
@@ -57,6 +59,29 @@ def _objective_values(report: ConversionReport) -> dict[str, str]:
         "the next-patch predictions and the image embeddings, both sides given upstream's input (the first T-1 patches)"
     )
     return values
+
+
+def _multimodal_values(config: dict) -> dict[str, str]:
+    """Card facts for an images+spectra checkpoint."""
+    placement = (
+        f"by wavelength, `(wavelength - {config['spectrum_wavelength_offset']:g}) / "
+        f"{config['spectrum_wavelength_scale']:g}` (Angstrom)"
+        if config["spectrum_position_encoding"] == "wavelength"
+        else "by a learned table indexed by the patch's place in the spectrum"
+    )
+    return {
+        "objective_details": (
+            "Images and spectra in one sequence (upstream's multimodal GPT): every image patch, then the spectrum "
+            f"in patches of {config['spectrum_patch_size']} samples, zero-padded at the end and placed {placement}. "
+            "`predictions[:, t]` predicts image patch `t + 1`; `spectrum_predictions[:, s]` predicts spectrum patch "
+            "`s` (the first from the last image position); the loss weighs images by "
+            f"{config['image_loss_weight']:g} and spectra by {config['spectrum_loss_weight']:g}. Load "
+            "`AutoProcessor` for both inputs (spectra as flux, wavelengths in Angstrom, ivar and mask; the flux is "
+            "not normalised, as upstream fed it) and `generate_spectrum` continues an image into its spectrum."
+        ),
+        "parity_compared": "the predictions of both modalities, each modality's embedding, and the loss (same "
+        "images and spectra on both sides)",
+    }
 
 
 def render_model_card(report: ConversionReport, repo_id: str, template: str | None = None) -> str:
@@ -92,6 +117,8 @@ def render_model_card(report: ConversionReport, repo_id: str, template: str | No
         "pooling_description": (
             f"mean over the first {config['pooling_num_patches']} sequence positions"
             if pooling == "mean_first_k"
+            else "mean over each modality's positions (images, spectra, or the mean of the two)"
+            if "spectra" in config.get("modalities", ())
             else "mean over all sequence positions"
         ),
         **_objective_values(report),

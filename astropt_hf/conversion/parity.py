@@ -10,7 +10,11 @@ flag shows as a difference. What is compared follows what upstream computed:
   first T-1 patches, since with bidirectional attention the last patch would change every output; a
   kept `"prefix"` pattern runs with the whole input as prefix, which is what upstream computed;
 * masked patches: the same mask, in sequence order, given to both sides; the reconstructions of every
-  position and the masked loss, and the embedding of the unmasked image.
+  position and the masked loss, and the embedding of the unmasked image;
+* images + spectra: the same images and the same spectra (flux and wavelengths in Angstrom, one patch short
+  of whole so the zero padding is exercised; ours through `spectrum_to_patches`, upstream's through its
+  dataset's scaling and padding), predictions of both modalities, the embedding of each, and the loss on
+  spectra of whole patches (upstream counts its zero padding in the loss; ours leaves padding out).
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ import torch
 from .reference_forward import (
     upstream_embedding,
     upstream_masked_loss,
+    upstream_multimodal_embeddings,
+    upstream_multimodal_forward,
+    upstream_multimodal_loss,
     upstream_patch_sequence,
     upstream_random_mask,
     upstream_reference_forward,
+    upstream_spectrum_patches,
 )
 from .upstream_formats import UpstreamWeights
 
@@ -38,12 +46,13 @@ class ParityResult:
     prediction_diff: float
     embedding_diff: float
     allowed: float
-    loss_diff: float | None = None  # masked models: the loss for the same mask
+    loss_diff: float | None = None  # masked models: the loss for the same mask; multimodal: the loss
+    spectrum_prediction_diff: float | None = None  # images+spectra models
 
     @property
     def passed(self) -> bool:
-        diffs = [self.prediction_diff, self.embedding_diff] + ([self.loss_diff] if self.loss_diff is not None else [])
-        return max(diffs) <= self.allowed
+        optional = [diff for diff in (self.loss_diff, self.spectrum_prediction_diff) if diff is not None]
+        return max([self.prediction_diff, self.embedding_diff, *optional]) <= self.allowed
 
 
 def _allowed(*references: torch.Tensor) -> float:
@@ -90,17 +99,59 @@ def _next_patch_parity(model, weights, num_heads, pixel_values, sequence) -> Par
     )
 
 
+def _parity_spectra(config, batch: int, generator: torch.Generator, whole_patches: bool):
+    """Random flux (a few units, as DESI's 1e-17 erg/s/cm2/A) on a DESI-like wavelength range, filling the
+    spectrum room left after the image: one patch short of whole unless `whole_patches`."""
+    size = config.spectrum_patch_size
+    room = min(config.spectrum_max_patches, config.max_position_embeddings - config.num_patches)
+    length = room * size - (0 if whole_patches or size == 1 else size // 2)
+    flux = torch.randn(batch, length, generator=generator) * 3.0
+    wavelengths = torch.linspace(3600.0, 9824.0, length).expand(batch, -1).contiguous()
+    return flux, wavelengths
+
+
+def _multimodal_parity(model, weights, num_heads, pixel_values, sequence, generator) -> ParityResult:
+    config, state, fmt = model.config, weights.state_dict, weights.format
+    batch = pixel_values.shape[0]
+    diffs, references = {}, []
+    for whole_patches in (False, True):
+        flux, wavelengths = _parity_spectra(config, batch, generator, whole_patches)
+        values, positions = upstream_spectrum_patches(flux, wavelengths, config.spectrum_patch_size,
+                                                      config.spectrum_wavelength_offset,
+                                                      config.spectrum_wavelength_scale)
+        reference = upstream_multimodal_forward(state, fmt, num_heads, sequence, values, positions)
+        spectra = {"spectrum_values": flux, "spectrum_wavelengths": wavelengths}
+        ours = model(pixel_values=pixel_values, **spectra)
+        if whole_patches:
+            loss = upstream_multimodal_loss(reference, sequence, values, config.image_loss_weight,
+                                            config.spectrum_loss_weight)
+            diffs["loss"], references = _max_diff(ours.loss, loss), references + [loss]
+            continue
+        reference_embeddings = upstream_multimodal_embeddings(reference)
+        ours_embeddings = [model.astropt.get_image_embeddings(pixel_values, **spectra, modality=name)
+                           for name in ("images", "spectra")]
+        diffs["images"] = _max_diff(ours.predictions[:, :-1], reference.image_predictions)
+        diffs["spectra"] = _max_diff(ours.spectrum_predictions, reference.spectrum_predictions)
+        diffs["embedding"] = max(_max_diff(a, b) for a, b in zip(ours_embeddings, reference_embeddings))
+        references += [reference.image_predictions, reference.spectrum_predictions, *reference_embeddings]
+    return ParityResult(prediction_diff=diffs["images"], embedding_diff=diffs["embedding"], loss_diff=diffs["loss"],
+                        spectrum_prediction_diff=diffs["spectra"], allowed=_allowed(*references))
+
+
 @torch.no_grad()
 def check_parity(
     model: torch.nn.Module, weights: UpstreamWeights, num_heads: int, num_images: int = 2, seed: int = 0
 ) -> ParityResult:
-    """Compare the converted model (in eval mode) with the upstream re-implementation on random images."""
+    """Compare the converted model (in eval mode) with the upstream re-implementation on random images (and,
+    for images+spectra models, random spectra)."""
     config = model.config
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.rand(
         num_images, config.num_channels, config.image_size, config.image_size, generator=generator
     )
     sequence = upstream_patch_sequence(pixel_values, config.patch_size, spiral=config.patch_order == "spiral")
+    if config.has_spectra:
+        return _multimodal_parity(model, weights, num_heads, pixel_values, sequence, generator)
     if config.objective == "masked_patch":
         return _masked_parity(model, weights, num_heads, pixel_values, sequence, generator)
     return _next_patch_parity(model, weights, num_heads, pixel_values, sequence)

@@ -5,7 +5,8 @@ shares no code with `modeling_astropt.py` (not even the spiral order, computed h
 agreement between the two is evidence that the weight renaming and the config flags are right. Written
 from the layouts and upstream's documented behaviour; no upstream code is imported.
 
-Upstream's pipeline for one image file:
+Upstream's pipeline for one image file (and, for images+spectra models, `upstream_multimodal_forward`
+below):
     np.array(pil_image).swapaxes(0, 2)              -> (C, W, H): the patch grid is the image's transpose
     "c (h p1) (w p2) -> (h w) (p1 p2 c)"           -> patches in raster order of that grid
     (x - mean) / (unbiased std + 1e-8), per patch   -> standardised patch vectors
@@ -124,10 +125,11 @@ def _attention(
     return _linear(state, f"{name}.c_proj", out)
 
 
-def _modality_prefixes(fmt: str) -> tuple[str, str, str]:
+def _modality_prefixes(fmt: str, modality: str = "images") -> tuple[str, str, str]:
+    """(tokeniser, position table weight, decoder) names of a v2/v3 modality."""
     if fmt == FORMAT_V2:
-        return "transformer.wte.images", "transformer.wpe.images.wpe.weight", "lm_head.images"
-    return "encoders.images", "embedders.images.wpe.weight", "decoders.images"
+        return f"transformer.wte.{modality}", f"transformer.wpe.{modality}.wpe.weight", f"lm_head.{modality}"
+    return f"encoders.{modality}", f"embedders.{modality}.wpe.weight", f"decoders.{modality}"
 
 
 def _mirrored_mlp(state: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +138,29 @@ def _mirrored_mlp(state: dict[str, torch.Tensor], name: str, x: torch.Tensor) ->
     if f"{name}.c_proj.weight" in state:
         x = _linear(state, f"{name}.c_proj", _gelu_tanh(x))
     return x
+
+
+def _image_tokens(state: dict[str, torch.Tensor], fmt: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token embeddings, position table) of the image tokeniser in layout `fmt`."""
+    if fmt == FORMAT_V1:
+        tokens = F.relu(_linear(state, "transformer.wte.2", F.relu(_linear(state, "transformer.wte.0", x))))
+        return tokens, state["transformer.wpe.weight"].float()
+    encoder, position_key, _ = _modality_prefixes(fmt)
+    return _mirrored_mlp(state, encoder, x), state[position_key].float()
+
+
+def _blocks(state: dict[str, torch.Tensor], hidden: torch.Tensor, num_heads: int, causal: bool):
+    """Every transformer block, then the final LayerNorm: (normed output, list of block outputs)."""
+    block_outputs = []
+    num_layers = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("transformer.h."))
+    for index in range(num_layers):
+        name = f"transformer.h.{index}"
+        attention_in = _layer_norm(state, f"{name}.ln_1", hidden)
+        hidden = hidden + _attention(state, f"{name}.attn", attention_in, num_heads, causal)
+        mlp_in = _layer_norm(state, f"{name}.ln_2", hidden)
+        hidden = hidden + _linear(state, f"{name}.mlp.c_proj", _gelu_tanh(_linear(state, f"{name}.mlp.c_fc", mlp_in)))
+        block_outputs.append(hidden)
+    return _layer_norm(state, "transformer.ln_f", hidden), block_outputs
 
 
 @torch.no_grad()
@@ -156,29 +181,11 @@ def upstream_reference_forward(
     """
     state = state_dict
     x = inputs.to(torch.float32)
-    positions = torch.arange(x.shape[1], device=x.device)
-    if fmt == FORMAT_V1:
-        tokens = F.relu(_linear(state, "transformer.wte.2", F.relu(_linear(state, "transformer.wte.0", x))))
-        position_table = state["transformer.wpe.weight"].float()
-    else:
-        encoder, position_key, _ = _modality_prefixes(fmt)
-        tokens = _mirrored_mlp(state, encoder, x)
-        position_table = state[position_key].float()
+    tokens, position_table = _image_tokens(state, fmt, x)
     if masked_positions is not None:
         mask_token = state["mask_token"].float().reshape(1, 1, -1)
         tokens = tokens * (~masked_positions)[..., None] + mask_token * masked_positions[..., None]
-    hidden = tokens + position_table[positions]
-
-    block_outputs = []
-    num_layers = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("transformer.h."))
-    for index in range(num_layers):
-        name = f"transformer.h.{index}"
-        attention_in = _layer_norm(state, f"{name}.ln_1", hidden)
-        hidden = hidden + _attention(state, f"{name}.attn", attention_in, num_heads, causal)
-        mlp_in = _layer_norm(state, f"{name}.ln_2", hidden)
-        hidden = hidden + _linear(state, f"{name}.mlp.c_proj", _gelu_tanh(_linear(state, f"{name}.mlp.c_fc", mlp_in)))
-        block_outputs.append(hidden)
-    hidden = _layer_norm(state, "transformer.ln_f", hidden)
+    hidden, block_outputs = _blocks(state, tokens + position_table[: x.shape[1]], num_heads, causal)
 
     if fmt == FORMAT_V1:
         head = F.relu(_linear(state, "lm_head.0", hidden))
@@ -233,3 +240,91 @@ def upstream_random_mask(
     for row in (~mask.any(dim=1)).nonzero().flatten().tolist():
         mask[row, torch.randint(length, (1,), generator=generator)] = True
     return mask
+
+
+# --- images + spectra (PyPI astropt 2.0.9's multimodal GPT) --------------------------------------------------
+def upstream_spectrum_patches(
+    flux: torch.Tensor, wavelengths: torch.Tensor, patch_size: int, offset: float, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream's dataset for (B, L) flux and wavelengths (Angstrom): the wavelengths are scaled to
+    `(wavelength - offset) / scale` first, then both are zero-padded at the end to whole patches and cut into
+    runs of `patch_size` consecutive samples -> (values, position inputs), each (B, S, patch_size)."""
+    batch, length = flux.shape
+    num_patches = -(-length // patch_size)
+    values = flux.new_zeros(batch, num_patches * patch_size)
+    positions = flux.new_zeros(batch, num_patches * patch_size)
+    values[:, :length] = flux
+    positions[:, :length] = (wavelengths.to(flux.dtype) - offset) / scale
+    return values.view(batch, num_patches, patch_size), positions.view(batch, num_patches, patch_size)
+
+
+@dataclass
+class MultimodalReferenceOutputs:
+    """Upstream's multimodal outputs: image predictions (B, T-1, P) for image patches 1..T-1, spectrum
+    predictions (B, S, p) for spectrum patches 0..S-1, every block's output, and T."""
+
+    image_predictions: torch.Tensor
+    spectrum_predictions: torch.Tensor
+    block_outputs: list[torch.Tensor]
+    num_image_patches: int
+
+
+@torch.no_grad()
+def upstream_multimodal_forward(
+    state_dict: dict[str, torch.Tensor],
+    fmt: str,
+    num_heads: int,
+    image_sequence: torch.Tensor,
+    spectrum_values: torch.Tensor,
+    spectrum_positions: torch.Tensor | None,
+) -> MultimodalReferenceOutputs:
+    """Upstream's forward over every image patch (B, T, P) and then every spectrum patch (B, S, p).
+
+    Each modality has its tokeniser; the images add rows 0..T-1 of their table; the spectra add their
+    position encoder's reading of `spectrum_positions` (upstream `embed_pos=False`) or, when the state dict
+    holds a spectra table, rows 0..S-1 of it. The blocks run causally over the whole sequence; the image
+    decoder reads positions 0..T-2 and the spectrum decoder positions T-1..T+S-2 (so the last image position
+    predicts the first spectrum patch).
+    """
+    state = state_dict
+    image_sequence = image_sequence.to(torch.float32)
+    num_image, num_spectrum = image_sequence.shape[1], spectrum_values.shape[1]
+    image_tokens, image_table = _image_tokens(state, fmt, image_sequence)
+    encoder, table_key, decoder = _modality_prefixes(fmt, "spectra")
+    spectrum_tokens = _mirrored_mlp(state, encoder, spectrum_values.to(torch.float32))
+    if table_key in state:
+        spectrum_places = state[table_key].float()[:num_spectrum].expand(len(spectrum_values), -1, -1)
+    else:
+        position_encoder = table_key.removesuffix(".wpe.weight")
+        spectrum_places = _mirrored_mlp(state, position_encoder, spectrum_positions.to(torch.float32))
+    hidden = torch.cat([image_tokens + image_table[:num_image], spectrum_tokens + spectrum_places], dim=1)
+    hidden, block_outputs = _blocks(state, hidden, num_heads, causal=True)
+    image_decoder = _modality_prefixes(fmt)[2]
+    return MultimodalReferenceOutputs(
+        image_predictions=_mirrored_mlp(state, image_decoder, hidden[:, : num_image - 1]),
+        spectrum_predictions=_mirrored_mlp(state, decoder, hidden[:, num_image - 1 : num_image - 1 + num_spectrum]),
+        block_outputs=block_outputs,
+        num_image_patches=num_image,
+    )
+
+
+def upstream_multimodal_embeddings(outputs: MultimodalReferenceOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream's `get_embeddings` (draw_from_centre): block n_layer // 2, split by modality, each averaged
+    over its positions -> (image embedding, spectrum embedding), each (B, D)."""
+    centre = outputs.block_outputs[len(outputs.block_outputs) // 2]
+    split = outputs.num_image_patches
+    return centre[:, :split].mean(dim=1), centre[:, split:].mean(dim=1)
+
+
+def upstream_multimodal_loss(
+    outputs: MultimodalReferenceOutputs,
+    image_sequence: torch.Tensor,
+    spectrum_values: torch.Tensor,
+    image_weight: float,
+    spectrum_weight: float,
+) -> torch.Tensor:
+    """Upstream's loss: the mean Huber loss of each modality against its targets (the image without its
+    first patch, the spectrum whole) times its weight, summed and divided by the number of modalities."""
+    image_loss = _huber(outputs.image_predictions, image_sequence[:, 1:].float()).mean()
+    spectrum_loss = _huber(outputs.spectrum_predictions, spectrum_values.float()).mean()
+    return (image_weight * image_loss + spectrum_weight * spectrum_loss) / 2

@@ -11,8 +11,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .upstream_formats import FORMAT_V1, FORMAT_V2, IMAGE_MODALITY, UpstreamWeights
+from .upstream_formats import (
+    FORMAT_V1,
+    FORMAT_V2,
+    IMAGE_MODALITY,
+    SPECTRUM_MODALITY,
+    UpstreamWeights,
+    check_supported_modalities,
+)
 from .upstream_objective import ObjectiveMapping, map_objective
+from .upstream_spectra import choose_multimodal_image_size, spectrum_config_kwargs
 
 # Upstream's tokeniser names -> our `patch_embedding` values.
 PATCH_EMBEDDING_FOR_TOKENISER = {"relu_mlp": "relu_mlp", "aim": "gelu_mlp", "affine": "linear"}
@@ -43,19 +51,20 @@ def _field(model_args: dict, name: str, source: str, expected_from_weights: int 
     return value
 
 
-def _image_modality_config(checkpoint: dict, model_args: dict) -> Any | None:
-    """The `images` ModalityConfig stand-in from the pickled registry or from `model_args['modalities']`."""
+def registry_modalities(checkpoint: dict, model_args: dict) -> dict[str, Any] | None:
+    """Name -> ModalityConfig stand-in, from the pickled registry or else `model_args['modalities']`."""
     registry = checkpoint.get("modality_registry")
     modalities = getattr(registry, "modalities", None)
     if isinstance(modalities, dict):
-        names = sorted(modalities)
-        if names != [IMAGE_MODALITY]:
-            return names  # caller reports the unsupported modalities
-        return modalities[IMAGE_MODALITY]
-    for entry in model_args.get("modalities") or []:
-        if getattr(entry, "name", None) == IMAGE_MODALITY:
-            return entry
-    return None
+        return dict(modalities)
+    listed = {getattr(entry, "name", None): entry for entry in model_args.get("modalities") or []}
+    listed.pop(None, None)
+    return listed or None
+
+
+def _image_modality_config(checkpoint: dict, model_args: dict) -> Any | None:
+    """The `images` ModalityConfig stand-in, if the checkpoint records one."""
+    return (registry_modalities(checkpoint, model_args) or {}).get(IMAGE_MODALITY)
 
 
 def _looks_like_v2_0_release(weights: UpstreamWeights, patch_size: int, num_channels: int) -> bool:
@@ -145,8 +154,6 @@ def _modality_patch_geometry(
 ) -> tuple[int, int]:
     """(patch_size, num_channels) of a v2/v3 checkpoint, from its images ModalityConfig and the weights."""
     modality = _image_modality_config(checkpoint, model_args)
-    if isinstance(modality, list):
-        raise ValueError(f"{source}: not supported: modalities {modality} in the modality registry")
     if modality is not None:
         patch_size = modality.patch_size
         if getattr(modality, "embed_pos", True) is False:
@@ -205,34 +212,97 @@ def _loss_weight_note(checkpoint: dict, model_args: dict, objective: ObjectiveMa
     return []
 
 
+@dataclass
+class MappingOptions:
+    """Choices the checkpoint cannot record: see `map_upstream_config`."""
+
+    image_size: int | None = None
+    keep_prefix_attention: bool = False
+    spectrum_wavelength_scale: float | None = None
+
+
+def _check_recorded_modalities(checkpoint: dict, model_args: dict, weights: UpstreamWeights, source: str) -> None:
+    """The registry's modalities must convert and agree with the modules the weights hold."""
+    recorded = registry_modalities(checkpoint, model_args)
+    if recorded is None:
+        return
+    check_supported_modalities(sorted(recorded), source)
+    if weights.format != FORMAT_V1 and sorted(recorded) != weights.modalities:
+        raise ValueError(
+            f"{source}: the modality registry lists {sorted(recorded)} but the weights hold modules for "
+            f"{weights.modalities}"
+        )
+
+
+def _multimodal_kwargs(
+    checkpoint: dict, model_args: dict, weights: UpstreamWeights, objective: ObjectiveMapping,
+    options: MappingOptions, patch_size: int, source: str, notes: list[str],
+) -> tuple[dict[str, Any], str]:
+    """(config arguments, image size source) for an images+spectra checkpoint."""
+    if objective.config_kwargs["objective"] != "next_patch" or objective.config_kwargs["attention_pattern"] != "causal":
+        raise ValueError(
+            f"{source}: not supported: images+spectra with objective={model_args.get('objective', 'ar')!r} and "
+            f"attn_type={model_args.get('attn_type', 'causal')!r}; multimodal checkpoints convert with causal "
+            "next-patch attention"
+        )
+    training_config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    image_size, size_source = choose_multimodal_image_size(
+        weights.block_size, training_config, patch_size, options.image_size, source
+    )
+    num_patches = (image_size // patch_size) ** 2
+    modalities = registry_modalities(checkpoint, model_args) or {}
+    kwargs = spectrum_config_kwargs(
+        modalities.get(SPECTRUM_MODALITY), weights, num_patches, options.spectrum_wavelength_scale, source, notes
+    )
+    kwargs["image_loss_weight"] = float(getattr(modalities.get(IMAGE_MODALITY), "loss_weight", 1.0))
+    kwargs["image_size"] = image_size
+    # Upstream feeds the whole image before the spectrum and embeds each modality as the mean over all of
+    # its positions; causality keeps the image's hidden states free of the spectrum.
+    kwargs.update(pooling="mean", pooling_num_patches=num_patches)
+    return kwargs, size_source
+
+
 def map_upstream_config(
     checkpoint: dict,
     weights: UpstreamWeights,
     image_size: int | None = None,
     source: str = "checkpoint",
     keep_prefix_attention: bool = False,
+    spectrum_wavelength_scale: float | None = None,
 ) -> ConfigMapping:
     """`AstroPTConfig` keyword arguments that reproduce the upstream model in `checkpoint`.
 
     `keep_prefix_attention`: for an upstream `attn_type="prefix"` checkpoint, record `"prefix"` instead of
     the `"bidirectional"` attention upstream actually computed (see `upstream_objective`).
+    `spectrum_wavelength_scale`: images+spectra checkpoints, the Angstrom scale their training data divided
+    `wavelength - 3000` by (default 7000, astropt 2.0.9's dataset).
     """
+    options = MappingOptions(image_size, keep_prefix_attention, spectrum_wavelength_scale)
     model_args = checkpoint.get("model_args")
     if not isinstance(model_args, dict):
         raise ValueError(f"{source}: expected a dict under 'model_args', found {type(model_args).__name__}")
     training_config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
     notes: list[str] = []
     num_layers, hidden_size, num_heads, block_size = _check_model_args(model_args, weights, source)
+    _check_recorded_modalities(checkpoint, model_args, weights, source)
     objective = map_objective(model_args, weights, source, keep_prefix_attention)
     patch_size, num_channels = _patch_geometry(checkpoint, model_args, weights, source, notes)
-    chosen_size, size_source = choose_image_size(
-        weights, training_config, patch_size, num_channels, image_size, source,
-        unfed=0 if objective.feeds_whole_sequence else 1,
-    )
+    if weights.spectra is not None:
+        modality_kwargs, size_source = _multimodal_kwargs(
+            checkpoint, model_args, weights, objective, options, patch_size, source, notes
+        )
+    else:
+        if spectrum_wavelength_scale is not None:
+            raise ValueError(f"{source}: spectrum_wavelength_scale needs a checkpoint with spectra")
+        chosen_size, size_source = choose_image_size(
+            weights, training_config, patch_size, num_channels, image_size, source,
+            unfed=0 if objective.feeds_whole_sequence else 1,
+        )
+        modality_kwargs = {"image_size": chosen_size, **_pooling(objective, (chosen_size // patch_size) ** 2)}
     dropout = float(model_args.get("dropout", 0.0) or 0.0)
     spiral = training_config.get("spiral", True)
     config_kwargs = {
-        "image_size": chosen_size,
+        "image_size": modality_kwargs.pop("image_size"),
         "patch_size": patch_size,
         "num_channels": num_channels,
         "hidden_size": hidden_size,
@@ -251,11 +321,11 @@ def map_upstream_config(
         "transpose_patch_grid": True,
         "loss": "huber",
         "huber_delta": 1.0,
-        **_pooling(objective, (chosen_size // patch_size) ** 2),
         # v1's get_embeddings returns the last block's output (no final LayerNorm); v2 and later draw
         # from the centre: the output of block n_layer // 2.
         "embedding_layer": num_layers - 1 if weights.format == FORMAT_V1 else "middle",
         **objective.config_kwargs,
+        **modality_kwargs,
     }
     if not spiral:
         notes.append("the training config says spiral=False: patches in raster order")

@@ -10,6 +10,11 @@ Upstream has used three layouts (all nanoGPT-style blocks `transformer.h.{i}.*` 
 * **v3** (current upstream `main`): the modality modules moved out of `transformer`:
   `encoders.{mod}.*`, `embedders.{mod}.wpe.weight`, `decoders.{mod}.*`.
 
+An images+spectra checkpoint (PyPI `astropt` 2.0.9's multimodal GPT) holds the same three modules for
+`spectra` beside those for `images`: its tokeniser and decoder (same kind as the images'), and as
+`wpe.spectra` either a learned position table (`.wpe.weight`, upstream `embed_pos=True`) or an encoder of
+the same kind reading each patch's wavelengths (`.c_fc`/`.c_proj`, `embed_pos=False`, upstream's default).
+
 A masked-autoencoder checkpoint (upstream `objective="mae"`) also holds the learned `mask_token`,
 shape (1, 1, n_embd).
 
@@ -25,6 +30,9 @@ import torch
 
 COMPILE_PREFIX = "_orig_mod."
 IMAGE_MODALITY = "images"
+SPECTRUM_MODALITY = "spectra"
+# The modality sets that convert, in upstream's sequence order (by name).
+SUPPORTED_MODALITIES = ([IMAGE_MODALITY], [IMAGE_MODALITY, SPECTRUM_MODALITY])
 
 FORMAT_V1 = "v1"
 FORMAT_V2 = "v2"
@@ -49,6 +57,9 @@ _PATCH_EMBED = "astropt.embeddings.patch_embeddings.mlp"
 _MASK_TOKEN = "astropt.embeddings.mask_token"
 _POSITIONS = "astropt.embeddings.position_embeddings.weight"
 _HEAD = "patch_head.mlp"
+_SPECTRUM_EMBED = "astropt.embeddings.spectrum_embeddings"
+_SPECTRUM_POSITIONS = "astropt.embeddings.spectrum_position_embeddings"
+_SPECTRUM_HEAD = "spectrum_head.mlp"
 
 
 def _modality_rules(encoder: str, positions: str, decoder: str) -> list[tuple[str, str]]:
@@ -63,14 +74,36 @@ def _modality_rules(encoder: str, positions: str, decoder: str) -> list[tuple[st
     ]
 
 
+def _spectrum_rules(encoder: str, positions: str, decoder: str) -> list[tuple[str, str]]:
+    """Rules for the spectra modules: tokeniser, position table or wavelength encoder, and decoder."""
+    return [
+        (rf"{encoder}\.c_fc\.(weight|bias)", rf"{_SPECTRUM_EMBED}.mlp.0.\1"),
+        (rf"{encoder}\.c_proj\.(weight|bias)", rf"{_SPECTRUM_EMBED}.mlp.2.\1"),
+        (rf"{positions}\.wpe\.weight", f"{_SPECTRUM_POSITIONS}.weight"),
+        (rf"{positions}\.c_fc\.(weight|bias)", rf"{_SPECTRUM_POSITIONS}.mlp.0.\1"),
+        (rf"{positions}\.c_proj\.(weight|bias)", rf"{_SPECTRUM_POSITIONS}.mlp.2.\1"),
+        (rf"{decoder}\.c_fc\.(weight|bias)", rf"{_SPECTRUM_HEAD}.0.\1"),
+        (rf"{decoder}\.c_proj\.(weight|bias)", rf"{_SPECTRUM_HEAD}.2.\1"),
+    ]
+
+
+def modality_prefixes(fmt: str, modality: str) -> tuple[str, str, str]:
+    """(tokeniser, position module, decoder) key prefixes of a v2/v3 modality."""
+    if fmt == FORMAT_V2:
+        return f"transformer.wte.{modality}", f"transformer.wpe.{modality}", f"lm_head.{modality}"
+    return f"encoders.{modality}", f"embedders.{modality}", f"decoders.{modality}"
+
+
 _FORMAT_RULES = {
     FORMAT_V1: [
         (r"transformer\.wte\.(0|2)\.(weight|bias)", rf"{_PATCH_EMBED}.\1.\2"),
         (r"transformer\.wpe\.weight", _POSITIONS),
         (r"lm_head\.(0|2|4)\.(weight|bias)", rf"{_HEAD}.\1.\2"),
     ],
-    FORMAT_V2: _modality_rules(r"transformer\.wte\.images", r"transformer\.wpe\.images", r"lm_head\.images"),
-    FORMAT_V3: _modality_rules(r"encoders\.images", r"embedders\.images", r"decoders\.images"),
+    FORMAT_V2: _modality_rules(r"transformer\.wte\.images", r"transformer\.wpe\.images", r"lm_head\.images")
+    + _spectrum_rules(r"transformer\.wte\.spectra", r"transformer\.wpe\.spectra", r"lm_head\.spectra"),
+    FORMAT_V3: _modality_rules(r"encoders\.images", r"embedders\.images", r"decoders\.images")
+    + _spectrum_rules(r"encoders\.spectra", r"embedders\.spectra", r"decoders\.spectra"),
 }
 
 # Keys that carry no weights we need: the causal-mask buffer that upstream registers when flash attention
@@ -85,6 +118,16 @@ _MODALITY_KEY = {
     FORMAT_V2: re.compile(r"^(?:transformer\.wte|transformer\.wpe|lm_head)\.([^.]+)\."),
     FORMAT_V3: re.compile(r"^(?:encoders|embedders|decoders)\.([^.]+)\."),
 }
+
+
+@dataclass
+class SpectrumModules:
+    """What the weights say about an images+spectra checkpoint's spectra modules."""
+
+    patch_dim: int  # samples per spectrum patch the tokeniser reads
+    position_encoding: str  # "wavelength" (an encoder of each patch's wavelengths) or "learned" (a table)
+    position_input_size: int | None  # wavelengths the position encoder reads; None for a table
+    position_table_size: int | None  # rows of the learned table; None for the wavelength encoder
 
 
 @dataclass
@@ -103,6 +146,7 @@ class UpstreamWeights:
     block_size: int
     use_bias: bool
     has_mask_token: bool = False  # upstream's masked-autoencoder objective ("mae")
+    spectra: SpectrumModules | None = None  # images+spectra checkpoints
     dropped_keys: dict[str, str] = field(default_factory=dict)  # key -> why it is not converted
 
     @property
@@ -175,22 +219,45 @@ def check_weights_are_plain(state_dict: dict, source: str = "checkpoint") -> Non
             )
 
 
+def check_supported_modalities(names: list[str], source: str = "checkpoint") -> None:
+    """Refuse any modality set but images, or images and spectra, naming what is not supported."""
+    if list(names) in SUPPORTED_MODALITIES:
+        return
+    unknown = [name for name in names if name not in (IMAGE_MODALITY, SPECTRUM_MODALITY)]
+    why = (f"{unknown} (photometry time series, AION tokens and other modalities have no counterpart here)"
+           if unknown else f"no '{IMAGE_MODALITY}' modality")
+    raise ValueError(
+        f"{source}: not supported: modalities {list(names)}: {why}. Checkpoints with '{IMAGE_MODALITY}', or "
+        f"'{IMAGE_MODALITY}' and '{SPECTRUM_MODALITY}', can be converted"
+    )
+
+
+def _read_spectrum_modules(state_dict: dict[str, torch.Tensor], fmt: str, tokeniser: str, source: str) -> SpectrumModules:
+    """The spectra tokeniser's patch length and its kind of positions, checked against the images' tokeniser."""
+    encoder, positions, decoder = modality_prefixes(fmt, SPECTRUM_MODALITY)
+    first = _require_key(state_dict, f"{encoder}.c_fc.weight", source)
+    _require_key(state_dict, f"{decoder}.c_fc.weight", source)
+    if (f"{encoder}.c_proj.weight" in state_dict) != (tokeniser == "aim"):
+        raise ValueError(f"{source}: the spectra tokeniser is not of the images' kind ({tokeniser!r})")
+    if f"{positions}.wpe.weight" in state_dict:
+        table = state_dict[f"{positions}.wpe.weight"]
+        return SpectrumModules(int(first.shape[1]), "learned", None, int(table.shape[0]))
+    position_encoder = _require_key(state_dict, f"{positions}.c_fc.weight", source)
+    return SpectrumModules(int(first.shape[1]), "wavelength", int(position_encoder.shape[1]), None)
+
+
 def read_upstream_weights(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> UpstreamWeights:
     """Recognise the layout of `state_dict` and read the architecture off its tensor shapes.
 
-    Raises `ValueError` for entries that are not tensors or are stride-0 / overlapping views, unknown layouts, for checkpoints whose modalities are anything but a single
-    `images` modality ("not supported: modalities [...]"), for LoRA weights and for continuous
-    (non-embedding) positions.
+    Raises `ValueError` for entries that are not tensors or are stride-0 / overlapping views, unknown layouts,
+    for checkpoints whose modalities are anything but `images` or `images` and `spectra` ("not supported:
+    modalities [...]", naming the others), for LoRA weights and for continuous (non-embedding) image positions.
     """
     state_dict, had_prefix = strip_compile_prefix(state_dict)
     check_weights_are_plain(state_dict, source)
     fmt = detect_upstream_format(state_dict, source)
     modalities = list_modalities(state_dict, fmt)
-    if modalities != [IMAGE_MODALITY]:
-        raise ValueError(
-            f"{source}: not supported: modalities {modalities}. Only checkpoints with a single "
-            f"'{IMAGE_MODALITY}' modality can be converted"
-        )
+    check_supported_modalities(modalities, source)
     lora_keys = sorted(key for key in state_dict if "lora_" in key)
     if lora_keys:
         raise ValueError(
@@ -203,8 +270,7 @@ def read_upstream_weights(state_dict: dict[str, torch.Tensor], source: str = "ch
         positions = _require_key(state_dict, "transformer.wpe.weight", source)
         tokeniser = "relu_mlp"
     else:
-        encoder = "transformer.wte.images" if fmt == FORMAT_V2 else "encoders.images"
-        embedder = "transformer.wpe.images" if fmt == FORMAT_V2 else "embedders.images"
+        encoder, embedder, _ = modality_prefixes(fmt, IMAGE_MODALITY)
         if f"{embedder}.c_fc.weight" in state_dict:
             raise ValueError(
                 f"{source}: not supported: the images modality embeds continuous positions "
@@ -238,6 +304,7 @@ def read_upstream_weights(state_dict: dict[str, torch.Tensor], source: str = "ch
         block_size=int(positions.shape[0]),
         use_bias="transformer.h.0.ln_1.bias" in state_dict,
         has_mask_token=mask_token is not None,
+        spectra=_read_spectrum_modules(state_dict, fmt, tokeniser, source) if SPECTRUM_MODALITY in modalities else None,
     )
     return weights
 

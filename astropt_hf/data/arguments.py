@@ -30,6 +30,9 @@ class DataArguments:
     streaming: bool = option(False, "read the dataset lazily (IterableDataset), for data larger than the disk")
     image_column: str | None = option(None, "image column (auto-detected when null)")
     id_column: str | None = option(None, "id column (auto-detected when null)")
+    bands: str | None = option(
+        None, "Multimodal Universe images: the bands to keep, in order, e.g. 'g,r,z' (matches 'DES-G'); null: all"
+    )
     data_cache_dir: str | None = option(None, "cache for the synthetic set / datasets downloads (null: default)")
     synthetic_num_train: int = option(3000, "synthetic set: training galaxies", minimum=1)
     synthetic_num_validation: int = option(256, "synthetic set: validation galaxies", minimum=1)
@@ -54,6 +57,8 @@ class DataArguments:
             "id_column": self.id_column,
             "data_cache_dir": self.data_cache_dir,
         }
+        if self.bands:
+            spec["bands"] = self.bands
         if self.is_synthetic():
             synthetic = {
                 "num_train": self.synthetic_num_train,
@@ -79,5 +84,6 @@ def open_dataset(spec: dict[str, Any], split: str | None = None):
         image_column=spec.get("image_column"),
         id_column=spec.get("id_column"),
         cache_dir=spec.get("data_cache_dir"),
+        bands=spec.get("bands"),
         **spec.get("synthetic", {}),
     )

@@ -1,8 +1,10 @@
 """Turn whatever a dataset row holds for an image into a numpy array.
 
 Accepted values: numpy arrays, torch tensors and nested lists; PIL images; ``datasets`` Image
-dicts ``{"bytes": ..., "path": ...}``; raw bytes of a PNG/JPEG/TIFF/FITS file; and file paths
-(PNG, JPEG, TIFF through PIL; FITS through astropy; ``.npy`` without pickles).
+dicts ``{"bytes": ..., "path": ...}``; raw bytes of a PNG/JPEG/TIFF/FITS file; file paths
+(PNG, JPEG, TIFF through PIL; FITS through astropy; ``.npy`` without pickles); and Multimodal Universe
+image structs (per-band ``flux``, ``ivar``, ``mask``, ...: every band, bad pixels NaN; see
+``astropt_hf.data.multimodal_universe``, which also selects bands).
 
 FITS files give bands either as a cube in one HDU, shape (C, H, W), or as several 2-D image HDUs
 (multi-extension files), stacked in file order. Multi-page TIFFs stack their pages the same way.
@@ -133,6 +135,8 @@ def decode_image(value: Any, source: Any = None, limits: DecodeLimits | None = N
 def _decode_value(value: Any, source: Any, limits: DecodeLimits) -> np.ndarray:
     if value is None:
         raise CorruptSampleError(source, "the image value is missing (None)")
+    if isinstance(value, CorruptSampleError):  # a row that failed to decode earlier (MMURowDecoder)
+        raise CorruptSampleError(source if source is not None else value.source, value.reason)
     if isinstance(value, np.ndarray):
         return _check_array(value, source)
     if _is_tensor(value):
@@ -144,6 +148,8 @@ def _decode_value(value: Any, source: Any, limits: DecodeLimits) -> np.ndarray:
     if isinstance(value, (str, os.PathLike)):
         return _decode_path(Path(value), source if source is not None else str(value), limits)
     if isinstance(value, (list, tuple)):
+        if value and isinstance(value[0], dict):
+            return _decode_mmu(value, source)
         return _decode_nested_list(value, source)
     from PIL import Image
 
@@ -182,7 +188,17 @@ def _decode_nested_list(value: list | tuple, source: Any) -> np.ndarray:
     return _check_array(array, source)
 
 
+def _decode_mmu(value: Any, source: Any) -> np.ndarray:
+    from .multimodal_universe import decode_mmu_image, is_mmu_image
+
+    if not is_mmu_image(value):
+        raise CorruptSampleError(source, "a list of dicts that is not a Multimodal Universe image (per-band flux)")
+    return _check_array(decode_mmu_image(value, source=source), source)
+
+
 def _decode_dict(value: dict, source: Any, limits: DecodeLimits) -> np.ndarray:
+    if "flux" in value and "bytes" not in value:
+        return _decode_mmu(value, source)
     data, path = value.get("bytes"), value.get("path")
     if source is None:
         source = path

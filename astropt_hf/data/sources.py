@@ -27,6 +27,13 @@ cannot store it as it is), so that row's file is never read.
 Image columns holding ``datasets.Image`` features are cast to ``decode=False``, so a corrupt image
 reaches ``GalaxyCollator`` as raw bytes (and is skipped and counted there) instead of raising
 inside the dataset.
+
+**Multimodal Universe layouts** (Legacy Survey / HSC ``image`` structs with per-band ``flux``, ``ivar``,
+``mask``, ``band``, ...; DESI ``spectrum`` structs with ``flux``, ``ivar``, ``lambda``, ``mask``; and
+cross-matched sets holding both) are recognised from the features (or a stream's first row) and decoded
+lazily as rows are read: the image becomes a (C, H, W) float32 array of the ``bands`` asked for, bad
+pixels 0; the spectrum a dict of arrays with ``mask`` True = bad (``GalaxySource.spectrum_column``).
+See ``astropt_hf.data.multimodal_universe`` for what happens to masked and zero-ivar pixels.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from .decoding import IMAGE_SUFFIXES, has_suffix, printable_path
+from .multimodal_universe import MMURowDecoder, apply_mmu_decoding, mmu_columns
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +66,23 @@ class GalaxySource:
     Attributes:
         dataset: a ``datasets.Dataset`` (map-style) or ``datasets.IterableDataset`` (streaming).
         image_column: column holding the image, undecoded (decode with ``decode_image``); pixel
-            arrays (Array3D, Sequence) come as numpy arrays.
+            arrays (Array3D, Sequence) come as numpy arrays. None only for a spectra-only source (a
+            Multimodal Universe ``spectrum`` column and no image column).
         id_column: column holding a per-item id, or ``None`` if the source has none.
         catalogue_columns: every other column (e.g. the synthetic truth), in dataset order.
         origin: human-readable description of what was loaded, for logs.
+        spectrum_column: column holding Multimodal Universe spectra, decoded to
+            ``{"flux", "ivar", "lambda", "mask"}`` arrays (``mask`` True = bad) or None where a row has none.
+        bands: the image bands selected (Multimodal Universe images), None for all.
     """
 
     dataset: Any
-    image_column: str
+    image_column: str | None
     id_column: str | None
     catalogue_columns: tuple[str, ...]
     origin: str
+    spectrum_column: str | None = None
+    bands: tuple[str, ...] | None = None
 
 
 def load_galaxy_dataset(
@@ -78,6 +92,7 @@ def load_galaxy_dataset(
     image_column: str | None = None,
     id_column: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    bands: str | list[str] | tuple[str, ...] | None = None,
     **synthetic_kwargs: Any,
 ) -> GalaxySource:
     """Load one split of a galaxy dataset (see the module docstring for ``spec`` and splits).
@@ -90,6 +105,8 @@ def load_galaxy_dataset(
             ``IMAGE_COLUMN_CANDIDATES``, id among ``ID_COLUMN_CANDIDATES``).
         cache_dir: synthetic-set cache (for ``"synthetic"``) or ``datasets`` cache (parquet, arrow,
             hub); ``None`` uses the defaults.
+        bands: Multimodal Universe images only: the bands to keep, in this order (``"g,r,z"`` or a
+            list; ``"g"`` matches a band named ``"DES-G"``); ``None`` keeps every band.
         **synthetic_kwargs: forwarded to ``load_synthetic_galaxies`` (sizes, ``image_size``, ``seed``,
             ``num_proc``); an error for other specs.
 
@@ -116,15 +133,47 @@ def load_galaxy_dataset(
         dataset = dataset.to_iterable_dataset(num_shards=_stream_shards(len(dataset)))
 
     columns = _column_names(dataset)
+    spectra_only = image_column is None and not set(IMAGE_COLUMN_CANDIDATES) & set(columns) and "spectrum" in columns
     image_column = _pick_column(
-        columns, image_column or default_columns[0], IMAGE_COLUMN_CANDIDATES, "image", spec
+        columns, image_column or default_columns[0], IMAGE_COLUMN_CANDIDATES, "image", spec, required=not spectra_only
     )
     id_column = _pick_column(
         columns, id_column or default_columns[1], ID_COLUMN_CANDIDATES, "id", spec, required=False
     )
-    dataset = _arrays_as_numpy(dataset, image_column)
-    catalogue = tuple(c for c in columns if c not in (image_column, id_column))
-    return GalaxySource(dataset, image_column, id_column, catalogue, f"{origin} [{split}]")
+    bands = _band_list(bands)
+    dataset, spectrum_column = _decode_multimodal_universe(dataset, image_column, bands, spec)
+    if image_column is None and spectrum_column is None:
+        raise ValueError(f"{spec!r} has no image column among {list(IMAGE_COLUMN_CANDIDATES)} and its 'spectrum' "
+                         f"column is not a Multimodal Universe spectrum (flux, lambda); available columns: {columns}")
+    catalogue = tuple(c for c in columns if c not in (image_column, id_column, spectrum_column))
+    return GalaxySource(dataset, image_column, id_column, catalogue, f"{origin} [{split}]", spectrum_column,
+                        tuple(bands) if bands else None)
+
+
+def _band_list(bands) -> list[str] | None:
+    if bands is None:
+        return None
+    names = [b.strip() for b in bands.split(",")] if isinstance(bands, str) else [str(b).strip() for b in bands]
+    if not names or not all(names) or len(set(n.lower() for n in names)) != len(names):
+        raise ValueError(f"bands={bands!r} is not valid; expected distinct band names such as 'g,r,z'")
+    return names
+
+
+def _decode_multimodal_universe(dataset, image_column: str, bands: list[str] | None, spec: str):
+    """(dataset, spectrum column): Multimodal Universe image / spectrum structs decoded as rows are read;
+    other image columns read as before."""
+    first_row = next(iter(dataset)) if dataset.features is None else None
+    mmu_image, spectrum_column = mmu_columns(dataset, image_column, first_row)
+    mmu_image = mmu_image and image_column is not None
+    if bands and not mmu_image:
+        raise ValueError(
+            f"bands={bands} needs Multimodal Universe images (an {image_column!r} struct with per-band flux and "
+            f"band names); {spec!r} does not hold them"
+        )
+    if not mmu_image and spectrum_column is None:
+        return _arrays_as_numpy(dataset, image_column), None
+    decoder = MMURowDecoder(image_column if mmu_image else None, spectrum_column, bands)
+    return apply_mmu_decoding(dataset, decoder), spectrum_column
 
 
 # --------------------------------------------------------------------------- spec resolution

@@ -12,6 +12,7 @@ inside the batch, not replaced), so a resumed run reads exactly the batches an u
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -206,6 +207,7 @@ def load_pretraining_sources(args, accelerator) -> tuple[GalaxySource, GalaxySou
         "image_column": args.image_column,
         "id_column": args.id_column,
         "cache_dir": args.data_cache_dir,
+        "bands": args.bands,
     }
     if args.dataset.strip().lower() == "synthetic":
         options.update(
@@ -230,15 +232,15 @@ def _fast_arrays(source: GalaxySource) -> GalaxySource:
     import datasets
 
     dataset = source.dataset
-    if is_streaming_dataset(dataset) or dataset.features is None:
-        return source
+    if is_streaming_dataset(dataset) or dataset.features is None or dataset.format.get("type") == "custom":
+        return source  # a custom format decodes rows already (Multimodal Universe structs)
     feature = dataset.features.get(source.image_column)
     array_types = tuple(
         getattr(datasets, name) for name in ("Array2D", "Array3D", "Array4D", "Sequence", "List") if hasattr(datasets, name)
     )
     if isinstance(feature, array_types):
         dataset = dataset.with_format("numpy", columns=[source.image_column], output_all_columns=True)
-        source = GalaxySource(dataset, source.image_column, source.id_column, source.catalogue_columns, source.origin)
+        source = dataclasses.replace(source, dataset=dataset)
     return source
 
 
