@@ -48,7 +48,10 @@ def _check_integer(name: str, value, low: int, high: int) -> int:
 def _check_real(name: str, value, positive: bool = False) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range
+        number = math.inf
     if not math.isfinite(number) or (positive and number <= 0):
         raise ValueError(f"{name}={value!r} is not valid; expected a finite number{' > 0' if positive else ''}")
     return number

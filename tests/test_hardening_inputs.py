@@ -211,6 +211,8 @@ def _plausible_count(value):
     """int(value) when it is a whole number from 1 to 24 (not a bool), else None."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
+    if isinstance(value, (int, np.integer)):
+        return int(value) if 1 <= value <= 24 else None
     if not np.isfinite(value) or float(value) != int(value) or not 1 <= value <= 24:
         return None
     return int(value)
@@ -253,6 +255,9 @@ def test_fuzzed_settings_work_or_name_the_field(field, value):
     "overrides, message",
     [
         ({"image_size": 0}, "image_size=0 is not valid; expected an integer >= 1"),
+        ({"asinh_scale": 2**1100}, "asinh_scale=.* is not valid; expected a finite number > 0"),
+        ({"nan_fill_value": -(10**400)}, "nan_fill_value=.* is not valid; expected a finite number"),
+        ({"num_channels": 2**64}, "num_channels=18446744073709551616 is over the limit"),
         ({"stretch": "log"}, "stretch='log' is not valid; expected one of"),
         ({"resize_mode": "pad"}, "resize_mode='pad' is not valid; expected one of"),
         ({"asinh_scale": 0}, "asinh_scale=0 is not valid; expected a finite number > 0"),
