@@ -144,7 +144,7 @@ class AstroPTConfig(PretrainedConfig):
         pooling: str = "mean",
         pooling_num_patches: int = 64,
         embedding_layer: str | int = "last",
-        modalities: list[str] | tuple[str, ...] = ("images",),
+        modalities: list[str] | None = None,
         spectrum_patch_size: int = 256,
         spectrum_position_encoding: str = "wavelength",
         spectrum_wavelength_offset: float = 3000.0,
@@ -190,7 +190,7 @@ class AstroPTConfig(PretrainedConfig):
         self.pooling_num_patches = pooling_num_patches
         self.embedding_layer = embedding_layer
         # --- modalities ---
-        self.modalities = list(modalities) if isinstance(modalities, (list, tuple)) else modalities
+        self.modalities = ["images"] if modalities is None else list(modalities) if isinstance(modalities, (list, tuple)) else modalities
         self.spectrum_patch_size = spectrum_patch_size
         self.spectrum_position_encoding = spectrum_position_encoding
         self.spectrum_wavelength_offset = spectrum_wavelength_offset
