@@ -436,6 +436,10 @@ class AstroPTPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
 
+    def __init__(self, config: AstroPTConfig, *inputs, **kwargs):
+        config.validate_astropt()  # keyword overrides to from_pretrained skip the config's own checks
+        super().__init__(config, *inputs, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers); the mask
         token N(0, initializer_range) as upstream."""
@@ -933,7 +937,6 @@ class AstroPTForImageClassification(AstroPTPreTrainedModel):
 
     def __init__(self, config: AstroPTConfig):
         super().__init__(config)
-        config.validate_astropt()  # keyword overrides to from_pretrained skip the config's own checks
         self.num_labels = config.num_labels
         self.astropt = AstroPTModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
