@@ -7,7 +7,9 @@ works on a machine without `astropt_hf` installed.
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 
 from transformers import PretrainedConfig
 
@@ -44,19 +46,103 @@ DEFAULT_AUTO_MAP = {
 }
 
 
-def _require_choice(field: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"AstroPTConfig.{field}={value!r} is not valid; expected one of {list(choices)}")
+def _plain(value):
+    """A numpy scalar (or 0-d array) as the Python bool, int, float or str it holds; anything else as it is."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
-def _require_positive_int(field: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"AstroPTConfig.{field}={value!r} is not valid; expected a positive integer")
+class AstroPTConfigTypeError(TypeError, ValueError):
+    """A setting of the wrong kind (a string or None where a number belongs, a number where a flag does). Also a
+    `ValueError`, which is what every invalid setting raised before kinds and domains were told apart."""
+
+
+def _shown(value) -> str:
+    """`repr(value)`, except for integers too long to print (Python refuses over 4,300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 1024:
+        return f"<an integer of {value.bit_length()} bits>"
+    return repr(value)
+
+
+def _invalid(field: str, value, expected: str, error: type[Exception] = ValueError) -> Exception:
+    return error(f"AstroPTConfig.{field}={_shown(value)} is not valid; expected {expected}")
+
+
+def _require_choice(field: str, value, choices) -> str:
+    value = _plain(value)
+    if not isinstance(value, str) or value not in choices:
+        raise _invalid(field, value, f"one of {list(choices)}",
+                       ValueError if isinstance(value, str) else AstroPTConfigTypeError)
+    return value
+
+
+def _integer(field: str, value, cap: int, low: int = 1) -> int:
+    value = _plain(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _invalid(field, value, f"an integer >= {low}", AstroPTConfigTypeError)
+    if value < low:
+        raise _invalid(field, value, f"an integer >= {low}")
+    if value > cap:
+        raise ValueError(f"AstroPTConfig.{field}={_shown(value)} is over the limit; expected an integer in "
+                         f"[{low}, {cap}] (the model is allocated at that size); raise "
+                         f"AstroPTConfig.MAX_SIZES[{field!r}] to lift it")
+    return int(value)
+
+
+def _real(field: str, value, expected: str, within) -> float:
+    value = _plain(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _invalid(field, value, f"a real number {expected}".strip(), AstroPTConfigTypeError)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range
+        number = math.inf
+    if not (math.isfinite(number) and within(number)):
+        raise _invalid(field, value, f"a finite number {expected}".strip())
+    return number
+
+
+def _flag(field: str, value) -> bool:
+    value = _plain(value)
+    if not isinstance(value, bool):
+        raise _invalid(field, value, "True or False", AstroPTConfigTypeError)
+    return value
+
+
+_POSITIVE = ("> 0", lambda x: x > 0)
+_PROBABILITY = ("in [0, 1)", lambda x: 0 <= x < 1)
+# Every real-valued field and its domain (pdf_min and pdf_max may also be None: see _validate_head).
+_REAL_FIELDS = {
+    "layer_norm_eps": _POSITIVE, "initializer_range": _POSITIVE, "patch_norm_eps": _POSITIVE,
+    "huber_delta": _POSITIVE, "hidden_dropout_prob": _PROBABILITY, "attention_probs_dropout_prob": _PROBABILITY,
+    "spectrum_wavelength_offset": ("", lambda x: True), "spectrum_wavelength_scale": _POSITIVE,
+    "image_loss_weight": _POSITIVE, "spectrum_loss_weight": _POSITIVE,
+    "mask_ratio": ("in (0, 1)", lambda x: 0 < x < 1), "pdf_label_smoothing": (">= 0", lambda x: x >= 0),
+}
+_FLAG_FIELDS = ("use_bias", "transpose_patch_grid", "norm_pix_loss")
+_CHOICE_FIELDS = {
+    "patch_embedding": PATCH_EMBEDDINGS, "patch_order": PATCH_ORDERS, "patch_norm": PATCH_NORMS, "loss": LOSSES,
+    "pooling": POOLINGS, "spectrum_position_encoding": SPECTRUM_POSITION_ENCODINGS, "objective": OBJECTIVES,
+    "attention_pattern": ATTENTION_PATTERNS, "head_type": HEAD_TYPES,
+}
+# Integer sizes, in the order they are checked: the defaults of intermediate_size and max_position_embeddings
+# read the shape before them.
+_SHAPE_FIELDS = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads")
+_COUNT_FIELDS = ("intermediate_size", "max_position_embeddings", "pooling_num_patches", "spectrum_patch_size",
+                 "spectrum_max_patches", "pdf_num_bins", "pdf_num_components")
 
 
 class AstroPTConfig(PretrainedConfig):
     r"""Configuration of an astroPT model: a transformer over image patches that regresses the next patch
     (causal or prefix attention) or reconstructs masked patches (bidirectional attention).
+
+    Every field is checked when the config is built and again when a model is built from it: a `TypeError`
+    (a wrong kind) or `ValueError` (outside the domain) names the field, its domain and the value; numpy
+    scalars are stored as Python numbers. Sizes are capped by `MAX_SIZES` and the approximate parameter count
+    by `MAX_PARAMETERS` (class attributes; raise them to lift a cap).
 
     Args:
         image_size (`int`): side of the square input image in pixels.
@@ -82,7 +168,7 @@ class AstroPTConfig(PretrainedConfig):
         pooling (`str`): how patch embeddings become one image embedding: `"mean"` over all patches,
             `"mean_first_k"` over the first `pooling_num_patches` in sequence order (the central ones with
             spiral order), or `"last"`.
-        modalities (`list[str]`, *optional*): what the sequence holds, in sequence order: `["images"]` (default) or
+        modalities (`list[str]`): what the sequence holds, in sequence order: `["images"]` (default) or
             `["images", "spectra"]` (image patches, then spectrum patches; upstream orders modalities by name).
         spectrum_patch_size (`int`): samples per spectrum patch (upstream 256); spectra are zero-padded at the
             end to whole patches.
@@ -118,6 +204,16 @@ class AstroPTConfig(PretrainedConfig):
     """
 
     model_type = "astropt"
+    # Limits checked before anything is allocated, so that a mistyped or hostile config.json fails at once
+    # instead of exhausting memory; every preset is far inside them. Raise an entry (or MAX_PARAMETERS) on the
+    # class to lift a limit.
+    MAX_SIZES = {
+        "image_size": 8192, "patch_size": 1024, "num_channels": 512, "hidden_size": 65536, "num_hidden_layers": 1024,
+        "num_attention_heads": 1024, "intermediate_size": 262144, "max_position_embeddings": 65536,
+        "num_patches": 65536, "patch_dim": 262144, "pooling_num_patches": 65536, "spectrum_patch_size": 65536,
+        "spectrum_max_patches": 65536, "pdf_num_bins": 65536, "pdf_num_components": 1024,
+    }
+    MAX_PARAMETERS = 10_000_000_000
 
     def __init__(
         self,
@@ -165,51 +261,29 @@ class AstroPTConfig(PretrainedConfig):
         pdf_num_components: int = 5,
         **kwargs,
     ):
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.num_channels = num_channels
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
+        # stored as given: validate_astropt checks them, converts numpy scalars and fills the None defaults
+        self.image_size, self.patch_size, self.num_channels = image_size, patch_size, num_channels
+        self.hidden_size, self.num_hidden_layers = hidden_size, num_hidden_layers
         self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
-        num_patches = (image_size // patch_size) ** 2 if patch_size else 0
-        self.max_position_embeddings = max_position_embeddings if max_position_embeddings is not None else num_patches
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.use_bias = use_bias
-        self.patch_embedding = patch_embedding
-        self.patch_order = patch_order
-        self.patch_norm = patch_norm
-        self.patch_norm_eps = patch_norm_eps
-        self.transpose_patch_grid = transpose_patch_grid
-        self.loss = loss
-        self.huber_delta = huber_delta
-        self.pooling = pooling
-        self.pooling_num_patches = pooling_num_patches
-        self.embedding_layer = embedding_layer
+        self.intermediate_size, self.max_position_embeddings = intermediate_size, max_position_embeddings
+        self.layer_norm_eps, self.initializer_range, self.use_bias = layer_norm_eps, initializer_range, use_bias
+        self.hidden_dropout_prob, self.attention_probs_dropout_prob = hidden_dropout_prob, attention_probs_dropout_prob
+        self.patch_embedding, self.patch_order, self.patch_norm = patch_embedding, patch_order, patch_norm
+        self.patch_norm_eps, self.transpose_patch_grid = patch_norm_eps, transpose_patch_grid
+        self.loss, self.huber_delta = loss, huber_delta
+        self.pooling, self.pooling_num_patches, self.embedding_layer = pooling, pooling_num_patches, embedding_layer
         # --- modalities ---
-        if modalities is None:
-            modalities = ["images"]
-        self.modalities = list(modalities) if isinstance(modalities, (list, tuple)) else modalities
-        self.spectrum_patch_size = spectrum_patch_size
+        self.modalities = ["images"] if modalities is None else modalities
+        self.spectrum_patch_size, self.spectrum_max_patches = spectrum_patch_size, spectrum_max_patches
         self.spectrum_position_encoding = spectrum_position_encoding
         self.spectrum_wavelength_offset = spectrum_wavelength_offset
         self.spectrum_wavelength_scale = spectrum_wavelength_scale
-        self.spectrum_max_patches = spectrum_max_patches
-        self.image_loss_weight = image_loss_weight
-        self.spectrum_loss_weight = spectrum_loss_weight
-        # ---
-        self.objective = objective
-        self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
-        self.attention_pattern = attention_pattern
-        self.head_type = head_type
-        self.pdf_bins = pdf_bins
-        self.pdf_min, self.pdf_max, self.pdf_num_bins = pdf_min, pdf_max, pdf_num_bins
-        self.pdf_label_smoothing = pdf_label_smoothing
-        self.pdf_num_components = pdf_num_components
+        self.image_loss_weight, self.spectrum_loss_weight = image_loss_weight, spectrum_loss_weight
+        # --- objective, attention and the classification head ---
+        self.objective, self.mask_ratio, self.norm_pix_loss = objective, mask_ratio, norm_pix_loss
+        self.attention_pattern, self.head_type = attention_pattern, head_type
+        self.pdf_bins, self.pdf_min, self.pdf_max, self.pdf_num_bins = pdf_bins, pdf_min, pdf_max, pdf_num_bins
+        self.pdf_label_smoothing, self.pdf_num_components = pdf_label_smoothing, pdf_num_components
         kwargs.setdefault("auto_map", dict(DEFAULT_AUTO_MAP))
         super().__init__(**kwargs)
         self.validate_astropt()
@@ -229,28 +303,60 @@ class AstroPTConfig(PretrainedConfig):
         """Length of one flattened patch vector, P = patch_size * patch_size * num_channels."""
         return self.patch_size * self.patch_size * self.num_channels
 
+    @property
+    def has_spectra(self) -> bool:
+        return "spectra" in self.modalities
+
     def resolve_embedding_layer(self, layer: str | int | None = None) -> int:
         """Block index whose output feeds the pooling; `num_hidden_layers` means "after the final LayerNorm"."""
-        layer = self.embedding_layer if layer is None else layer
-        if layer == "last":
-            return self.num_hidden_layers
-        if layer == "middle":
-            return self.num_hidden_layers // 2
+        layer = _plain(self.embedding_layer if layer is None else layer)
+        if isinstance(layer, str) and layer in ("last", "middle"):
+            return self.num_hidden_layers if layer == "last" else self.num_hidden_layers // 2
         if isinstance(layer, int) and not isinstance(layer, bool):
             index = layer + self.num_hidden_layers if layer < 0 else layer
             if 0 <= index < self.num_hidden_layers:
                 return index
         raise ValueError(
             f"AstroPTConfig.embedding_layer={layer!r} is not valid; expected 'last', 'middle' or a block index "
-            f"in [-{self.num_hidden_layers}, {self.num_hidden_layers - 1}]"
+            f"in [-{self.num_hidden_layers}, {self.num_hidden_layers - 1}] (num_hidden_layers={self.num_hidden_layers})"
         )
 
     # --- validation -------------------------------------------------------------------------------
     def validate_astropt(self) -> None:
-        """Raise `ValueError` naming the field and value of any invalid setting or combination."""
-        for field in ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
-                      "num_attention_heads", "intermediate_size", "max_position_embeddings", "pooling_num_patches"):
-            _require_positive_int(field, getattr(self, field))
+        """The one validation path: every field's kind and domain, their combinations and the size limits.
+        Raises `TypeError` (a wrong kind; also a `ValueError`) or `ValueError` naming the field, the expected
+        domain and the value; stores numpy scalars as Python numbers and fills the None defaults. Idempotent:
+        `from_pretrained` sets keyword overrides after the constructor, so every model calls it again."""
+        self._check_sizes(_SHAPE_FIELDS)
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        self._validate_geometry()
+        if self.max_position_embeddings is None:
+            self.max_position_embeddings = self.num_patches
+        self._check_sizes(_COUNT_FIELDS)
+        if self.num_patches > self.max_position_embeddings:
+            raise ValueError(
+                f"AstroPTConfig.max_position_embeddings={self.max_position_embeddings} is smaller than the "
+                f"number of patches {self.num_patches} (image_size={self.image_size}, patch_size={self.patch_size})"
+            )
+        for field, (expected, within) in _REAL_FIELDS.items():
+            setattr(self, field, _real(field, getattr(self, field), expected, within))
+        for field in _FLAG_FIELDS:
+            setattr(self, field, _flag(field, getattr(self, field)))
+        for field, choices in _CHOICE_FIELDS.items():
+            setattr(self, field, _require_choice(field, getattr(self, field), choices))
+        self._validate_modalities()
+        self.embedding_layer = _plain(self.embedding_layer)
+        self.resolve_embedding_layer()
+        self._validate_objective()
+        self._validate_head()
+        self._check_parameter_count()
+
+    def _check_sizes(self, fields) -> None:
+        for field in fields:
+            setattr(self, field, _integer(field, getattr(self, field), self.MAX_SIZES[field]))
+
+    def _validate_geometry(self) -> None:
         if self.image_size % self.patch_size != 0:
             raise ValueError(
                 f"AstroPTConfig.image_size={self.image_size} is not divisible by patch_size={self.patch_size}"
@@ -260,51 +366,44 @@ class AstroPTConfig(PretrainedConfig):
                 f"AstroPTConfig.hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
             )
-        if self.num_patches > self.max_position_embeddings:
-            raise ValueError(
-                f"AstroPTConfig.max_position_embeddings={self.max_position_embeddings} is smaller than the "
-                f"number of patches {self.num_patches} (image_size={self.image_size}, patch_size={self.patch_size})"
-            )
-        _require_choice("patch_embedding", self.patch_embedding, PATCH_EMBEDDINGS)
-        _require_choice("patch_order", self.patch_order, PATCH_ORDERS)
-        _require_choice("patch_norm", self.patch_norm, PATCH_NORMS)
-        _require_choice("loss", self.loss, LOSSES)
-        _require_choice("pooling", self.pooling, POOLINGS)
-        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            value = getattr(self, field)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"AstroPTConfig.{field}={value!r} is not valid; expected a value in [0, 1)")
-        if not (self.huber_delta > 0 and math.isfinite(self.huber_delta)):
-            raise ValueError(f"AstroPTConfig.huber_delta={self.huber_delta!r} is not valid; expected > 0")
-        self._validate_modalities()
-        self.resolve_embedding_layer()
-        self._validate_objective()
-        self._validate_head()
+        for name, size in (("num_patches", self.num_patches), ("patch_dim", self.patch_dim)):
+            if size > self.MAX_SIZES[name]:
+                raise ValueError(
+                    f"AstroPTConfig.image_size={self.image_size}, patch_size={self.patch_size} and num_channels="
+                    f"{self.num_channels} give {name}={size}, over the limit of {self.MAX_SIZES[name]}; raise "
+                    f"AstroPTConfig.MAX_SIZES[{name!r}] to lift it"
+                )
 
-    @property
-    def has_spectra(self) -> bool:
-        return "spectra" in self.modalities
+    def approximate_num_parameters(self) -> int:
+        """An upper estimate of the pretraining model's parameter count, from the config alone: the blocks with
+        biases, the position table, and the patch tokeniser and head (and the spectrum's) as the widest kind."""
+        width, inner = self.hidden_size, self.intermediate_size
+        blocks = self.num_hidden_layers * (4 * width * width + 2 * width * inner + 9 * width + inner) + 2 * width
+        tokenisers = 8 * width * (self.patch_dim + width + 2) + self.patch_dim + self.max_position_embeddings * width
+        if self.has_spectra:  # tokeniser, position MLP and head, plus the learned position table
+            size = self.spectrum_patch_size
+            tokenisers += 12 * width * (size + width + 2) + 3 * size + self.spectrum_max_patches * width
+        return blocks + tokenisers
+
+    def _check_parameter_count(self) -> None:
+        count = self.approximate_num_parameters()
+        if count > self.MAX_PARAMETERS:
+            fields = ["hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
+                      "patch_size", "num_channels"] + (["spectrum_patch_size"] if self.has_spectra else [])
+            sizes = ", ".join(f"{field}={getattr(self, field)}" for field in fields)
+            raise ValueError(f"AstroPTConfig sizes {sizes} make a model of about {count:,} parameters, over the "
+                             f"limit of {self.MAX_PARAMETERS:,}; raise AstroPTConfig.MAX_PARAMETERS to lift it")
 
     def _validate_modalities(self) -> None:
-        names = self.modalities
+        names = list(self.modalities) if isinstance(self.modalities, tuple) else self.modalities
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-            raise ValueError(f"AstroPTConfig.modalities={names!r} is not valid; expected a list of distinct names")
+            raise _invalid("modalities", names, "a list of distinct names",
+                           ValueError if isinstance(names, list) else AstroPTConfigTypeError)
         for name in names:
             _require_choice("modalities", name, MODALITIES)
         if "images" not in names:
             raise ValueError(f"AstroPTConfig.modalities={names!r} is not valid; images are always a modality")
         self.modalities = [n for n in MODALITIES if n in names]  # sequence order, whatever order was given
-        _require_positive_int("spectrum_patch_size", self.spectrum_patch_size)
-        _require_positive_int("spectrum_max_patches", self.spectrum_max_patches)
-        _require_choice("spectrum_position_encoding", self.spectrum_position_encoding, SPECTRUM_POSITION_ENCODINGS)
-        for field in ("spectrum_wavelength_offset", "spectrum_wavelength_scale", "image_loss_weight",
-                      "spectrum_loss_weight"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-                field != "spectrum_wavelength_offset" and value <= 0
-            ):
-                raise ValueError(f"AstroPTConfig.{field}={value!r} is not valid; expected a finite number"
-                                 + ("" if field == "spectrum_wavelength_offset" else " > 0"))
         if self.has_spectra and (self.objective != "next_patch" or self.attention_pattern != "causal"):
             raise ValueError(
                 "AstroPTConfig.modalities with 'spectra' needs objective='next_patch' and attention_pattern='causal' "
@@ -312,14 +411,6 @@ class AstroPTConfig(PretrainedConfig):
             )
 
     def _validate_objective(self) -> None:
-        _require_choice("objective", self.objective, OBJECTIVES)
-        _require_choice("attention_pattern", self.attention_pattern, ATTENTION_PATTERNS)
-        if isinstance(self.mask_ratio, bool) or not isinstance(self.mask_ratio, (int, float)) or not (
-            0.0 < self.mask_ratio < 1.0
-        ):
-            raise ValueError(f"AstroPTConfig.mask_ratio={self.mask_ratio!r} is not valid; expected a value in (0, 1)")
-        if not isinstance(self.norm_pix_loss, bool):
-            raise ValueError(f"AstroPTConfig.norm_pix_loss={self.norm_pix_loss!r} is not valid; expected True or False")
         if self.objective == "masked_patch" and self.attention_pattern == "causal":
             raise ValueError(
                 "AstroPTConfig.objective='masked_patch' needs attention_pattern='bidirectional' or 'prefix' "
@@ -327,31 +418,27 @@ class AstroPTConfig(PretrainedConfig):
             )
 
     def _validate_head(self) -> None:
-        """Also fills `pdf_bins` from `pdf_min`, `pdf_max` and `pdf_num_bins`: `from_pretrained` sets keyword
-        overrides after the constructor, so the model calls this again before building its head."""
-        _require_choice("head_type", self.head_type, HEAD_TYPES)
-        _require_positive_int("pdf_num_bins", self.pdf_num_bins)
+        """Also fills `pdf_bins` from `pdf_min`, `pdf_max` and `pdf_num_bins`."""
+        for field in ("pdf_min", "pdf_max"):
+            if getattr(self, field) is not None:
+                setattr(self, field, _real(field, getattr(self, field), "(or None)", lambda x: True))
         if self.pdf_bins is None and self.pdf_min is not None and self.pdf_max is not None:
-            low, high, count = float(self.pdf_min), float(self.pdf_max), self.pdf_num_bins
+            low, high, count = self.pdf_min, self.pdf_max, self.pdf_num_bins
             self.pdf_bins = [low + (high - low) * i / count for i in range(count + 1)]
-        _require_positive_int("pdf_num_components", self.pdf_num_components)
-        smoothing = self.pdf_label_smoothing
-        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < math.inf:
-            raise ValueError(f"AstroPTConfig.pdf_label_smoothing={smoothing!r} is not valid; expected >= 0")
         if self.head_type == "linear" and self.pdf_bins is None:
             return
-        edges = self.pdf_bins
+        edges = self.pdf_bins.tolist() if hasattr(self.pdf_bins, "tolist") else self.pdf_bins
+        valid = isinstance(edges, (list, tuple)) and 2 <= len(edges) <= self.MAX_SIZES["pdf_num_bins"] + 1
         try:
-            edges = [float(edge) for edge in edges]
-            valid = len(edges) >= 2 and all(math.isfinite(e) for e in edges) and all(
-                high > low for low, high in zip(edges, edges[1:])
-            )
-        except (TypeError, ValueError):
+            edges = [_real("pdf_bins", edge, "", lambda x: True) for edge in edges] if valid else edges
+            valid = valid and all(high > low for low, high in zip(edges, edges[1:]))
+        except ValueError:  # also the TypeError of a wrong kind
             valid = False
         if not valid:
             raise ValueError(
                 f"AstroPTConfig.pdf_bins={self.pdf_bins!r} is not valid for head_type={self.head_type!r}; expected "
-                "at least 2 finite, increasing edges (or pdf_min < pdf_max and pdf_num_bins)"
+                f"2 to {self.MAX_SIZES['pdf_num_bins'] + 1} finite, increasing edges (or pdf_min < pdf_max and "
+                "pdf_num_bins)"
             )
         self.pdf_bins = edges
 
@@ -364,6 +451,14 @@ class AstroPTConfig(PretrainedConfig):
         if self.head_type == "gaussian_mixture":
             return 3 * self.pdf_num_components
         return self.num_labels
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Keyword overrides of astroPT fields (as `from_pretrained` passes them) go through the constructor, so
+        they are checked and converted before transformers uses the config; other keywords as transformers'."""
+        fields = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in fields}
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
 
     # --- presets ----------------------------------------------------------------------------------
     @classmethod
@@ -379,5 +474,5 @@ class AstroPTConfig(PretrainedConfig):
 
 __all__ = [
     "ASTROPT_PRESETS", "ATTENTION_PATTERNS", "DEFAULT_AUTO_MAP", "HEAD_TYPES", "MODALITIES", "OBJECTIVES",
-    "AstroPTConfig",
+    "AstroPTConfig", "AstroPTConfigTypeError",
 ]

@@ -58,9 +58,8 @@ def patch_order(config: AstroPTConfig) -> np.ndarray:
 
 
 class AstroPTPatchify(nn.Module):
-    """Cuts images into ordered, normalised patch vectors and puts patch sequences back into images. A patch
-    vector is laid out (p1 p2 c), i.e. pixel rows, then pixel columns, then bands. The two speed helpers
-    (`_cut_and_order`, `normalise`) are marked as such; everything else is plain geometry."""
+    """Cuts images into ordered, normalised patch vectors (laid out (p1 p2 c): pixel rows, pixel columns,
+    bands) and puts patch sequences back; the two speed helpers are marked as such, the rest is geometry."""
 
     def __init__(self, config: AstroPTConfig):
         super().__init__()
@@ -97,13 +96,10 @@ class AstroPTPatchify(nn.Module):
 
     # --- speed helpers: the same result as a plain reshape / gather / std_mean, with less memory traffic ---
     def _cut_and_order(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Speed helper. (B, C, H, W) -> (B, T, P) float32 patch vectors in sequence order, not normalised:
-        cutting and ordering happen while the data is still in its input dtype (for uint8 images a quarter
-        of the float32 traffic), with two copies that each move contiguous runs: first to pixel-interleaved
-        (B, rows, cols, C) (a no-op for channels-last input), then whole patch rows of patch_size * C values;
-        cutting straight from (C, H, W) would gather every value from C separate planes. The order is one
-        gather with the precomputed index, and the conversion to float happens once, at the end.
-        """
+        """Speed helper. (B, C, H, W) -> (B, T, P) float32 patches in sequence order, not normalised. Cut and
+        ordered in the input dtype (uint8: a quarter of the float32 traffic) by two copies of contiguous runs:
+        to pixel-interleaved (B, rows, cols, C) (free for channels-last input), then whole patch rows;
+        cutting from (C, H, W) would gather every value from C planes. Then one gather, one cast to float."""
         batch, g, p, c = pixel_values.shape[0], self.grid_size, self.patch_size, self.num_channels
         # upstream reads (C, W, H): transposing the image transposes both the grid and each patch
         dims = (0, 3, 2, 1) if self.transpose_patch_grid else (0, 2, 3, 1)
@@ -119,12 +115,10 @@ class AstroPTPatchify(nn.Module):
         return patches
 
     def normalise(self, patches: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """Speed helper. Per-patch (or per-image) standardisation, as upstream: minus the mean, over the
-        unbiased std + eps. Vectorised passes (shift, mean, then the norm of the centred values) instead of
-        `torch.std_mean`, whose double-precision Welford kernel is much slower on CPUs. Shifting by each
-        patch's first value first keeps the float32 mean accurate for data far from zero (e.g. a sky level of
-        1000), so the two agree to float32 rounding. `inplace` overwrites `patches` instead of allocating new
-        tensors."""
+        """Speed helper. Per-patch (or per-image) standardisation as upstream: minus the mean, over the unbiased
+        std + eps, in vectorised passes instead of `torch.std_mean` (a double-precision Welford kernel, much
+        slower on CPUs). Shifting by each patch's first value keeps the float32 mean accurate far from zero
+        (e.g. a sky level of 1000). `inplace` overwrites `patches` instead of allocating."""
         if self.patch_norm == "none":
             return patches
         dims = (-1,) if self.patch_norm == "per_patch" else (-2, -1)
@@ -149,10 +143,9 @@ class AstroPTPatchify(nn.Module):
 
 @dataclass
 class AstroPTSpectrumPatches:
-    """A spectrum as the model's patches: runs of `spectrum_patch_size` samples, zero-padded at the end as
-    upstream, each (B, S, spectrum_patch_size): `values` (flux, bad and padded samples zeroed), `positions`
-    (the wavelength position input, zero where padded; None for learned positions), `valid` (the real, good
-    samples: only they count in the loss); `start`: the index of the first patch in its spectrum."""
+    """A spectrum as the model's patches of `spectrum_patch_size` samples (zero-padded at the end, as upstream),
+    each (B, S, size): `values` (bad and padded samples zeroed), `positions` (wavelength position input, 0 where
+    padded; None if learned), `valid` (the good samples, the only ones in the loss); `start`: first patch index."""
 
     values: torch.Tensor
     positions: torch.Tensor | None
@@ -222,13 +215,10 @@ class AstroPTPatchMLP(nn.Module):
 
 
 class AstroPTEmbeddings(nn.Module):
-    """Patch tokeniser plus learned positions (positions count along the sequence, not the image).
-
-    A `masked_patch` model also has the learned `mask_token` that replaces the embedding of every masked
-    patch; the position embedding is added to every token, masked or not, so the model knows where the
-    patch it reconstructs sits. Spectrum tokens (after the image's) have their own tokeniser and positions:
-    an MLP of the same kind from each patch's wavelength position input (upstream) or a table by patch index.
-    """
+    """Patch tokeniser plus learned positions (counted along the sequence, not the image). A `masked_patch`
+    model's `mask_token` replaces the embedding of every masked patch; positions are added to every token,
+    masked or not, so the model knows where the patch it reconstructs sits. Spectrum tokens (after the image's)
+    have their own tokeniser and positions: an MLP of each patch's wavelengths (upstream) or a table by index."""
 
     def __init__(self, config: AstroPTConfig):
         super().__init__()
@@ -283,13 +273,10 @@ def _causal_mask(query_length: int, key_length: int, device: torch.device) -> to
 def attention_mask_for(
     pattern: str, query_length: int, key_length: int, prefix_length: int | torch.Tensor | None, device: torch.device
 ) -> tuple[torch.Tensor | None, bool]:
-    """(mask, is_causal) for queries that are the last `query_length` of `key_length` positions. `mask` is
-    None where the pattern needs none: bidirectional attention, a single query (it is the last
-    position, so it sees every key), a square causal pattern (`is_causal` lets SDPA use its fast kernels)
-    and a prefix that covers every key (also `prefix_length=None`). A prefix mask lets a query see every
-    key inside the prefix and every key not in its future; a (B,) `prefix_length` gives a (B, 1, Tq, Tk)
-    mask, one per image.
-    """
+    """(mask, is_causal) for queries that are the last `query_length` of `key_length` positions. No mask where
+    none is needed: bidirectional attention, a single query (the last position sees every key), a square
+    causal pattern (`is_causal` lets SDPA use its fast kernels), a prefix covering every key (or None). A
+    prefix mask shows each query the prefix and its past; a (B,) `prefix_length` gives (B, 1, Tq, Tk)."""
     if pattern == "bidirectional" or query_length == 1:
         return None, False
     if pattern == "causal":
@@ -339,8 +326,7 @@ class AstroPTLayerCache:
     history, so a step costs the same at position 600 as at position 1."""
 
     def __init__(self, max_length: int):
-        self.max_length = max_length
-        self.length = 0
+        self.max_length, self.length = max_length, 0
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
 
@@ -450,6 +436,10 @@ class AstroPTPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
 
+    def __init__(self, config: AstroPTConfig, *inputs, **kwargs):
+        config.validate_astropt()  # keyword overrides to from_pretrained skip the config's own checks
+        super().__init__(config, *inputs, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers); the mask
         token N(0, initializer_range) as upstream."""
@@ -458,16 +448,14 @@ class AstroPTPreTrainedModel(PreTrainedModel):
             if getattr(module, "_is_residual_projection", False):
                 std = std / math.sqrt(2 * self.config.num_hidden_layers)
             nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
         elif isinstance(module, AstroPTEmbeddings) and module.mask_token is not None:
             nn.init.normal_(module.mask_token, mean=0.0, std=std)
+        if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def pool_patch_embeddings(hidden_states: torch.Tensor, pooling: str, num_patches: int) -> torch.Tensor:
@@ -563,11 +551,9 @@ class AstroPTModel(AstroPTPreTrainedModel):
                 raise ValueError(f"prefix_length needs attention_pattern='prefix'; this model is "
                                  f"{self.config.attention_pattern!r}")
             # tensors are checked by shape only: reading their values would synchronise with the GPU
-            if torch.is_tensor(prefix_length):
-                invalid = prefix_length.dim() > 1 or prefix_length.numel() not in (1, sequence.shape[0])
-            else:
-                invalid = isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or prefix_length < 0
-            if invalid:
+            if (prefix_length.dim() > 1 or prefix_length.numel() not in (1, sequence.shape[0])
+                    if torch.is_tensor(prefix_length) else
+                    isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or prefix_length < 0):
                 raise ValueError(f"prefix_length must be an int >= 0, or a tensor of one length or of one per image "
                                  f"({sequence.shape[0]}); got {prefix_length!r}")
 
@@ -587,11 +573,7 @@ class AstroPTModel(AstroPTPreTrainedModel):
         length = hidden.shape[1]
         mask, is_causal = attention_mask_for(self.config.attention_pattern, length, offset + length, prefix_length,
                                              hidden.device)
-        final_layernorm = num_blocks is None
-        num_blocks = len(self.layers) if num_blocks is None else num_blocks
-        all_hidden = [hidden] if output_hidden_states else None
-        attentions = [] if output_attentions else None
-        kept = None
+        all_hidden, attentions, kept = [hidden] if output_hidden_states else [], [], None
         for index, block in enumerate(self.layers[:num_blocks]):
             layer_cache = past_key_values[index] if past_key_values is not None else None
             if self.gradient_checkpointing and self.training and layer_cache is None:
@@ -601,14 +583,14 @@ class AstroPTModel(AstroPTPreTrainedModel):
                 hidden, weights = block(hidden, mask, is_causal, layer_cache, output_attentions)
             if index == keep_block:
                 kept = hidden
-            if all_hidden is not None:
+            if output_hidden_states:
                 all_hidden.append(hidden)
-            if attentions is not None:
+            if output_attentions:
                 attentions.append(weights)
-        if final_layernorm:
+        if num_blocks is None:
             hidden = self.layernorm(hidden)
-        return _BlockOutputs(hidden, kept, tuple(all_hidden) if all_hidden is not None else None,
-                             tuple(attentions) if attentions is not None else None)
+        return _BlockOutputs(hidden, kept, tuple(all_hidden) if output_hidden_states else None,
+                             tuple(attentions) if output_attentions else None)
 
     def forward(
         self, pixel_values: torch.Tensor | None = None, input_patches: torch.Tensor | None = None,
@@ -621,18 +603,17 @@ class AstroPTModel(AstroPTPreTrainedModel):
         r"""
         pixel_values (`torch.Tensor` of shape (B, C, H, W)): images from `AstroPTImageProcessor` (float) or
             raw uint8 images (scaled by 1/255 here).
-        input_patches (`torch.Tensor` of shape (B, T, P)): an already ordered and normalised patch sequence,
-            e.g. from `image_to_patches`, instead of `pixel_values`.
-        bool_masked_pos (`torch.BoolTensor` of shape (B, T)): `masked_patch` models only; True marks the
-            sequence positions whose embedding is replaced by the mask token.
-        prefix_length (`int`, or `torch.LongTensor` of shape (B,) or (1,)): `prefix` models only; the first
-            `prefix_length` positions attend to each other bidirectionally, later ones causally. Default:
-            the whole sequence (bidirectional features).
-        past_key_values (list of `AstroPTLayerCache`, one per block): keys and values of earlier positions,
+        input_patches (`torch.Tensor` of shape (B, T, P)): an ordered, normalised patch sequence instead (e.g.
+            from `image_to_patches`).
+        bool_masked_pos (`torch.BoolTensor` of shape (B, T)): `masked_patch` models; True marks the positions
+            whose embedding is replaced by the mask token.
+        prefix_length (`int`, or `torch.LongTensor` of shape (B,) or (1,)): `prefix` models; the first
+            `prefix_length` positions attend bidirectionally, later ones causally. Default: the whole sequence.
+        past_key_values (list of `AstroPTLayerCache`, one per block): earlier positions' keys and values,
             extended in place; the new patches continue the cached sequence.
-        spectrum_values, spectrum_wavelengths, spectrum_mask (`torch.Tensor` (B, L)): models with spectra; as
-            for `spectrum_to_patches` (or `spectrum_patches` from it). The sequence is the image's patches, then
-            the spectrum's; either alone works too. The pooled output covers every modality given (see `pool`).
+        spectrum_values, spectrum_wavelengths, spectrum_mask (`torch.Tensor` (B, L)): models with spectra, as for
+            `spectrum_to_patches` (or its `spectrum_patches`). The sequence is the image's patches, then the
+            spectrum's (either alone works); the pooled output covers every modality given (see `pool`).
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -657,12 +638,9 @@ class AstroPTModel(AstroPTPreTrainedModel):
         spectrum_wavelengths: torch.Tensor | None = None, spectrum_mask: torch.Tensor | None = None,
         modality: str | None = None,
     ) -> torch.Tensor:
-        """One embedding per galaxy, (B, D), running only the blocks the chosen layer needs.
-
-        `layer`, `pooling` and `pooling_num_patches` default to the config's `embedding_layer`, `pooling`
-        and `pooling_num_patches`; `prefix_length` (prefix models) to the whole image. `modality` picks the
-        patches pooled (`"images"`, `"spectra"`, `"both"`; default all given; see `pool`).
-        """
+        """One embedding per galaxy, (B, D), running only the blocks the chosen layer needs. `layer`, `pooling`
+        and `pooling_num_patches` default to the config's (`embedding_layer`, ...), `prefix_length` (prefix
+        models) to the whole image; `modality` picks the patches pooled (see `pool`)."""
         index = self.config.resolve_embedding_layer(layer)
         num_blocks = None if index == self.config.num_hidden_layers else index + 1
         sequence, spectrum = self.model_inputs(pixel_values, input_patches, spectrum_values, spectrum_wavelengths,
@@ -680,16 +658,14 @@ class AstroPTModel(AstroPTPreTrainedModel):
 class AstroPTForPreTrainingOutput(ModelOutput):
     """
     loss: `next_patch`: the regression loss (Huber or MSE) of the predictions of patches 1..T-1 (for a prefix
-        model only of the patches after the prefix); `masked_patch`: the loss over the masked positions.
-    predictions (B, T, P): `next_patch`: `predictions[:, t]` predicts sequence patch t + 1 (the last one looks
-        past the image); `masked_patch`: the reconstruction of every position (of the standardised patch with
-        `norm_pix_loss`).
-    target_patches (B, T, P): the ordered, normalised input sequence the predictions are compared against.
-    mask (B, T): `masked_patch` only; True at the masked positions.
-    Models with spectra also report `image_loss`, `spectrum_loss` (unweighted; `loss` is their weighted sum
-    over the number of modalities present), `spectrum_predictions` (B, S, spectrum_patch_size), where `[:, s]`
-    predicts spectrum patch s (patch 0 from the last image position; NaN without an image), and the spectrum's
-    `spectrum_target_patches` and `spectrum_valid` (the samples in the loss).
+        model, of the patches after the prefix); `masked_patch`: the loss over the masked positions.
+    predictions (B, T, P): `next_patch`: `[:, t]` predicts sequence patch t + 1 (the last looks past the image);
+        `masked_patch`: the reconstruction of every position (standardised patches with `norm_pix_loss`).
+    target_patches (B, T, P): the ordered, normalised input sequence; mask (B, T): `masked_patch`'s masked positions.
+    Models with spectra also report `image_loss`, `spectrum_loss` (unweighted; `loss` is their weighted sum over
+    the number of modalities present), `spectrum_predictions` (B, S, spectrum_patch_size), `[:, s]` predicting
+    spectrum patch s (patch 0 from the last image position; NaN without an image), `spectrum_target_patches` and
+    `spectrum_valid` (the samples in the loss).
     """
 
     loss: torch.FloatTensor | None = None
@@ -725,17 +701,11 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         """(B, T, P) in sequence order -> (B, C, H, W): order undone and patches put back."""
         return self.astropt.patchify.unpatchify(patches)
 
-    def patch_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.elementwise_loss(predictions, targets).mean()
-
     def elementwise_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The configured loss (Huber or MSE) of every value, unreduced."""
         if self.config.loss == "huber":
             return F.huber_loss(predictions, targets, delta=self.config.huber_delta, reduction="none")
         return F.mse_loss(predictions, targets, reduction="none")
-
-    def per_patch_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(B, T, P) -> (B, T): the configured loss averaged over each patch's values."""
-        return self.elementwise_loss(predictions, targets).mean(dim=-1)
 
     def _spectrum_outputs(self, hidden: torch.Tensor, num_image_patches: int, spectrum: AstroPTSpectrumPatches) -> dict:
         """Spectrum predictions and loss. After T image patches, position T - 1 + s predicts spectrum patch s
@@ -756,15 +726,13 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         """(B, T) bool: round(mask_ratio * T) masked positions per image (at least one), drawn independently."""
         length = self.config.num_patches
         count = max(1, round(self.config.mask_ratio * length))
-        noise = torch.rand(batch_size, length, device=device, generator=generator)
-        chosen = noise.argsort(dim=1)[:, :count]
+        chosen = torch.rand(batch_size, length, device=device, generator=generator).argsort(dim=1)[:, :count]
         return torch.zeros(batch_size, length, dtype=torch.bool, device=device).scatter_(1, chosen, True)
 
     def _default_prefix_length(self, length: int, device: torch.device) -> int | torch.Tensor:
-        """Training draws one prefix length per batch, uniform in [1, T-1] (AIM); evaluation uses half the
-        sequence, so that validation losses are comparable. (The backbone's features default to the whole
-        image instead, but then no patch would be left to predict.) The drawn length stays a (1,) tensor on
-        the device: no host synchronisation, and torch.compile sees one graph for every length."""
+        """Training draws one prefix length per batch, uniform in [1, T-1] (AIM), as a (1,) tensor on the device
+        (no host synchronisation; one torch.compile graph for every length); evaluation uses half the sequence,
+        so validation losses compare. (Not the whole image, as for features: nothing would be left to predict.)"""
         if self.training:
             return torch.randint(1, max(length, 2), (1,), device=device)
         return max(1, length // 2)
@@ -773,20 +741,20 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         length = sequence.shape[1]
         if length <= 1:
             return None
+        elementwise = self.elementwise_loss(predictions[:, :-1].float(), sequence[:, 1:].float())
         if prefix_length is None:
-            return self.patch_loss(predictions[:, :-1].float(), sequence[:, 1:].float())
+            return elementwise.mean()
         # prediction t is of patch t + 1: count the patches from index prefix_length on
         prefix = torch.as_tensor(prefix_length, device=sequence.device).reshape(-1, 1)
         counted = (torch.arange(1, length, device=sequence.device) >= prefix).expand(sequence.shape[0], -1)
-        per_patch = self.per_patch_loss(predictions[:, :-1].float(), sequence[:, 1:].float())
-        return (per_patch * counted).sum() / counted.sum().clamp(min=1)
+        return (elementwise.mean(dim=-1) * counted).sum() / counted.sum().clamp(min=1)
 
     def _masked_patch_loss(self, predictions, sequence, mask) -> torch.Tensor:
         targets = sequence.float()
         if self.config.norm_pix_loss:
             mean, var = targets.mean(dim=-1, keepdim=True), targets.var(dim=-1, keepdim=True)
             targets = (targets - mean) / (var + 1e-6).sqrt()
-        per_patch = self.per_patch_loss(predictions.float(), targets)
+        per_patch = self.elementwise_loss(predictions.float(), targets).mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
     def forward(
@@ -797,11 +765,10 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs,
     ) -> AstroPTForPreTrainingOutput | tuple:
         r"""
-        bool_masked_pos (`torch.BoolTensor` of shape (B, T)): `masked_patch` models; True marks a masked
-            sequence position (the BEiT/SimMIM convention). Default: a random mask of `mask_ratio` per image.
-        prefix_length (`int` or `torch.LongTensor` of shape (B,)): `prefix` models; patches inside the
-            prefix attend bidirectionally and are not predicted. Default: a random length per batch in
-            training, half the sequence in evaluation.
+        bool_masked_pos (`torch.BoolTensor` of shape (B, T)): `masked_patch` models; True marks a masked position
+            (the BEiT/SimMIM convention). Default: a random mask of `mask_ratio` per image.
+        prefix_length (`int` or `torch.LongTensor` of shape (B,)): `prefix` models; patches inside the prefix
+            attend bidirectionally and are not predicted. Default: random per batch in training, else half.
         spectrum_values, spectrum_wavelengths, spectrum_mask: as for `AstroPTModel` (masked, non-finite and
             padded spectrum samples never count in the loss)."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -812,11 +779,9 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
             bool_masked_pos = self.random_patch_mask(sequence.shape[0], sequence.device)
         if not masked and self.config.attention_pattern == "prefix" and prefix_length is None:
             prefix_length = self._default_prefix_length(sequence.shape[1], sequence.device)
-        outputs = self.astropt(
-            input_patches=sequence, spectrum_patches=spectrum, bool_masked_pos=bool_masked_pos,
-            prefix_length=prefix_length, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-        )
+        outputs = self.astropt(input_patches=sequence, spectrum_patches=spectrum, bool_masked_pos=bool_masked_pos,
+                               prefix_length=prefix_length, output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states, return_dict=True)
         hidden, length = outputs.last_hidden_state, 0 if sequence is None else sequence.shape[1]
         predictions = loss = None
         if sequence is not None:
@@ -835,12 +800,10 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
 
     @torch.no_grad()
     def fill_masked_patches(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
-        """Inpainting: (B, C, H, W) images with the patches marked in `bool_masked_pos` (B, T, sequence order)
-        replaced by the model's reconstruction. `masked_patch` models only. The result is in the model's patch
-        space (after its normalisation, like `patches_to_image`): the unmasked patches are exactly
-        `patches_to_image(image_to_patches(pixel_values))`, which equals `pixel_values` for
-        `patch_norm="none"`. With `norm_pix_loss` the reconstructions are of standardised patches (mean 0,
-        variance 1), since a masked patch's own mean and variance are what is unknown."""
+        """Inpainting (`masked_patch` models): (B, C, H, W) images with the patches marked in `bool_masked_pos`
+        (B, T, sequence order) replaced by the reconstruction, in the model's patch space: unmasked patches are
+        `patches_to_image(image_to_patches(pixel_values))` (`pixel_values` itself for `patch_norm="none"`). With
+        `norm_pix_loss` reconstructions are standardised patches: a masked patch's mean and variance are unknown."""
         if self.config.objective != "masked_patch":
             raise ValueError(f"fill_masked_patches needs objective='masked_patch'; this model is "
                              f"{self.config.objective!r}")
@@ -872,12 +835,9 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         self, prompt_patches: torch.Tensor, num_new_patches: int, temperature: float = 0.0, use_cache: bool = True,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Continue a (B, T0, P) prompt in sequence order by `num_new_patches`; returns (B, T0 + N, P). Each
-        new patch is the head's regression output plus Gaussian noise of std `temperature` (0: none),
-        as upstream. A prefix model reads the prompt as its prefix (bidirectionally) and the new patches
-        causally. With `use_cache`, keys and values are kept, so each new patch costs one single-position
-        forward instead of re-running the whole sequence.
-        """
+        """Continue a (B, T0, P) prompt in sequence order by `num_new_patches`; returns (B, T0 + N, P). Each new
+        patch is the head's output plus Gaussian noise of std `temperature` (0: none), as upstream. A prefix
+        model reads the prompt as its prefix. `use_cache` keeps keys and values: one position per forward."""
         if num_new_patches <= 0:
             return prompt_patches
         prompt_length = prompt_patches.shape[1]
@@ -890,10 +850,9 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
         step_input = prompt_patches
         for position in range(prompt_length, total):
             step_prefix = prefix_length if cache is None or position == prompt_length else None
-            hidden = self.astropt(
-                input_patches=step_input, prefix_length=step_prefix, past_key_values=cache, return_dict=True,
-                output_attentions=False, output_hidden_states=False,
-            ).last_hidden_state
+            hidden = self.astropt(input_patches=step_input, prefix_length=step_prefix, past_key_values=cache,
+                                  return_dict=True, output_attentions=False,
+                                  output_hidden_states=False).last_hidden_state
             new_patch = self._with_noise(self.patch_head(hidden[:, -1:]), temperature, generator)
             if sequence is None:  # the dtype a concatenation of prompt and patches would have
                 dtype = torch.promote_types(prompt_patches.dtype, new_patch.dtype)
@@ -940,12 +899,9 @@ class AstroPTForPreTraining(AstroPTPreTrainedModel):
 
 
 def binned_pdf_nll(logits: torch.Tensor, labels: torch.Tensor, edges: torch.Tensor, smoothing: float = 0.0):
-    """Mean of -log(p_bin / bin width): the likelihood of each label under the piecewise-constant density
-    that softmax(logits) puts on the bins `edges` (labels outside the range count in the end bins).
-
-    With `smoothing` > 0 the one-hot target becomes a Gaussian of that many mean bin widths, integrated
-    over the bins, so a training label also teaches its neighbouring bins.
-    """
+    """Mean of -log(p_bin / bin width): each label's likelihood under the piecewise-constant density that
+    softmax(logits) puts on the bins `edges` (labels outside the range count in the end bins). With `smoothing`
+    > 0 the one-hot target is a Gaussian of that many mean bin widths, so a label also teaches its neighbours."""
     widths = edges.diff()
     log_density = logits.float().log_softmax(-1) - widths.log()
     labels = labels.reshape(-1).float().clamp(edges[0], edges[-1])
@@ -973,15 +929,14 @@ def gaussian_mixture_nll(outputs: torch.Tensor, labels: torch.Tensor, edges: tor
 
 class AstroPTForImageClassification(AstroPTPreTrainedModel):
     """astroPT with a linear head on the pooled image embedding, for classification or regression
-    (`config.problem_type` as in transformers' image classifiers), or a probability density of one
-    continuous target (`config.head_type`: `"binned_pdf"` or `"gaussian_mixture"`, trained on its likelihood).
-    """
+    (`config.problem_type` as in transformers' image classifiers), or a probability density of one continuous
+    target (`config.head_type`: `"binned_pdf"` or `"gaussian_mixture"`, trained on its likelihood)."""
 
-    _keys_to_ignore_on_load_unexpected = [r"patch_head\."]  # the backbone of a pretraining checkpoint
+    # the pretraining heads of a checkpoint (images, and spectra for multimodal ones) beside its backbone
+    _keys_to_ignore_on_load_unexpected = [r"patch_head\.", r"spectrum_head\."]
 
     def __init__(self, config: AstroPTConfig):
         super().__init__(config)
-        config.validate_astropt()  # keyword overrides to from_pretrained skip the config's own checks
         self.num_labels = config.num_labels
         self.astropt = AstroPTModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -998,14 +953,9 @@ class AstroPTForImageClassification(AstroPTPreTrainedModel):
                 module.bias[count : 2 * count].copy_(torch.linspace(-1, 1, count + 2)[1:-1])
 
     def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        prefix_length: int | torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+        prefix_length: int | torch.Tensor | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs,
     ) -> ImageClassifierOutput | tuple:
         r"""
         labels (`torch.Tensor` of shape (B,) or (B, num_labels)): class indices for single-label
@@ -1014,40 +964,25 @@ class AstroPTForImageClassification(AstroPTPreTrainedModel):
         prefix_length: as for `AstroPTModel` (prefix models; default the whole image).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.astropt(
-            pixel_values, prefix_length=prefix_length, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-        )
+        outputs = self.astropt(pixel_values, prefix_length=prefix_length, output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None and self.config.head_type != "linear":
             edges = torch.tensor(self.config.pdf_bins, dtype=torch.float32, device=logits.device)
-            if self.config.head_type == "binned_pdf":
-                loss = binned_pdf_nll(logits, labels, edges, self.config.pdf_label_smoothing)
-            else:
-                loss = gaussian_mixture_nll(logits, labels, edges)
+            loss = (binned_pdf_nll(logits, labels, edges, self.config.pdf_label_smoothing)
+                    if self.config.head_type == "binned_pdf" else gaussian_mixture_nll(logits, labels, edges))
         elif labels is not None:
             # in float32 whatever the autocast dtype; float labels follow the logits' dtype
             labels = labels.float() if labels.is_floating_point() else labels
             loss = self.loss_function(labels, logits.float(), self.config)
-        if not return_dict:
-            return tuple(v for v in (loss, logits, outputs.hidden_states, outputs.attentions) if v is not None)
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
 
 __all__ = [
-    "AstroPTForImageClassification",
-    "AstroPTForPreTraining",
-    "AstroPTForPreTrainingOutput",
-    "AstroPTModel",
-    "AstroPTPreTrainedModel",
-    "AstroPTSpectrumPatches",
-    "binned_pdf_nll",
-    "gaussian_mixture_nll",
-    "gaussian_mixture_parameters",
-    "patches_to_spectrum",
-    "spectrum_to_patches",
-    "spiral_order",
+    "AstroPTForImageClassification", "AstroPTForPreTraining", "AstroPTForPreTrainingOutput", "AstroPTModel",
+    "AstroPTPreTrainedModel", "AstroPTSpectrumPatches", "binned_pdf_nll", "gaussian_mixture_nll",
+    "gaussian_mixture_parameters", "patches_to_spectrum", "spectrum_to_patches", "spiral_order",
 ]

@@ -1,5 +1,9 @@
 """Behaviour of the astroPT backbone and heads on tiny configs."""
 
+import io
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -230,3 +234,31 @@ def test_classifier_reuses_pretrained_backbone(tiny_config, tmp_path):
         torch.testing.assert_close(classifier.astropt.state_dict()[name], tensor, msg=name)
     assert classifier.classifier.weight.shape == (2, 32)
     assert classifier.classifier.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("head", [AstroPTForImageClassification, AstroPTModel])
+def test_multimodal_pretraining_checkpoint_loads_without_unexpected_keys(tiny_config, tmp_path, head):
+    """The pretraining heads (the image patch head and the spectrum head) are left out silently; the spectrum
+    tokeniser and its positions belong to the backbone and load."""
+    config = tiny_config(modalities=["images", "spectra"], spectrum_patch_size=8, spectrum_max_patches=4)
+    pretrained = AstroPTForPreTraining(config)
+    assert any(name.startswith("spectrum_head.") for name in pretrained.state_dict())
+    pretrained.save_pretrained(tmp_path)
+    log_file = io.StringIO()
+    handler = logging.StreamHandler(log_file)
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        loaded, info = head.from_pretrained(tmp_path, num_labels=2, output_loading_info=True)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not info["unexpected_keys"], info
+    logged = log_file.getvalue()
+    assert "UNEXPECTED" not in logged and "spectrum_head" not in logged and "patch_head" not in logged, logged
+    # transformers before 5 reads only the loading class's own patterns, not those of its backbone
+    own_patterns = type(loaded)._keys_to_ignore_on_load_unexpected
+    prefix = "" if head is AstroPTForImageClassification else "astropt."
+    left_out = {name.removeprefix(prefix) for name in pretrained.state_dict()} - set(loaded.state_dict())
+    assert left_out and all(any(re.search(p, name) for p in own_patterns) for name in left_out), left_out
+    backbone = loaded.astropt if head is AstroPTForImageClassification else loaded
+    for name, tensor in pretrained.astropt.state_dict().items():
+        torch.testing.assert_close(backbone.state_dict()[name], tensor, msg=name)
