@@ -16,7 +16,7 @@ from transformers import (
     AutoProcessor,
 )
 
-from .configuration_astropt import ASTROPT_PRESETS, DEFAULT_AUTO_MAP, AstroPTConfig
+from .configuration_astropt import ASTROPT_PRESETS, DEFAULT_AUTO_MAP, AstroPTConfig, AstroPTConfigTypeError
 from .feature_extraction_astropt import AstroPTSpectrumFeatureExtractor
 from .image_processing_astropt import AstroPTImageProcessor
 from .modeling_astropt import (
