@@ -82,7 +82,7 @@ class AstroPTConfig(PretrainedConfig):
         pooling (`str`): how patch embeddings become one image embedding: `"mean"` over all patches,
             `"mean_first_k"` over the first `pooling_num_patches` in sequence order (the central ones with
             spiral order), or `"last"`.
-        modalities (`list[str]`): what the sequence holds, in sequence order: `["images"]` (default) or
+        modalities (`list[str]`, *optional*): what the sequence holds, in sequence order: `["images"]` (default) or
             `["images", "spectra"]` (image patches, then spectrum patches; upstream orders modalities by name).
         spectrum_patch_size (`int`): samples per spectrum patch (upstream 256); spectra are zero-padded at the
             end to whole patches.
@@ -144,7 +144,7 @@ class AstroPTConfig(PretrainedConfig):
         pooling: str = "mean",
         pooling_num_patches: int = 64,
         embedding_layer: str | int = "last",
-        modalities: list[str] | tuple[str, ...] = ("images",),
+        modalities: list[str] | None = None,
         spectrum_patch_size: int = 256,
         spectrum_position_encoding: str = "wavelength",
         spectrum_wavelength_offset: float = 3000.0,
@@ -190,6 +190,8 @@ class AstroPTConfig(PretrainedConfig):
         self.pooling_num_patches = pooling_num_patches
         self.embedding_layer = embedding_layer
         # --- modalities ---
+        if modalities is None:
+            modalities = ["images"]
         self.modalities = list(modalities) if isinstance(modalities, (list, tuple)) else modalities
         self.spectrum_patch_size = spectrum_patch_size
         self.spectrum_position_encoding = spectrum_position_encoding
