@@ -107,8 +107,9 @@ def value_converter(annotation) -> Callable[[Any], Any]:
     """A function that turns a command-line string or a YAML value into `annotation`'s type, raising
     `argparse.ArgumentTypeError` (``got 'ten'; expected an integer``) when it cannot."""
     members = _union_members(annotation)
-    if typing.get_origin(annotation) is list:
-        members = typing.get_args(annotation) or (str,)
+    lists = [member for member in members if typing.get_origin(member) is list]
+    if lists:  # a list (or an optional one) is parsed element by element
+        members = typing.get_args(lists[0]) or (str,)
     nullable = type(None) in members
     # "none" is a real value of some string keys (stretch: none, report_to: none); "null" always means null
     null_words = ("null", "~") if str in members else _NULL_WORDS

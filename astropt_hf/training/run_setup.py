@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from ..data import decode_image
@@ -26,13 +27,15 @@ def tracker_config(args: PretrainArguments) -> dict[str, Any]:
 
 
 def first_images(source, collator, count: int) -> dict | None:
-    """The first `count` decodable validation images, for the prediction grids."""
+    """The first `count` decodable validation images (and their spectra, if the collator reads them), for the
+    prediction grids and spectrum panels."""
     if count <= 0:
         return None
     loader = validation_batches(source, collator, num_items=count * 2, batch_size=count * 2)
     for batch in loader:
         if batch["pixel_values"].shape[0]:
-            return {"pixel_values": batch["pixel_values"][:count], "ids": batch["ids"][:count]}
+            kept = {name: value[:count] for name, value in batch.items() if isinstance(value, torch.Tensor)}
+            return {**kept, "ids": batch["ids"][:count]}
     return None
 
 
