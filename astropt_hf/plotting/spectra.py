@@ -28,6 +28,7 @@ def plot_spectrum_predictions(
     titles: Sequence[str] | None = None,
     title: str | None = None,
     flux_label: str = FLUX_LABEL,
+    note: str | None = None,
 ) -> Path:
     """One panel per galaxy: the observed spectrum (grey) with each prediction on top, against wavelength.
 
@@ -38,6 +39,7 @@ def plot_spectrum_predictions(
         masks: (N, L) True for the samples to draw (padding and bad samples are left out); default all.
         titles: one caption per panel (e.g. the galaxy's id and redshift).
         title: the figure's title.
+        note: a line under the panels (e.g. how the predictions were put into flux units).
     """
     observed = to_numpy(observed).astype(np.float64)
     if observed.ndim != 2 or observed.shape[0] == 0:
@@ -67,4 +69,6 @@ def plot_spectrum_predictions(
     fig.supylabel(flux_label, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
+    if note:
+        fig.text(0.5, 0.0, note, ha="center", va="top", fontsize=7, wrap=True)
     return save_figure(fig, path)

@@ -145,6 +145,12 @@ def predicted_images(accelerator, model, pixel_values: torch.Tensor) -> Predicti
     ])
 
 
+# With a per-spectrum flux scale the model never sees a spectrum's level, only its shape: the figure says so.
+SCALED_PREDICTIONS_NOTE = ("The model reads and predicts each spectrum divided by its median |flux|; predictions are "
+                           "shown times the observed spectrum's median |flux|: their shape is predicted, their level "
+                           "is not.")
+
+
 @dataclass
 class SpectrumPanels:
     """Observed and predicted spectra of a few galaxies, in the data's flux unit (the normalisation undone),
@@ -154,6 +160,7 @@ class SpectrumPanels:
     observed: torch.Tensor
     mask: torch.Tensor
     predictions: dict[str, torch.Tensor]
+    note: str | None = None
 
 
 @torch.no_grad()
@@ -179,6 +186,7 @@ def predicted_spectra(accelerator, model, batch: dict) -> SpectrumPanels | None:
         mask=batch["spectrum_mask"].bool(),
         predictions={"from the image alone": generated.float().cpu() * scale,
                      "next-patch (observed patches before it)": next_patch * scale},
+        note=None if bool((scale == 1).all()) else SCALED_PREDICTIONS_NOTE,
     )
 
 
@@ -191,7 +199,7 @@ def save_spectrum_panels(panels: SpectrumPanels, path: str | os.PathLike, ids: l
     return plot_spectrum_predictions(
         panels.wavelengths[:count], panels.observed[:count],
         {label: values[:count] for label, values in panels.predictions.items()}, path,
-        masks=panels.mask[:count], titles=[str(i) for i in ids[:count]], title=heading,
+        masks=panels.mask[:count], titles=[str(i) for i in ids[:count]], title=heading, note=panels.note,
     )
 
 
