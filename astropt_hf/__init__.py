@@ -58,6 +58,7 @@ __all__ = [
     "ASTROPT_PRESETS",
     "DEFAULT_AUTO_MAP",
     "AstroPTConfig",
+    "AstroPTConfigTypeError",
     "AstroPTForImageClassification",
     "AstroPTForPreTraining",
     "AstroPTForPreTrainingOutput",

@@ -19,6 +19,7 @@ from astropt_hf.data import (
     decode_image,
     load_galaxy_dataset,
 )
+from astropt_hf.data.synthetic import SPECTRUM_COLUMNS
 
 SIZE = 32
 RNG = np.random.default_rng(0)
@@ -293,7 +294,7 @@ def test_synthetic_spec_carries_truth_into_batches(tmp_path):
         num_test=1,
         image_size=16,
     )
-    assert source.catalogue_columns == TRUTH_COLUMNS
+    assert source.catalogue_columns == (*TRUTH_COLUMNS, *SPECTRUM_COLUMNS)
     first = source.dataset[0]  # pixel arrays come as numpy (fast), ids and truth as Python values
     assert isinstance(first["image"], np.ndarray) and first["image"].shape == (3, 16, 16)
     assert isinstance(first["id"], str) and isinstance(first["redshift"], float)

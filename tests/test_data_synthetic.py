@@ -1,4 +1,5 @@
-"""The synthetic GalSim galaxy set: schema, determinism, caching, atomic writes, physical sense."""
+"""The synthetic GalSim galaxy set: schema, determinism, caching, atomic writes, physical sense, and the
+spectra: units, grid, noise and fibre."""
 
 import dataclasses
 import json
@@ -14,6 +15,7 @@ from astropt_hf.data.synthetic import (
     NATIVE_SKY_NOISE_NMGY,
     PIXEL_SCALE,
     SKY_NOISE_NMGY,
+    SPECTRUM_COLUMNS,
     TRUTH_COLUMNS,
     edge_flux_fraction,
     galaxy_rng,
@@ -21,6 +23,12 @@ from astropt_hf.data.synthetic import (
     make_galaxy_row,
     render_galaxy,
     sample_galaxy_params,
+)
+from astropt_hf.data.synthetic_spectra import (
+    SPECTRUM_WAVELENGTHS,
+    aperture_flux_fraction,
+    fibre_fractions,
+    spectrum_noise_sigma,
 )
 
 TINY = dict(num_train=8, num_validation=4, num_test=4, image_size=24)
@@ -44,7 +52,7 @@ def test_schema_shapes_and_dtypes(tiny):
     assert set(tiny) == {"train", "validation", "test"}
     assert [len(tiny[s]) for s in ("train", "validation", "test")] == [8, 4, 4]
     train = tiny["train"]
-    assert train.column_names == ["image", "id", *TRUTH_COLUMNS]
+    assert train.column_names == ["image", "id", *TRUTH_COLUMNS, *SPECTRUM_COLUMNS]
     assert train.features["image"].shape == (len(BANDS), 24, 24)
     images = _images(train)
     assert images.shape == (8, 3, 24, 24) and images.dtype == np.float32
@@ -88,6 +96,9 @@ def test_second_call_reads_the_cache(tiny, tiny_dir, monkeypatch):
     assert info["pixel_unit"] == "nanomaggy"
     assert info["pixel_scale_arcsec"] == pytest.approx(0.524) == PIXEL_SCALE
     assert info["pixel_binning"] == 2
+    assert info["generator_version"] == synthetic.GENERATOR_VERSION == 3
+    assert info["spectrum_wavelength_angstrom"] == {"first": 3600.0, "last": 9824.0, "step": 4.0, "samples": 1557}
+    assert info["spectrum_flux_unit"] == "1e-17 erg/s/cm^2/Angstrom"
 
 
 def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
@@ -231,3 +242,78 @@ def test_size_luminosity_relations_follow_shen_2003():
     assert early_faint < late_faint
     assert 2.0 < late_bright < 8.0  # kpc: an L* disk
     assert late_scatter_faint > late_scatter_bright  # faint galaxies scatter more in size
+
+
+# --- spectra ----------------------------------------------------------------------------------------------
+C_ANGSTROM_PER_S = 2.99792458e18
+
+
+def ab_magnitude(wavelengths, flux, band: str) -> float:
+    """AB magnitude of f_lambda (1e-17 erg/s/cm²/Å) through a band, photon-counting, written out independently
+    of GalSim's SED machinery: m = -2.5 log10(∫ f_λ T λ dλ / ∫ T c/λ dλ) - 48.60."""
+    wavelengths = np.asarray(wavelengths, dtype=np.float64)
+    throughput = synthetic._bandpasses()[band](wavelengths / 10.0)
+    numerator = np.trapezoid(np.asarray(flux, dtype=np.float64) * 1e-17 * throughput * wavelengths, wavelengths)
+    denominator = np.trapezoid(throughput * C_ANGSTROM_PER_S / wavelengths, wavelengths)
+    return float(-2.5 * np.log10(numerator / denominator) - 48.60)
+
+
+def test_spectrum_columns_grid_units_and_ivar(tiny):
+    rows = tiny["validation"].with_format("numpy")[:]
+    assert rows["spectrum"].shape == rows["spectrum_ivar"].shape == rows["spectrum_wavelength"].shape == (4, 1557)
+    assert rows["spectrum"].dtype == np.float32
+    np.testing.assert_array_equal(rows["spectrum_wavelength"][0], np.arange(3600.0, 9824.1, 4.0))
+    np.testing.assert_array_equal(rows["spectrum_wavelength"], np.broadcast_to(SPECTRUM_WAVELENGTHS, (4, 1557)))
+    assert np.isfinite(rows["spectrum"]).all() and (rows["spectrum_ivar"] > 0).all()
+    assert ((rows["fibre_flux_fraction"] > 0.02) & (rows["fibre_flux_fraction"] < 1)).all()
+    # r <= 19.5 galaxies through a 1.5" fibre: a few 1e-17 erg/s/cm²/Å, as DESI's bright-time spectra
+    assert 0.2 < np.median(rows["spectrum"]) < 30
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_total_light_spectrum_reproduces_the_image_magnitudes(index):
+    row = make_galaxy_row(0, "test", index, noise=False, spectrum_aperture="total")
+    assert row["fibre_flux_fraction"] == 1.0
+    for band in ("g", "r"):  # the z band reaches past the spectrum's red end
+        assert ab_magnitude(row["spectrum_wavelength"], row["spectrum"], band) == pytest.approx(row[f"mag_{band}"],
+                                                                                                 abs=0.01)
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_fibre_spectrum_holds_the_fibre_share_of_the_light(index):
+    row = make_galaxy_row(0, "test", index, noise=False)
+    fibre_mag = row["mag_r"] - 2.5 * np.log10(row["fibre_flux_fraction"])
+    assert ab_magnitude(row["spectrum_wavelength"], row["spectrum"], "r") == pytest.approx(fibre_mag, abs=0.01)
+    total = make_galaxy_row(0, "test", index, noise=False, spectrum_aperture="total")
+    assert np.all(row["spectrum"] < total["spectrum"])
+    np.testing.assert_array_equal(row["image"], total["image"])  # the aperture changes the spectrum only
+
+
+def test_fibre_fractions_follow_the_profiles_and_the_psf():
+    import galsim
+
+    # a point source: the Moffat PSF's own enclosed flux inside 0.75", 1 - (1 + (R/r_d)^2)^(1 - beta)
+    fwhm, beta = synthetic.PSF_FWHM["r"], synthetic.PSF_MOFFAT_BETA
+    scale_radius = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    expected = 1 - (1 + (0.75 / scale_radius) ** 2) ** (1 - beta)
+    assert aperture_flux_fraction(galsim.Gaussian(sigma=1e-3), 1e-3) == pytest.approx(expected, abs=1e-4)
+    # bigger galaxies put less of their light into the fibre; the compact bulge more than its disk
+    sizes = [aperture_flux_fraction(galsim.Exponential(half_light_radius=r), r) for r in (0.5, 1.0, 2.0, 4.0)]
+    assert sizes == sorted(sizes, reverse=True)
+    params = sample_galaxy_params(galaxy_rng(0, "train", 2))
+    bulge, disk = fibre_fractions(params)
+    assert 0 < disk < bulge < expected
+    near, far = fibre_fractions(dataclasses.replace(params, redshift=0.1)), fibre_fractions(
+        dataclasses.replace(params, redshift=0.4))
+    assert far[1] > near[1]  # the same disk further away looks smaller
+
+
+def test_spectrum_noise_matches_its_inverse_variance():
+    noisy = make_galaxy_row(0, "test", 5)
+    clean = make_galaxy_row(0, "test", 5, noise=False)
+    sigma = 1 / np.sqrt(noisy["spectrum_ivar"].astype(np.float64))
+    np.testing.assert_allclose(sigma, spectrum_noise_sigma(), rtol=1e-5)
+    pulls = (noisy["spectrum"] - clean["spectrum"]) / sigma
+    assert pulls.std() == pytest.approx(1.0, abs=0.06) and abs(pulls.mean()) < 0.1
+    # a 4 Å bin averages five 0.8 Å DESI pixels: sigma falls by sqrt(5)
+    assert spectrum_noise_sigma(bin_width=0.8)[800] == pytest.approx(np.sqrt(5) * sigma[800], rel=1e-5)

@@ -1,6 +1,6 @@
 """Galaxy data: the synthetic GalSim set, dataset sources, image decoding and batch collation."""
 
-from .collate import GalaxyCollator
+from .collate import GalaxyCollator, SpectrumColumns
 from .decoding import (
     DEFAULT_DECODE_LIMITS,
     DEFAULT_MAX_SIDE_FACTOR,
@@ -35,6 +35,7 @@ __all__ = [
     "GalaxyCollator",
     "GalaxyParams",
     "GalaxySource",
+    "SpectrumColumns",
     "decode_image",
     "edge_flux_fraction",
     "is_streaming_dataset",

@@ -1,7 +1,8 @@
-"""Batch assembly for DataLoaders: decode, process, skip and count bad samples."""
+"""Batch assembly for DataLoaders: decode, process, skip and count bad samples; spectra beside the images."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,35 @@ import torch
 from .decoding import CorruptSampleError, DecodeLimits, decode_image
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumColumns:
+    """Where a row keeps its spectrum: flux, observed wavelengths (Angstrom), and optionally the inverse
+    variance and a mask (nonzero = bad sample). The built-in galaxies use the defaults. A ``flux`` column that
+    holds a mapping (the Multimodal Universe layout of DESI spectra: ``flux``, ``lambda``, ``ivar``, ``mask``)
+    is read from that mapping instead."""
+
+    flux: str = "spectrum"
+    wavelength: str = "spectrum_wavelength"
+    ivar: str | None = "spectrum_ivar"
+    mask: str | None = "spectrum_mask"
+
+    def read(self, example: dict) -> tuple | None:
+        """(flux, wavelength, ivar, mask) of one row (ivar and mask may be None), or None if it has none."""
+        value = example.get(self.flux)
+        if isinstance(value, dict):
+            fields = (value.get("flux"), value.get("lambda", value.get("wavelength")), value.get("ivar"),
+                      value.get("mask"))
+        else:
+            fields = (value, example.get(self.wavelength), example.get(self.ivar) if self.ivar else None,
+                      example.get(self.mask) if self.mask else None)
+        if fields[0] is None or fields[1] is None:
+            return None
+        return tuple(None if field is None else np.asarray(field) for field in fields)
+
+    def present_in(self, column_names: Sequence[str]) -> bool:
+        return self.flux in column_names
 
 
 class GalaxyCollator:
@@ -40,6 +70,13 @@ class GalaxyCollator:
         decode_limits: largest declared image to decode; default
             ``DecodeLimits.for_image_size(image_size, num_channels)`` from the processor, i.e. planes
             up to 16 times the processor's side (``DEFAULT_MAX_SIDE_FACTOR``).
+        spectrum_extractor: an ``AstroPTSpectrumFeatureExtractor``; with one, every batch also holds
+            ``spectrum_values``, ``spectrum_wavelengths``, ``spectrum_mask`` (B, L; L the longest spectrum of
+            the batch, at least 1) and ``spectrum_scale`` (B,), read from ``spectrum_columns``, and
+            ``num_without_spectrum``. A kept image whose row has no spectrum, or one the extractor rejects
+            (logged), gets an all-masked spectrum: it trains the image alone, and every batch still feeds
+            both modalities (which distributed training needs: each parameter gets a gradient every step).
+        spectrum_columns: where rows keep their spectra (default ``SpectrumColumns()``).
     """
 
     def __init__(
@@ -49,8 +86,12 @@ class GalaxyCollator:
         id_column: str | None = None,
         keep_columns: Sequence[str] = (),
         decode_limits: DecodeLimits | None = None,
+        spectrum_extractor: Any = None,
+        spectrum_columns: SpectrumColumns | None = None,
     ):
         self.image_processor = image_processor
+        self.spectrum_extractor = spectrum_extractor
+        self.spectrum_columns = spectrum_columns or SpectrumColumns()
         self.image_column = image_column
         self.id_column = id_column
         self.keep_columns = tuple(keep_columns)
@@ -62,6 +103,7 @@ class GalaxyCollator:
         pixels: list[torch.Tensor] = []
         ids: list[Any] = []
         kept: dict[str, list[Any]] = {name: [] for name in self.keep_columns}
+        spectra: list[dict | None] = []
         num_skipped = 0
         for position, example in enumerate(examples):
             item = self._item_name(example, position)
@@ -78,6 +120,8 @@ class GalaxyCollator:
             ids.append(item)
             for name in self.keep_columns:
                 kept[name].append(example[name])
+            if self.spectrum_extractor is not None:
+                spectra.append(self._spectrum(example, item))
 
         if pixels:
             pixel_values = torch.stack(pixels)
@@ -87,7 +131,23 @@ class GalaxyCollator:
         for name, values in kept.items():
             batch[name] = _to_tensor_if_possible(values)
         batch["num_skipped"] = num_skipped
+        if self.spectrum_extractor is not None:
+            batch.update(_pad_spectra(spectra))
         return batch
+
+    def _spectrum(self, example: dict, item: Any) -> dict | None:
+        """One row's processed spectrum (1-D arrays), or None if it has none or the extractor rejects it."""
+        fields = self.spectrum_columns.read(example)
+        if fields is None:
+            return None
+        flux, wavelength, ivar, mask = fields
+        try:
+            out = self.spectrum_extractor(flux, wavelength, ivar=ivar, mask=mask, return_tensors=None)
+        except ValueError as err:
+            logger.warning("Sample %s: its spectrum is left out (%s); its image is kept", item, err)
+            return None
+        names = ("spectrum_values", "spectrum_wavelengths", "spectrum_mask")
+        return {**{name: np.asarray(out[name][0]) for name in names}, "spectrum_scale": float(out["spectrum_scale"][0])}
 
     def _process(self, example: dict, item: Any) -> torch.Tensor:
         if self.image_column not in example:
@@ -114,6 +174,26 @@ class GalaxyCollator:
         if isinstance(value, dict) and value.get("path"):
             return value["path"]
         return f"batch item {position}"
+
+
+def _pad_spectra(spectra: list[dict | None]) -> dict[str, Any]:
+    """The batch's spectrum tensors: rows padded to the longest spectrum with masked zeros; a row without a
+    spectrum is all masked (wavelength 0, scale 1)."""
+    length = max([len(s["spectrum_values"]) for s in spectra if s is not None], default=1)
+    values = torch.zeros(len(spectra), length)
+    wavelengths = torch.zeros(len(spectra), length)
+    mask = torch.zeros(len(spectra), length, dtype=torch.bool)
+    scale = torch.ones(len(spectra))
+    for row, spectrum in enumerate(spectra):
+        if spectrum is None:
+            continue
+        count = len(spectrum["spectrum_values"])
+        values[row, :count] = torch.from_numpy(spectrum["spectrum_values"].astype(np.float32))
+        wavelengths[row, :count] = torch.from_numpy(spectrum["spectrum_wavelengths"].astype(np.float32))
+        mask[row, :count] = torch.from_numpy(spectrum["spectrum_mask"].astype(bool))
+        scale[row] = spectrum["spectrum_scale"]
+    return {"spectrum_values": values, "spectrum_wavelengths": wavelengths, "spectrum_mask": mask,
+            "spectrum_scale": scale, "num_without_spectrum": sum(s is None for s in spectra)}
 
 
 def _processor_output_shape(processor: Any) -> tuple[int, int, int]:

@@ -29,6 +29,11 @@ stamp's flux lies in its outer ring (how well the galaxies fit their stamps).
 
 Every galaxy is generated from its own seed, ``SeedSequence([seed, split_code, index])``, so the
 set is identical whatever the number of worker processes or the order of generation.
+
+Each galaxy also has the spectrum its model implies, as a DESI fibre on its centre records it
+(``synthetic_spectra``: the same SEDs, luminosity split and distance, observed-frame 3600-9824 Å binned
+to 4 Å, in 1e-17 erg/s/cm²/Å with sky-limited noise): the columns ``SPECTRUM_COLUMNS``. Its noise is
+drawn after the image's, from the same generator, so adding spectra changed no image.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import synthetic_spectra
 from .galaxy_population import (
     GalaxyParams,
     arcsec_per_kpc,
@@ -58,7 +64,7 @@ from .galaxy_population import (
 logger = logging.getLogger(__name__)
 
 #: Bump when the generator's output changes, so stale caches are not reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 BANDS: tuple[str, ...] = ("g", "r", "z")
 NATIVE_PIXEL_SCALE = 0.262  # arcsec / pixel, DESI Legacy Imaging Surveys
@@ -93,6 +99,11 @@ TRUTH_COLUMNS: tuple[str, ...] = (
     "axis_ratio",
     "position_angle",
 )
+
+#: The spectrum columns, after the truth: flux and inverse variance (1e-17 erg/s/cm²/Å and its inverse
+#: square), the observed wavelengths (Å, the same grid in every row) and the share of the galaxy's r-band
+#: flux inside the fibre.
+SPECTRUM_COLUMNS: tuple[str, ...] = ("spectrum", "spectrum_ivar", "spectrum_wavelength", "fibre_flux_fraction")
 
 # Demo defaults: small enough that generation takes well under a minute on 2 CPU cores.
 DEFAULT_IMAGE_SIZE = 32
@@ -207,17 +218,21 @@ def render_galaxy(
 
 
 def make_galaxy_row(
-    seed: int, split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE, noise: bool = True
+    seed: int, split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE, noise: bool = True,
+    spectrum_aperture: str = "fibre",
 ) -> dict:
-    """One dataset row (``image``, ``id`` and the truth columns) for galaxy ``index`` of ``split``.
+    """One dataset row (``image``, ``id``, the truth and the spectrum columns) for galaxy ``index`` of
+    ``split``.
 
-    ``noise=False`` gives the same galaxy without sky noise (the model the dataset's image is drawn
-    from), for measurements that noise would blur.
+    ``noise=False`` gives the same galaxy without sky noise in its image and spectrum (the model the
+    dataset's row is drawn from), for measurements that noise would blur. ``spectrum_aperture="total"``
+    gives the spectrum of all of the galaxy's light instead of what the fibre sees (the set uses "fibre").
     """
     rng = galaxy_rng(seed, split, index)
     params = sample_galaxy_params(rng)
     image, truth = render_galaxy(params, image_size, rng if noise else None)
-    return {"image": image, "id": f"synthetic-s{seed}-{split}-{index:07d}", **truth}
+    spectrum = synthetic_spectra.galaxy_spectrum(params, rng if noise else None, spectrum_aperture)
+    return {"image": image, "id": f"synthetic-s{seed}-{split}-{index:07d}", **truth, **spectrum}
 
 
 def edge_flux_fraction(images, ring: int = 3) -> np.ndarray:
@@ -252,6 +267,10 @@ def synthetic_features(image_size: int):
         "id": datasets.Value("string"),
     }
     features.update({name: datasets.Value("float32") for name in TRUTH_COLUMNS})
+    samples = len(synthetic_spectra.SPECTRUM_WAVELENGTHS)
+    for name in SPECTRUM_COLUMNS[:3]:
+        features[name] = datasets.Sequence(datasets.Value("float32"), length=samples)
+    features["fibre_flux_fraction"] = datasets.Value("float32")
     return datasets.Features(features)
 
 
@@ -300,7 +319,9 @@ def load_synthetic_galaxies(
 
     Returns:
         ``datasets.DatasetDict`` with ``train``, ``validation`` and ``test`` splits; columns
-        ``image`` (float32 Array3D (3, H, W), nanomaggies, bands g, r, z), ``id`` and ``TRUTH_COLUMNS``.
+        ``image`` (float32 Array3D (3, H, W), nanomaggies, bands g, r, z), ``id``, ``TRUTH_COLUMNS`` and
+        ``SPECTRUM_COLUMNS`` (``spectrum``, ``spectrum_ivar``, ``spectrum_wavelength``: float32 sequences
+        on the 4 Å grid of ``synthetic_spectra.SPECTRUM_WAVELENGTHS``; ``fibre_flux_fraction``).
 
     The set is written to a temporary folder beside its final place and renamed into place when
     complete, so an interrupted generation never leaves a half set. A lock file beside it makes
@@ -359,6 +380,30 @@ def _dataset_progress_bars_only_in_a_terminal():
         datasets.enable_progress_bars()
 
 
+def _dataset_info(sizes: dict[str, int], image_size: int, seed: int) -> dict:
+    """What the set holds and how it was made, for synthetic_info.json."""
+    wavelengths = synthetic_spectra.SPECTRUM_WAVELENGTHS
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "image_size": image_size,
+        "split_sizes": sizes,
+        "bands": list(BANDS),
+        "pixel_scale_arcsec": PIXEL_SCALE,
+        "pixel_binning": PIXEL_BINNING,
+        "native_pixel_scale_arcsec": NATIVE_PIXEL_SCALE,
+        "pixel_unit": "nanomaggy",
+        "sky_noise_nmgy": SKY_NOISE_NMGY,
+        "psf_fwhm_arcsec": PSF_FWHM,
+        "spectrum_wavelength_angstrom": {"first": float(wavelengths[0]), "last": float(wavelengths[-1]),
+                                         "step": synthetic_spectra.SPECTRUM_BIN, "samples": len(wavelengths)},
+        "spectrum_flux_unit": synthetic_spectra.SPECTRUM_FLUX_UNIT,
+        "spectrum_noise_sigma_per_0.8A_pixel": [list(node) for node in synthetic_spectra.SPECTRUM_NOISE_NODES],
+        "spectrum_aperture": f"fibre of {synthetic_spectra.FIBRE_DIAMETER} arcsec diameter on the galaxy's centre, "
+        f"after the {synthetic_spectra.FIBRE_PSF_BAND}-band PSF",
+    }
+
+
 def _generate_to(
     target: Path, sizes: dict[str, int], image_size: int, seed: int, num_proc: int | None
 ) -> None:
@@ -401,27 +446,14 @@ def _generate_to(
             )
         dataset = datasets.DatasetDict(splits)
         # An empty split must still get one (empty) shard, or load_from_disk fails on it.
-        bytes_per_row = 4 * (len(BANDS) * image_size**2 + len(TRUTH_COLUMNS)) + 32
+        samples = 3 * len(synthetic_spectra.SPECTRUM_WAVELENGTHS) + 1
+        bytes_per_row = 4 * (len(BANDS) * image_size**2 + len(TRUTH_COLUMNS) + samples) + 32
         num_shards = {
             split: max(1, -(-count * bytes_per_row // 500_000_000)) for split, count in sizes.items()
         }
         dataset.save_to_disk(str(work / "data"), num_shards=num_shards)
         seconds = time.perf_counter() - started
-        info = {
-            "generator_version": GENERATOR_VERSION,
-            "seed": seed,
-            "image_size": image_size,
-            "split_sizes": sizes,
-            "bands": list(BANDS),
-            "pixel_scale_arcsec": PIXEL_SCALE,
-            "pixel_binning": PIXEL_BINNING,
-            "native_pixel_scale_arcsec": NATIVE_PIXEL_SCALE,
-            "pixel_unit": "nanomaggy",
-            "sky_noise_nmgy": SKY_NOISE_NMGY,
-            "psf_fwhm_arcsec": PSF_FWHM,
-            "generation_seconds": round(seconds, 2),
-            "num_proc": num_proc,
-        }
+        info = {**_dataset_info(sizes, image_size, seed), "generation_seconds": round(seconds, 2), "num_proc": num_proc}
         (work / "data" / "synthetic_info.json").write_text(json.dumps(info, indent=2))
         del dataset, splits  # release the memory maps of the build folder before deleting it
         try:

@@ -47,6 +47,7 @@ def plot_loss_curves(
     loss_target: str = "normalised patches",
     tail_fraction: float | None = 0.25,
     log_x: bool = False,
+    parts: Sequence[str] = (),
 ) -> Path:
     """Training and validation loss against optimiser step.
 
@@ -60,15 +61,21 @@ def plot_loss_curves(
         tail_fraction: an inset shows the last this-fraction of the steps on its own y range, so the
             end of a run is not squashed against the early drop; None (or a run of a few steps) draws none.
         log_x: a log-scaled step axis instead (step 0 is left out); the inset is then not drawn.
+        parts: loss parts logged beside the totals (e.g. "image_loss", "spectrum_loss" of a model with
+            spectra: records with "train_<part>" and "val_<part>"), drawn as thinner extra curves.
     """
     runs = (
         {name: _read_records(rows) for name, rows in metrics_records.items()}
         if isinstance(metrics_records, Mapping)
         else {"": _read_records(metrics_records)}
     )
+    curves = [(_TRAIN_KEYS, "-", "train"), (_VAL_KEYS, "o--", "validation")]
+    for part in parts:
+        name = part.replace("_", " ")
+        curves += [((f"train_{part}",), ":", f"train {name}"), ((f"val_{part}",), "s:", f"validation {name}")]
     series = []
     for index, (run, records) in enumerate(runs.items()):
-        for keys, style, label in ((_TRAIN_KEYS, "-", "train"), (_VAL_KEYS, "o--", "validation")):
+        for keys, style, label in curves:
             steps, values = _series(records, keys)
             if log_x:
                 steps, values = steps[steps > 0], values[steps > 0]
@@ -81,7 +88,7 @@ def plot_loss_curves(
     fig = Figure(figsize=(6.8, 4.4))
     ax = fig.add_subplot()
     for steps, values, style, colour, name in series:
-        ax.plot(steps, values, style, color=colour, label=name, markersize=3)
+        ax.plot(steps, values, style, color=colour, label=name, markersize=3, linewidth=1.5 if ":" not in style else 1)
     positive = np.concatenate([values for _, values, *_ in series])
     positive = positive[np.isfinite(positive) & (positive > 0)]
     if log_y == "auto":

@@ -49,6 +49,7 @@ DEMO_MODEL: dict[str, Any] = {
 # softening of Lupton et al. (1999) asinh magnitudes (set it for your data's units)
 DEMO_PROCESSOR: dict[str, Any] = {"stretch": "asinh", "asinh_scale": 0.02}
 
+SPECTRUM_KEYS = ("spectrum_normalisation",)
 PROCESSOR_KEYS = ("resize_mode", "stretch", "asinh_scale", "do_rescale", "nan_fill_value")
 
 
@@ -118,6 +119,11 @@ class PretrainArguments(DataArguments):
     push_to_hub: bool = option(False, "upload the final model folder to the hub")
     hub_model_id: str | None = option(None, "hub repository id, e.g. 'me/astropt-5m'")
     hub_private: bool = option(False, "create the hub repository as private")
+    # --- spectra (models with modalities [images, spectra]) ------------------------------------------
+    spectrum_normalisation: Literal["median_abs", "none"] = option(
+        "median_abs", "spectra: each divided by the median |flux| of its good samples ('median_abs'), or flux as "
+        "given ('none', as upstream astroPT trains)"
+    )
     # --- model and processor (flat keys in YAML and on the command line) ---------------------------
     model: dict = dataclasses.field(default_factory=lambda: dict(DEMO_MODEL), metadata=NOT_A_FLAG)
     processor: dict = dataclasses.field(default_factory=lambda: dict(DEMO_PROCESSOR), metadata=NOT_A_FLAG)
@@ -131,6 +137,14 @@ class PretrainArguments(DataArguments):
         """The image processor matching the model (size and bands from the model config)."""
         config = self.model_config()
         return AstroPTImageProcessor(image_size=config.image_size, num_channels=config.num_channels, **self.processor)
+
+    def spectrum_feature_extractor(self):
+        """The spectrum feature extractor of a model with spectra (None for an images-only model)."""
+        from ..feature_extraction_astropt import AstroPTSpectrumFeatureExtractor
+
+        if not self.model_config().has_spectra:
+            return None
+        return AstroPTSpectrumFeatureExtractor(normalisation=self.spectrum_normalisation)
 
     def resolved_min_lr(self) -> float:
         return self.learning_rate / 10 if self.min_lr is None else self.min_lr
@@ -155,8 +169,10 @@ class PretrainArguments(DataArguments):
         return self.spec(split, image_size=self.model_config().image_size)
 
     def to_flat_dict(self) -> dict[str, Any]:
-        """Every key as it would appear in a YAML preset (model and processor keys flattened)."""
-        flat = {f.name: getattr(self, f.name) for f in _TRAIN_FIELDS}
+        """Every key as it would appear in a YAML preset (model and processor keys flattened). The spectrum keys
+        appear only for a model with spectra, so the recorded settings of images-only runs are as before."""
+        spectra = self.model_config().has_spectra
+        flat = {f.name: getattr(self, f.name) for f in _TRAIN_FIELDS if spectra or f.name not in SPECTRUM_KEYS}
         flat.update(self.model)
         flat.update(self.processor)
         return flat

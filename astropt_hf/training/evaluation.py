@@ -1,5 +1,6 @@
-"""Validation loss on the fixed subset, and the evaluation grid: inputs above next-patch predictions, or
-(masked runs) masked inputs, reconstructions and truths."""
+"""Validation loss on the fixed subset (and, for images + spectra, each modality's part), the model inputs of
+a batch, and the evaluation figures: the grid of inputs above next-patch predictions, or (masked runs) masked
+inputs, reconstructions and truths; and for models with spectra, predicted against observed spectra."""
 
 from __future__ import annotations
 
@@ -11,14 +12,9 @@ from pathlib import Path
 import torch
 
 from ..plotting import plot_galaxy_grid
+from ..plotting.spectra import plot_spectrum_predictions
 from .collectives import any_process
-
-
-def dummy_pixel_values(config, device) -> torch.Tensor:
-    """One blank image: stands in for an empty batch so that every process still runs a forward pass."""
-    size = config.image_size
-    return torch.zeros(1, config.num_channels, size, size, device=device)
-
+from .modalities import dummy_inputs, dummy_pixel_values, loss_part_names, model_inputs
 
 # Masked runs draw their evaluation masks from this seed, so every evaluation masks the same patches and
 # validation losses (and grids) are comparable from one evaluation to the next.
@@ -34,44 +30,65 @@ def _evaluation_masks(unwrapped, pixel_values: torch.Tensor, generator: torch.Ge
     return unwrapped.random_patch_mask(pixel_values.shape[0], generator=generator).to(pixel_values.device)
 
 
-@torch.no_grad()
-def evaluate_loss(accelerator, model, batches: Iterable[dict], config) -> tuple[float, int, int]:
-    """Mean validation loss over all images of all processes' batches.
+@dataclass
+class ValidationLosses:
+    """The validation loss over `images` galaxies (`skipped` items left out), and for a multimodal model each
+    modality's part (`parts`: "image_loss", "spectrum_loss"), averaged the same way."""
 
-    Returns (loss, images, skipped). Processes with fewer batches (or empty ones, all items skipped) run
-    a weight-zero forward on a blank image, so every process runs the same number of forward passes.
-    Masked-patch runs use masks from a fixed seed (`EVALUATION_MASK_SEED`).
+    loss: float
+    images: int
+    skipped: int
+    parts: dict[str, float]
+
+
+@torch.no_grad()
+def evaluate_losses(accelerator, model, batches: Iterable[dict], config) -> ValidationLosses:
+    """Mean validation loss (and its parts) over all images of all processes' batches.
+
+    Processes with fewer batches (or empty ones, all items skipped) run a weight-zero forward on a blank
+    galaxy, so every process runs the same number of forward passes. Masked-patch runs use masks from a
+    fixed seed (`EVALUATION_MASK_SEED`). A part is averaged over the images of the batches that report it.
     """
     was_training = model.training
     model.eval()
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     generator = torch.Generator().manual_seed(EVALUATION_MASK_SEED) if _is_masked(unwrapped) else None
-    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss x images, images, skipped
+    parts = loss_part_names(config)
+    # loss x images, images, skipped, then (part x images, images with that part) per part
+    totals = torch.zeros(3 + 2 * len(parts), dtype=torch.float64, device=accelerator.device)
     iterator = iter(batches)
     while True:
         batch = next(iterator, None)
         if not any_process(accelerator, batch is not None):
             break
-        count = 0 if batch is None else int(batch["pixel_values"].shape[0])
         if batch is not None:
             totals[2] += batch["num_skipped"]
-        pixel_values = (
-            batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            if count
-            else dummy_pixel_values(config, accelerator.device)
-        )
-        inputs = {"pixel_values": pixel_values}
+        inputs, count = model_inputs(batch, config, accelerator.device) if batch is not None else (
+            dummy_inputs(config, accelerator.device), 0)
         if generator is not None:
-            inputs["bool_masked_pos"] = _evaluation_masks(unwrapped, pixel_values, generator)
+            inputs["bool_masked_pos"] = _evaluation_masks(unwrapped, inputs["pixel_values"], generator)
         with accelerator.autocast():
-            loss = model(**inputs).loss
-        totals[0] += loss.double() * count
+            output = model(**inputs)
+        totals[0] += output.loss.double() * count
         totals[1] += count
+        for index, name in enumerate(parts):
+            part = getattr(output, name, None)
+            if part is not None:
+                totals[3 + 2 * index] += part.double() * count
+                totals[4 + 2 * index] += count
     totals = accelerator.reduce(totals, reduction="sum") if accelerator.num_processes > 1 else totals
     model.train(was_training)
-    images = int(totals[1].item())
-    loss = float(totals[0].item() / images) if images else float("nan")
-    return loss, images, int(totals[2].item())
+    values = totals.tolist()
+    images = int(values[1])
+    means = {name: values[3 + 2 * i] / values[4 + 2 * i] if values[4 + 2 * i] else float("nan")
+             for i, name in enumerate(parts)}
+    return ValidationLosses(values[0] / images if images else float("nan"), images, int(values[2]), means)
+
+
+def evaluate_loss(accelerator, model, batches: Iterable[dict], config) -> tuple[float, int, int]:
+    """(loss, images, skipped) of `evaluate_losses`."""
+    result = evaluate_losses(accelerator, model, batches, config)
+    return result.loss, result.images, result.skipped
 
 
 @dataclass
@@ -128,6 +145,75 @@ def predicted_images(accelerator, model, pixel_values: torch.Tensor) -> Predicti
     ])
 
 
+# With a per-spectrum flux scale the model never sees a spectrum's level, only its shape: the figure says so.
+SCALED_PREDICTIONS_NOTE = ("The model reads and predicts each spectrum divided by its median |flux|; predictions are "
+                           "shown times the observed spectrum's median |flux|: their shape is predicted, their level "
+                           "is not.")
+
+
+@dataclass
+class SpectrumPanels:
+    """Observed and predicted spectra of a few galaxies, in the data's flux unit (the normalisation undone),
+    for `save_spectrum_panels`: `predictions` maps a legend label to (N, L) flux."""
+
+    wavelengths: torch.Tensor
+    observed: torch.Tensor
+    mask: torch.Tensor
+    predictions: dict[str, torch.Tensor]
+    note: str | None = None
+
+
+@torch.no_grad()
+def predicted_spectra(accelerator, model, batch: dict) -> SpectrumPanels | None:
+    """The spectra of the galaxies of `batch` (a collated batch with spectra), predicted two ways: from the
+    image alone (`generate_spectrum`, each predicted patch fed back) and next-patch (each spectrum patch
+    predicted from the image and the observed patches before it); None if the batch holds no spectra."""
+    if "spectrum_values" not in batch or not bool(batch["spectrum_mask"].any()):
+        return None
+    was_training = model.training
+    model.eval()
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    inputs, _ = model_inputs(batch, unwrapped.config, accelerator.device)
+    length = inputs["spectrum_values"].shape[1]
+    with accelerator.autocast():
+        output = model(**inputs)
+        generated = unwrapped.generate_spectrum(inputs["pixel_values"], inputs["spectrum_wavelengths"])
+    model.train(was_training)
+    scale = batch["spectrum_scale"].float()[:, None]
+    next_patch = output.spectrum_predictions.float().flatten(1)[:, :length].cpu()
+    return SpectrumPanels(
+        wavelengths=batch["spectrum_wavelengths"].float(), observed=batch["spectrum_values"].float() * scale,
+        mask=batch["spectrum_mask"].bool(),
+        predictions={"from the image alone": generated.float().cpu() * scale,
+                     "next-patch (observed patches before it)": next_patch * scale},
+        note=None if bool((scale == 1).all()) else SCALED_PREDICTIONS_NOTE,
+    )
+
+
+def save_spectrum_panels(panels: SpectrumPanels, path: str | os.PathLike, ids: list, step: int,
+                         title: str | None = None, count: int = 4) -> Path:
+    """PNG of the first `count` galaxies' observed and predicted spectra, one panel each, captioned with the
+    galaxy's id; the title carries the step."""
+    count = min(count, len(panels.observed))
+    heading = f"{title} (step {step})" if title else f"step {step}"
+    return plot_spectrum_predictions(
+        panels.wavelengths[:count], panels.observed[:count],
+        {label: values[:count] for label, values in panels.predictions.items()}, path,
+        masks=panels.mask[:count], titles=[str(i) for i in ids[:count]], title=heading, note=panels.note,
+    )
+
+
+def write_spectrum_panels(accelerator, model, batch: dict, output_dir: str | os.PathLike, step: int, write) -> None:
+    """`output_dir/eval/spectra-step<N>.png` from `predicted_spectra` of `batch` (every process takes part in
+    the forward passes; the main one writes, through `write(what, function, *args, **kwargs)`, the run's
+    guarded writer)."""
+    panels = predicted_spectra(accelerator, model, batch)
+    if panels is not None and accelerator.is_main_process:
+        path = Path(output_dir) / "eval" / f"spectra-step{step:06d}.png"
+        write("the spectrum panels", save_spectrum_panels, panels, path, batch["ids"], step,
+              title=f"astroPT spectra — {Path(output_dir).name}")
+
+
 def input_description(processor, config) -> str:
     """What the grid's pixel values are: the processor's stretch, then the model's patch standardisation
     (the space the model reads and predicts in)."""
@@ -164,6 +250,7 @@ def save_prediction_grid(panels: PredictionPanels, path: str | os.PathLike, ids:
 
 
 __all__ = [
-    "PredictionPanels", "dummy_pixel_values", "evaluate_loss", "input_description", "loss_description", "predicted_images",
-    "save_prediction_grid",
+    "PredictionPanels", "SpectrumPanels", "ValidationLosses", "dummy_pixel_values", "evaluate_loss", "evaluate_losses",
+    "input_description", "loss_description", "predicted_images", "predicted_spectra", "save_prediction_grid",
+    "save_spectrum_panels", "write_spectrum_panels",
 ]

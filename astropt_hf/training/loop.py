@@ -32,7 +32,6 @@ from .checkpointing import (
     CheckpointSaveError,
     StopSignal,
     check_run_settings,
-    find_latest_checkpoint,
     load_checkpoint,
     resolve_resume_path,
     run_settings,
@@ -41,17 +40,25 @@ from .checkpointing import (
 from .collectives import any_process, sum_over_processes
 from .data_streams import TrainBatchStream, count_items, load_pretraining_sources, validation_batches
 from .evaluation import (
-    dummy_pixel_values,
-    evaluate_loss,
+    evaluate_losses,
     input_description,
     loss_description,
     predicted_images,
     save_prediction_grid,
+    write_spectrum_panels,
 )
 from .hub import check_push_possible, push_folder
 from .metrics_log import MetricsLog
+from .modalities import LossParts, model_inputs
 from .optim import build_optimizer
-from .output_dir import final_message, prepare_output_dir, save_final_model, weights_digest
+from .output_dir import (
+    final_message,
+    prepare_output_dir,
+    processor_to_save,
+    run_summary,
+    save_final_model,
+    weights_digest,
+)
 from .precision import resolve_mixed_precision
 from .run_health import RunHealth
 from .run_lock import lock_output_dir
@@ -123,6 +130,9 @@ class Pretrainer:
         self.output_dir = Path(args.output_dir)
         self.config = args.model_config()
         self.processor = args.image_processor()
+        self.spectrum_extractor = args.spectrum_feature_extractor()  # None unless the model reads spectra
+        self.saved_processor = processor_to_save(self.processor, self.spectrum_extractor)
+        self.loss_parts = LossParts(self.config)  # each modality's part of the logged loss (multimodal models)
         self._setup_accelerator()
         # Before anything in the folder is read or deleted: a fresh start must not clean up a live run.
         self.lock = lock_output_dir(self.accelerator, self.output_dir)
@@ -146,6 +156,7 @@ class Pretrainer:
         self.data_state: dict[str, Any] = {
             "epoch": 0, "batches_in_epoch": 0, "window_loss_sum": 0.0, "window_images": 0,
             "window_steps": 0, "local_images": 0, "local_skipped": 0,
+            **self.loss_parts.initial_state(),
         }
 
     def run(self) -> dict[str, Any]:
@@ -189,7 +200,8 @@ class Pretrainer:
         args, started = self.args, time.perf_counter()
         self.train_source, self.val_source = load_pretraining_sources(args, self.accelerator)
         self.collator, self.val_collator = pretraining_collators(
-            (self.train_source, self.val_source), self.processor, self.config, args.max_image_side_factor, self.main)
+            (self.train_source, self.val_source), self.processor, self.config, args.max_image_side_factor, self.main,
+            spectrum_extractor=self.spectrum_extractor)
         self.eval_batch_size = args.resolved_eval_batch_size()
         self.num_val_items = args.eval_batches * self.eval_batch_size
         self.num_train = count_items(self.train_source)
@@ -309,21 +321,20 @@ class Pretrainer:
         accelerator, model, data_state = self.accelerator, self.model, self.data_state
         for _ in range(self.accumulation):
             batch = next(self.stream)
-            count = int(batch["pixel_values"].shape[0])
             data_state["local_skipped"] += int(batch["num_skipped"])
             if self.sample_log is not None:
                 self.sample_log.write(json.dumps({"step": self.step, "ids": [str(i) for i in batch["ids"]]}) + "\n")
+            inputs, count = model_inputs(batch, self.config, accelerator.device)
             with accelerator.accumulate(model):
-                if count:
-                    loss = model(pixel_values=batch["pixel_values"].to(accelerator.device, non_blocking=True)).loss
-                else:  # every item of this batch was skipped: a weight-zero pass keeps the processes in step
-                    loss = model(pixel_values=dummy_pixel_values(self.config, accelerator.device)).loss * 0.0
+                output = model(**inputs)
+                # every item of an empty batch was skipped: its weight-zero pass keeps the processes in step
+                loss = output.loss if count else output.loss * 0.0
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and self.args.grad_clip > 0:
                     accelerator.clip_grad_norm_(model.parameters(), self.args.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach().float().item())  # a sync the loss sum needs anyway: checking it is free
+            value = self.loss_parts.add(data_state, batch, output, loss, count)  # syncs once: checking it is free
             self.health.observe_loss(self.step + 1, value)
             data_state["window_loss_sum"] += value * count
             data_state["window_images"] += count
@@ -338,9 +349,10 @@ class Pretrainer:
         """The training loss of the window since the last log (over all processes), the learning rate,
         counts and throughput: to metrics.jsonl, the progress bar and the tracker."""
         data_state, stream = self.data_state, self.stream
-        loss_sum, window_images, images, skipped = sum_over_processes(
+        loss_sum, window_images, images, skipped, *part_sums = sum_over_processes(
             self.accelerator, [data_state["window_loss_sum"], data_state["window_images"],
-                               data_state["local_images"], data_state["local_skipped"]]
+                               data_state["local_images"], data_state["local_skipped"],
+                               *self.loss_parts.local_sums(data_state)]
         )
         train_loss = loss_sum / window_images if window_images else float("nan")
         elapsed = time.perf_counter() - self.segment_start
@@ -351,6 +363,7 @@ class Pretrainer:
                   "skipped_samples": int(skipped), "tokens_per_second": tokens_per_second,
                   "epoch": stream.epoch + stream.batches_in_epoch / self.batches_per_epoch
                   if self.batches_per_epoch else stream.epoch}
+        record.update(self.loss_parts.take(data_state, part_sums))
         self.state["last_train_loss"] = train_loss
         data_state.update(window_loss_sum=0.0, window_images=0, window_steps=0)
         if self.main:
@@ -364,7 +377,11 @@ class Pretrainer:
         args, step = self.args, self.step
         loader = validation_batches(self.val_source, self.val_collator, self.num_val_items, self.eval_batch_size,
                                     self.rank, self.world, args.num_workers)
-        val_loss, _, _ = evaluate_loss(self.accelerator, self.model, loader, self.config)
+        losses = evaluate_losses(self.accelerator, self.model, loader, self.config)
+        val_loss, val_parts = losses.loss, {f"val_{part}": value for part, value in losses.parts.items()}
+        if self.plot_batch is not None and self.spectrum_extractor is not None:
+            write_spectrum_panels(self.accelerator, self.model, self.plot_batch, self.output_dir, step,
+                                  self.health.write)
         if self.plot_batch is not None:
             panels = predicted_images(self.accelerator, self.model, self.plot_batch["pixel_values"])
             if self.main:
@@ -376,10 +393,10 @@ class Pretrainer:
             self.state["first_val_loss"] = val_loss
         self.state["last_val_loss"] = val_loss
         if self.main:
-            self.health.write("metrics.jsonl", self.metrics.write, {"step": step, "val_loss": val_loss})
+            self.health.write("metrics.jsonl", self.metrics.write, {"step": step, "val_loss": val_loss, **val_parts})
             self.health.write("loss.png", self._plot_losses)
         if self.trackers:
-            self.accelerator.log({"val_loss": val_loss}, step=step)
+            self.accelerator.log({"val_loss": val_loss, **val_parts}, step=step)
         return val_loss
 
     def save(self) -> bool:
@@ -406,11 +423,11 @@ class Pretrainer:
         summary."""
         args, accelerator, output_dir = self.args, self.accelerator, self.output_dir
         if status == "completed":
-            failure = save_final_model(accelerator, self.model, self.processor, output_dir)
+            failure = save_final_model(accelerator, self.model, self.saved_processor, output_dir)
             if failure is not None:
                 status, self.health.failure = "failed", failure
                 accelerator.print(f"\n{failure}")
-        summary = self._summary(status)
+        summary = run_summary(self, status, self._global_counts(), self._wall_seconds(), self._data_seconds())
         if args.record_sample_ids:
             (self.debug_dir / f"final-rank{self.rank}.json").write_text(json.dumps({
                 "rank": self.rank, "num_processes": self.world, "steps": self.step,
@@ -433,45 +450,6 @@ class Pretrainer:
         accelerator.wait_for_everyone()
         return summary
 
-    def _summary(self, status: str) -> dict[str, Any]:
-        images, skipped, wall = *self._global_counts(), self._wall_seconds()
-        state, args = self.state, self.args
-        failed = {}
-        if status == "failed":
-            latest = find_latest_checkpoint(self.output_dir)
-            failed = {"reason": self.health.failure, "failed_step": self.step,
-                      "last_checkpoint": str(latest) if latest is not None else None}
-        return {
-            "status": status,
-            **failed,
-            "steps": self.step,
-            "max_steps": args.max_steps,
-            "tokens_seen": images * self.tokens_per_image,
-            "images_seen": images,
-            "tokens_per_step": self.tokens_per_step,
-            "final_train_loss": state["last_train_loss"],
-            "final_val_loss": state["last_val_loss"],
-            "first_val_loss": state["first_val_loss"],
-            "val_loss_ratio": (state["last_val_loss"] / state["first_val_loss"])
-            if state["first_val_loss"] and state["last_val_loss"] is not None else None,
-            "skipped_samples": skipped,
-            "wall_seconds": wall,
-            "data_seconds": self._data_seconds(),
-            "train_seconds": wall - self._data_seconds(),
-            "num_processes": self.world,
-            "device": str(self.accelerator.device),
-            "mixed_precision": self.mixed_precision,
-            "gradient_accumulation_steps": self.accumulation,
-            "batch_size": args.batch_size,
-            "num_parameters": self.num_parameters,
-            "epochs": (images + skipped) / self.num_train if self.num_train else None,
-            "dataset": args.dataset,
-            "objective": self.config.objective,
-            "attention_pattern": self.config.attention_pattern,
-            "resumed_from": str(self.resume_path) if self.resume_path is not None else None,
-            "output_dir": str(self.output_dir),
-        }
-
     # --- small helpers ------------------------------------------------------------------------------
 
     def _global_counts(self) -> tuple[int, int]:
@@ -493,7 +471,8 @@ class Pretrainer:
         losses = ("train_loss", "val_loss")
         if any(record.get(key) is not None for record in self.metrics.read() for key in losses):
             plot_loss_curves(self.metrics.path, self.output_dir / "loss.png", title="astroPT pretraining",
-                             run_name=self.output_dir.name, loss_name=loss_description(self.config))
+                             run_name=self.output_dir.name, loss_name=loss_description(self.config),
+                             parts=self.loss_parts.names)
 
 
 __all__ = ["Pretrainer", "run_pretraining"]

@@ -1,6 +1,6 @@
 """The run's output folder: checked and cleaned when a run starts (no mixing of two runs, no leftovers of an
-interrupted save), and at the end the final `save_pretrained`, the closing message, and a weights digest that
-the multi-process tests compare across ranks."""
+interrupted save), and at the end the final `save_pretrained` (with the processor the model needs), the run's
+summary, the closing message, and a weights digest that the multi-process tests compare across ranks."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import hashlib
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .arguments import ConfigError, PretrainArguments
-from .checkpointing import list_checkpoints, remove_incomplete_checkpoints
+from .checkpointing import find_latest_checkpoint, list_checkpoints, remove_incomplete_checkpoints
 from .collectives import first_failure
 
 # Files a run writes into output_dir, removed by --overwrite_output_dir.
@@ -59,6 +60,17 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def processor_to_save(image_processor, spectrum_extractor=None):
+    """The processor the final model folder holds: the image processor, or for a model with spectra an
+    `AstroPTProcessor` of it and the spectrum feature extractor, so that one
+    `AutoProcessor.from_pretrained(output_dir, trust_remote_code=True)` prepares both inputs as in training."""
+    if spectrum_extractor is None:
+        return image_processor
+    from ..processing_astropt import AstroPTProcessor
+
+    return AstroPTProcessor(image_processor, spectrum_extractor)
+
+
 def save_final_model(accelerator, model, processor, output_dir: Path) -> str | None:
     """`save_pretrained` of the model (gathered from all processes under FSDP/DeepSpeed) and processor,
     with the remote-code files, so that `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` works;
@@ -79,6 +91,49 @@ def save_final_model(accelerator, model, processor, output_dir: Path) -> str | N
     except Exception as err:  # noqa: BLE001 -- a full disk is an OSError, a SafetensorError or a RuntimeError
         failure = f"could not write the model in {output_dir} ({type(err).__name__}: {err})"
     return first_failure(accelerator, failure)  # also the barrier: the files are complete on return
+
+
+def run_summary(trainer, status: str, counts: tuple[int, int], wall: float, data_seconds: float) -> dict[str, Any]:
+    """The run's `summary.json`: status (and why and where a failed run stopped), steps, tokens and images
+    (`counts`: images trained on and samples skipped, over all processes), losses, times (`wall` seconds in
+    all, `data_seconds` of them preparing data) and the run's shape, from a `Pretrainer`."""
+    images, skipped = counts
+    state, args = trainer.state, trainer.args
+    failed = {}
+    if status == "failed":
+        latest = find_latest_checkpoint(trainer.output_dir)
+        failed = {"reason": trainer.health.failure, "failed_step": trainer.step,
+                   "last_checkpoint": str(latest) if latest is not None else None}
+    return {
+        "status": status,
+        **failed,
+        "steps": trainer.step,
+        "max_steps": args.max_steps,
+        "tokens_seen": images * trainer.tokens_per_image,
+        "images_seen": images,
+        "tokens_per_step": trainer.tokens_per_step,
+        "final_train_loss": state["last_train_loss"],
+        "final_val_loss": state["last_val_loss"],
+        "first_val_loss": state["first_val_loss"],
+        "val_loss_ratio": (state["last_val_loss"] / state["first_val_loss"])
+        if state["first_val_loss"] and state["last_val_loss"] is not None else None,
+        "skipped_samples": skipped,
+        "wall_seconds": wall,
+        "data_seconds": data_seconds,
+        "train_seconds": wall - data_seconds,
+        "num_processes": trainer.world,
+        "device": str(trainer.accelerator.device),
+        "mixed_precision": trainer.mixed_precision,
+        "gradient_accumulation_steps": trainer.accumulation,
+        "batch_size": args.batch_size,
+        "num_parameters": trainer.num_parameters,
+        "epochs": (images + skipped) / trainer.num_train if trainer.num_train else None,
+        "dataset": args.dataset,
+        "objective": trainer.config.objective,
+        "attention_pattern": trainer.config.attention_pattern,
+        "resumed_from": str(trainer.resume_path) if trainer.resume_path is not None else None,
+        "output_dir": str(trainer.output_dir),
+    }
 
 
 def final_message(summary: dict, output_dir: Path) -> str:
@@ -102,4 +157,5 @@ def final_message(summary: dict, output_dir: Path) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["RUN_OUTPUTS", "final_message", "prepare_output_dir", "save_final_model", "weights_digest"]
+__all__ = ["RUN_OUTPUTS", "final_message", "prepare_output_dir", "processor_to_save", "run_summary", "save_final_model",
+           "weights_digest"]

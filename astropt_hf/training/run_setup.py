@@ -9,11 +9,13 @@ import logging
 from typing import Any
 
 import numpy as np
+import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from ..data import DecodeLimits, GalaxyCollator, decode_image
 from .arguments import ConfigError, PretrainArguments
 from .data_streams import count_items, validation_batches
+from .modalities import spectrum_extractor_for
 
 logger = logging.getLogger(__name__)
 
@@ -27,24 +29,32 @@ def tracker_config(args: PretrainArguments) -> dict[str, Any]:
 
 
 def first_images(source, collator, count: int) -> dict | None:
-    """The first `count` decodable validation images, for the prediction grids."""
+    """The first `count` decodable validation images (and their spectra, if the collator reads them), for the
+    prediction grids and spectrum panels."""
     if count <= 0:
         return None
     loader = validation_batches(source, collator, num_items=count * 2, batch_size=count * 2)
     for batch in loader:
         if batch["pixel_values"].shape[0]:
-            return {"pixel_values": batch["pixel_values"][:count], "ids": batch["ids"][:count]}
+            kept = {name: value[:count] for name, value in batch.items() if isinstance(value, torch.Tensor)}
+            return {**kept, "ids": batch["ids"][:count]}
     return None
 
 
-def pretraining_collators(sources, processor, config, max_side_factor: int, warn: bool = False) -> list:
+def pretraining_collators(sources, processor, config, max_side_factor: int, warn: bool = False,
+                          spectrum_extractor=None) -> list:
     """One `GalaxyCollator` per source: an image of more than `max_side_factor` times the model's side (its
-    pixels per band, read from the file's header before anything is decoded) is skipped and counted. With
-    `warn`, first `warn_if_stretching_display_images` on the last source (the validation split)."""
+    pixels per band, read from the file's header before anything is decoded) is skipped and counted; a model
+    with spectra also gets each source's spectra through `spectrum_extractor`. With `warn`, first
+    `warn_if_stretching_display_images` on the last source (the validation split)."""
     limits = DecodeLimits.for_image_size(config.image_size, config.num_channels, max_side_factor)
     if warn:
         warn_if_stretching_display_images(sources[-1], processor, limits)
-    return [GalaxyCollator(processor, source.image_column, source.id_column, decode_limits=limits) for source in sources]
+    return [
+        GalaxyCollator(processor, source.image_column, source.id_column, decode_limits=limits,
+                       spectrum_extractor=spectrum_extractor_for(source, spectrum_extractor))
+        for source in sources
+    ]
 
 
 def warn_if_stretching_display_images(source, processor, limits=None) -> None:
