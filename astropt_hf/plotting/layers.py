@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ..data.catalogue_units import column_label
 from .style import METRIC_LABELS, save_figure
 
 __all__ = ["layer_score_matrix", "plot_layer_heatmap", "plot_layer_lines"]
@@ -79,7 +80,7 @@ def plot_layer_heatmap(results: Mapping[str, Any], path: str | Path, title: str 
         if target in best and int(best[target]) in layers:
             row = layers.index(int(best[target]))
             ax.add_patch(Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    ax.set_xticks(range(len(targets)), targets, rotation=30 if len(targets) > 4 else 0,
+    ax.set_xticks(range(len(targets)), [column_label(t, unit=False) for t in targets], rotation=30 if len(targets) > 4 else 0,
                   ha="right" if len(targets) > 4 else "center")  # fmt: skip
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
     ax.set_ylabel(LAYER_AXIS_LABEL, fontsize=8)
@@ -106,7 +107,7 @@ def plot_layer_lines(results: Mapping[str, Any], path: str | Path, title: str | 
             ax.plot([int(best)], [scores[layers.index(int(best)), index]], "*", color="red", markersize=12,
                     label=f"best: layer {int(best)}")  # fmt: skip
         ax.set_xticks(layers)
-        ax.set_title(target)
+        ax.set_title(column_label(target, unit=False))
         ax.set_xlabel("layer")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.grid(alpha=0.3)
