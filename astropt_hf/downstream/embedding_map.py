@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from astropt_hf.data.catalogue_units import column_label
+
 METHODS = ("auto", "umap", "tsne", "pca")
 PRE_COMPONENTS = 50
 
@@ -160,7 +162,7 @@ def build_embedding_map(
                              "or thumbnails=0")  # fmt: skip
         images = _thumbnail_images(table, positions, spec, processor)
     path = plot_embedding_map(
-        coords, table.columns[color_by], output, color_label=color_by, method=used,
+        coords, table.columns[color_by], output, color_label=column_label(color_by), method=used,
         thumbnails=list(zip(positions.tolist(), images)), explained_variance=details.get("explained_variance"),
         title=title or f"astroPT embeddings of {len(table)} galaxies ({Path(str(table.metadata.get('model', ''))).name})",
     )  # fmt: skip
