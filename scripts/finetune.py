@@ -6,10 +6,12 @@
     python scripts/finetune.py ... --mode frozen                            # linear head only (a probe)
     python scripts/finetune.py ... --mode lora --lora_r 8                   # adapters (pip install peft)
     python scripts/finetune.py ... --head pdf                               # a calibrated PDF per galaxy
+    python scripts/finetune.py ... --sample_weighting inverse_density       # rare redshifts weigh more
 
 Trains on --train_split (default train) and evaluates on --eval_split (default test). The output folder
 loads with AutoModelForImageClassification.from_pretrained(dir, trust_remote_code=True) and holds a model
-card (README.md) with the metrics, finetune_results.json and, for regressions, pred_vs_true.png. With
+card (README.md) with the metrics, finetune_results.json (with, for redshifts, the bias dz/(1+z) in bins of
+true z), trainer_log.jsonl (the Trainer's log entries) and, for regressions, pred_vs_true.png. With
 --head pdf it also holds test_predictions.parquet (median, mode, mean, 68% and 95% intervals per test galaxy,
 raw and calibrated on --calibration_split) and the PDF figures (pdf_*.png).
 """

@@ -1,5 +1,5 @@
-"""The `transformers.Trainer` side of fine-tuning: training arguments, a Trainer whose training batches have
-their own collator and may carry per-galaxy loss weights, and one progress bar in place of the Trainer's
+"""The `transformers.Trainer` side of fine-tuning: training arguments, metrics, a Trainer whose training batches
+have their own collator and may carry per-galaxy loss weights, and one progress bar in place of the Trainer's
 printed log dictionaries (the log history goes to ``trainer_log.jsonl`` instead)."""
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 
 if TYPE_CHECKING:  # pragma: no cover
+    from astropt_hf.downstream.finetune_data import RegressionTarget
     from astropt_hf.downstream.finetuning import FinetuneArguments
 
-__all__ = ["LOG_FILE", "ProgressBarCallback", "finetune_trainer_class", "training_arguments", "use_progress_bar",
+__all__ = ["LOG_FILE", "ProgressBarCallback", "finetune_trainer_class", "trainer_compute_metrics", "training_arguments",
+           "use_progress_bar",
            "weighted_mse_loss"]
 
 LOG_FILE = "trainer_log.jsonl"
@@ -65,6 +68,32 @@ def finetune_trainer_class():
             return (loss, outputs) if return_outputs else loss
 
     return FinetuneTrainer
+
+
+def trainer_compute_metrics(task: str, regression: RegressionTarget | None, config, photo_z: bool, pdf: bool = False):
+    """Trainer `compute_metrics` through the shipped metric modules, in the target's own units (a PDF head's
+    through `pdf_finetune`)."""
+    from transformers import EvalPrediction
+
+    from astropt_hf.metrics import make_trainer_compute_metrics
+
+    if pdf:
+        from astropt_hf.downstream import pdf_finetune
+
+        return pdf_finetune.pdf_compute_metrics(config, photo_z)
+    inner = make_trainer_compute_metrics(task, photo_z=photo_z and task == "regression")
+    if regression is None:
+        return inner
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        predictions = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        restored = EvalPrediction(
+            predictions=regression.restore(np.asarray(predictions).reshape(-1)),
+            label_ids=regression.restore(np.asarray(prediction.label_ids).reshape(-1)),
+        )
+        return inner(restored)
+
+    return compute_metrics
 
 
 def training_arguments(options: FinetuneArguments, output_dir: Path):

@@ -17,7 +17,13 @@ a classification. Regression targets are standardised for training (mean and std
 rows), and the saved head is rescaled so the checkpoint predicts the target in its own units; the
 statistics are kept in ``config.regression_target`` and the model card. Metrics come from the metric
 modules shipped in `astropt_hf.metrics` (R², MAE, and σ_NMAD / outlier fraction for redshifts;
-accuracy and F1 for labels), always in the target's own units.
+accuracy and F1 for labels), always in the target's own units; for redshifts also the bias Δz/(1+z) in
+bins of true z (``redshift_bias`` in the results, a lower panel in the figure).
+
+Against regression to the mean at the ends of a peaked target distribution, a regression can learn
+log(1 + y) (``target_transform="log1p"``; the saved head then outputs log(1 + y)) or weight each galaxy's
+loss by the inverse density of its target (``sample_weighting="inverse_density"``). Training prints one
+progress bar; the Trainer's log entries go to ``trainer_log.jsonl``.
 
 The output folder loads with ``AutoModelForImageClassification.from_pretrained(dir,
 trust_remote_code=True)`` and ``AutoImageProcessor``, and holds ``README.md`` (model card from
@@ -54,6 +60,7 @@ from astropt_hf.downstream.finetune_heads import bake_standardisation, init_head
 from astropt_hf.downstream.finetune_trainer import (
     LOG_FILE,
     finetune_trainer_class,
+    trainer_compute_metrics,
     training_arguments,
     use_progress_bar,
 )
@@ -69,16 +76,8 @@ TASKS = ("regression", "classification")
 DEFAULT_LEARNING_RATES = {"frozen": 3e-3, "full": 3e-4, "lora": 1e-3}
 LORA_TARGET_MODULES = ("qkv", "out_proj", "fc1", "fc2")
 
-__all__ = [
-    "MODES",
-    "FinetuneArguments",
-    "FinetuneResult",
-    "LabelCollator",
-    "random_dihedral",
-    "RegressionTarget",
-    "finetune",
-    "infer_target_task",
-]
+__all__ = ["MODES", "FinetuneArguments", "FinetuneResult", "LabelCollator", "random_dihedral", "RegressionTarget",
+           "finetune", "infer_target_task"]
 
 
 @dataclass
@@ -151,27 +150,6 @@ def _apply_mode(model, mode: str, lora_r: int, lora_alpha: int, lora_dropout: fl
 def _count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
-
-
-def _compute_metrics_fn(task: str, regression: RegressionTarget | None, photo_z: bool):
-    """Trainer `compute_metrics` through the shipped metric modules, in the target's own units."""
-    from transformers import EvalPrediction
-
-    from astropt_hf.metrics import make_trainer_compute_metrics
-
-    inner = make_trainer_compute_metrics(task, photo_z=photo_z)
-    if regression is None:
-        return inner
-
-    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        predictions = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        restored = EvalPrediction(
-            predictions=regression.restore(np.asarray(predictions).reshape(-1)),
-            label_ids=regression.restore(np.asarray(prediction.label_ids).reshape(-1)),
-        )
-        return inner(restored)
-
-    return compute_metrics
 
 
 @dataclass
@@ -363,18 +341,11 @@ def _build_trainer(options: FinetuneArguments, model, processor, labels: _Labels
         eval_dataset=datasets[1],
         data_collator=collator,
         train_collator=train_collator,
-        compute_metrics=_metrics_for(labels, model.config, photo_z),
+        compute_metrics=trainer_compute_metrics(labels.task, labels.regression, model.config, photo_z,
+                                                pdf=bool(labels.pdf_head)),
     )
     use_progress_bar(trainer, output_dir / LOG_FILE)
     return trainer
-
-
-def _metrics_for(labels: _Labels, config, photo_z: bool):
-    if labels.pdf_head:
-        from astropt_hf.downstream import pdf_finetune
-
-        return pdf_finetune.pdf_compute_metrics(config, photo_z)
-    return _compute_metrics_fn(labels.task, labels.regression, photo_z and labels.task == "regression")
 
 
 def _save_plain_model(trainer, processor, options: FinetuneArguments, labels: _Labels, output_dir: Path):
@@ -387,7 +358,15 @@ def _save_plain_model(trainer, processor, options: FinetuneArguments, labels: _L
         model.config.regression_target = asdict(labels.regression)
     for parameter in model.parameters():
         parameter.requires_grad_(True)  # a frozen backbone is a training choice, not part of the checkpoint
-    model.save_pretrained(output_dir)
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # one file: a "Writing model shards" bar says nothing
+    try:
+        model.save_pretrained(output_dir)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
     processor.save_pretrained(output_dir)
     return model
 
