@@ -47,7 +47,8 @@ def _output_and_usage(result: FinetuneResult) -> tuple[str, str]:
         logarithmic = stats.get("transform") == "log1p"
         learnt = f"log(1 + {result.target})" if logarithmic else f"`{result.target}` in its own units"
         output_note = (
-            f"The head outputs {learnt}. Training used standardised targets "
+            f"The head outputs {learnt}. Training used standardised "
+            f"{'values of log(1 + ' + result.target + ')' if logarithmic else 'targets'} "
             f"(mean {stats.get('mean', float('nan')):.6g}, std {stats.get('std', float('nan')):.6g} over the "
             "training rows, also stored as `config.regression_target`); the head was rescaled before saving, "
             "so `eval loss` below is the MSE in standardised units and the other metrics are in the target's units."
