@@ -2,6 +2,8 @@
 checkpoints that reload (as remote code) with the same predictions, and the model card."""
 
 import json
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -42,13 +44,24 @@ def _reloaded_predictions(folder, dataset) -> np.ndarray:
     return np.asarray(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def test_full_regression_cli_saves_a_reloadable_checkpoint_in_target_units(tiny_model, splits, tmp_path, capsys):
+def test_full_regression_cli_saves_a_reloadable_checkpoint_in_target_units(tiny_model, splits, tmp_path, capfd):
     output = tmp_path / "ft"
     script = load_script("finetune")
-    assert script.main(["--model", str(tiny_model), "--target", "redshift", "--output_dir", str(output),
-                        "--max_steps", "8", "--batch_size", "8", "--eval_steps", "4", "--logging_steps", "2",
-                        *dataset_flags()]) == 0  # fmt: skip
-    assert "eval_r2" in capsys.readouterr().out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert script.main(["--model", str(tiny_model), "--target", "redshift", "--output_dir", str(output),
+                            "--max_steps", "8", "--batch_size", "8", "--eval_steps", "4", "--logging_steps", "2",
+                            *dataset_flags()]) == 0  # fmt: skip
+    printed = capfd.readouterr()
+    assert "eval_r2" in printed.out
+    # one progress bar, no printed Trainer log dictionaries, no pin_memory warning on a CPU
+    for line in (printed.out + printed.err).replace("\r", "\n").splitlines():
+        assert not re.match(r"\s*\{'(loss|eval_loss|train_runtime)'", line), line
+    assert "fine-tuning: 100%" in printed.err
+    assert not any("pin_memory" in str(warning.message) for warning in caught)
+    logged = [json.loads(line) for line in (output / "trainer_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged if "loss" in entry] == [2, 4, 6, 8]
+    assert sum("eval_loss" in entry for entry in logged) == 2 and "train_runtime" in logged[-1]
     results = json.loads((output / "finetune_results.json").read_text())
     assert results["task"] == "regression" and results["mode"] == "full"
     for key in ("eval_loss", "eval_r2", "eval_mae", "eval_sigma_nmad", "eval_outlier_fraction"):
@@ -62,7 +75,14 @@ def test_full_regression_cli_saves_a_reloadable_checkpoint_in_target_units(tiny_
     assert config["auto_map"]["AutoModelForImageClassification"].startswith("modeling_astropt")
     card = (output / "README.md").read_text()
     assert "redshift" in card and f"{results['metrics']['eval_r2']:.4g}" in card and "$" not in card.split("```")[0]
-    assert (output / "pred_vs_true.png").stat().st_size > 0
+    from PIL import Image
+
+    width, height = Image.open(output / "pred_vs_true.png").size
+    assert height > 1.2 * width  # the hexbin with the bias panel under it
+    # the redshift bias, overall and in bins of true z, of the same test predictions
+    bias = results["redshift_bias"]
+    assert bias["overall"]["n"] == len(splits[1].dataset) == sum(b["n"] for b in bias["bins"])
+    assert "median Δz/(1+z)" in card
 
     # The reloaded checkpoint predicts in redshift units: its R² equals the reported one.
     from astropt_hf.metrics import compute_regression_metrics
@@ -72,6 +92,9 @@ def test_full_regression_cli_saves_a_reloadable_checkpoint_in_target_units(tiny_
     reloaded = compute_regression_metrics(predictions, np.asarray(test["redshift"]), photo_z=True)
     assert reloaded["r2"] == pytest.approx(results["metrics"]["eval_r2"], abs=1e-4)
     assert reloaded["mae"] == pytest.approx(results["metrics"]["eval_mae"], rel=1e-4)
+    true = np.asarray(test["redshift"])
+    errors = (predictions - true) / (1 + true)
+    assert bias["overall"]["median"] == pytest.approx(float(np.median(errors)), abs=1e-5)
 
 
 def _reloaded_in_process(folder, dataset) -> np.ndarray:
@@ -174,3 +197,73 @@ def test_dihedral_augmentation_gives_the_eight_orientations_and_refuses_position
     with pytest.raises(ValueError, match="position_angle"):
         finetune(FinetuneArguments(model=tiny_model, target="position_angle", output_dir=tmp_path / "pa",
                                    augment="dihedral"), train.dataset, test.dataset)
+
+
+def test_log1p_target_transform_round_trips_and_the_checkpoint_outputs_log1p(tiny_model, splits, tmp_path):
+    from astropt_hf.downstream.finetune_data import RegressionTarget
+
+    redshifts = np.array([0.0, 0.05, 0.3, 1.2, 3.0])
+    target = RegressionTarget.fit("redshift", redshifts, transform="log1p")
+    assert target.mean == pytest.approx(np.log1p(redshifts).mean()) and target.std == pytest.approx(np.log1p(redshifts).std())
+    np.testing.assert_allclose(target.restore(target.standardise(redshifts)), redshifts, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(target.standardise(redshifts), (np.log1p(redshifts) - target.mean) / target.std)
+    with pytest.raises(ValueError, match="above -1"):
+        RegressionTarget.fit("redshift", [-1.0, 0.5], transform="log1p")
+
+    train, test = splits
+    options = FinetuneArguments(model=tiny_model, target="redshift", output_dir=tmp_path / "log", max_steps=4,
+                                batch_size=8, target_transform="log1p", sample_weighting="inverse_density")  # fmt: skip
+    result = finetune(options, train.dataset, test.dataset)
+    assert result.regression_target["transform"] == "log1p" and result.sample_weighting == "inverse_density"
+    # the saved head outputs log(1 + z); the reported predictions are z
+    outputs = _reloaded_in_process(tmp_path / "log", test.dataset)[:, 0]
+    np.testing.assert_allclose(np.expm1(outputs), result.eval_predictions, rtol=1e-4, atol=1e-5)
+    assert "expm1()" in (tmp_path / "log" / "README.md").read_text()
+
+
+def test_inverse_density_weights_are_inverse_to_the_histogram_and_average_one():
+    from astropt_hf.downstream.finetune_data import InverseDensityWeights
+
+    values = np.array([0.05] * 6 + [0.15] * 3 + [0.25] * 1)  # 6, 3 and 1 galaxies in three bins
+    weights = InverseDensityWeights.fit(values, bins=3, max_weight=10.0)
+    per_galaxy = weights(values)
+    assert per_galaxy.mean() == pytest.approx(1.0)
+    # 1/6 : 1/3 : 1 scaled to mean 1 over the 10 galaxies: every bin holds the same total weight, 10/3
+    np.testing.assert_allclose(weights.bin_weights, [10 / 18, 10 / 9, 10 / 3])
+    np.testing.assert_allclose([per_galaxy[:6].sum(), per_galaxy[6:9].sum(), per_galaxy[9:].sum()], [10 / 3] * 3)
+    # out-of-range values take the end bins' weights
+    np.testing.assert_allclose(weights([-1.0, 5.0]), [10 / 18, 10 / 3])
+    # a cap holds, and the mean stays 1
+    capped = InverseDensityWeights.fit(values, bins=3, max_weight=2.0)
+    assert max(capped.bin_weights) == pytest.approx(2.0) and capped(values).mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(capped.bin_weights[1] / capped.bin_weights[0], 2.0)  # uncapped bins keep 1/count
+
+
+def test_weighted_loss_equals_a_hand_computation_on_a_tiny_batch(tiny_model, tmp_path):
+    from transformers import AutoModelForImageClassification, TrainingArguments
+
+    from astropt_hf.downstream.finetune_trainer import finetune_trainer_class, weighted_mse_loss
+
+    assert weighted_mse_loss(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.0, 2.0, 1.0]),
+                             torch.tensor([0.5, 1.0, 1.5])).item() == pytest.approx((0.5 * 1 + 0 + 1.5 * 9) / 3)
+    model = AutoModelForImageClassification.from_pretrained(tiny_model, num_labels=1, problem_type="regression").eval()
+    trainer = finetune_trainer_class()(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))
+    pixel_values = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels, weights = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.2, 1.0, 1.8])
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values).logits[:, 0]
+        loss = trainer.compute_loss(model, {"pixel_values": pixel_values, "labels": labels, "sample_weights": weights})
+        plain = trainer.compute_loss(model, {"pixel_values": pixel_values, "labels": labels})
+    by_hand = sum(w * (o - y) ** 2 for w, o, y in zip(weights.tolist(), outputs.tolist(), labels.tolist())) / 3
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
+    assert plain.item() == pytest.approx(float(((outputs - labels) ** 2).mean()), rel=1e-5)  # unweighted: the MSE
+
+
+def test_transform_and_weighting_need_a_linear_regression(tiny_model, splits, tmp_path):
+    train, test = (_morphology(split) for split in splits)
+    with pytest.raises(ValueError, match="sample_weighting='inverse_density' needs a regression"):
+        finetune(FinetuneArguments(model=tiny_model, target="morphology", output_dir=tmp_path / "x",
+                                   sample_weighting="inverse_density"), train, test)
+    with pytest.raises(ValueError, match="target_transform='log1p' needs a regression with --head linear"):
+        finetune(FinetuneArguments(model=tiny_model, target="redshift", output_dir=tmp_path / "x", head="pdf",
+                                   target_transform="log1p"), train, test)

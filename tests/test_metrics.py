@@ -206,3 +206,41 @@ def test_each_metric_documents_an_example_that_holds(name):
     keywords = ast.parse(f"compute({call})", mode="eval").body.keywords
     inputs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in keywords}
     assert metric.compute(**inputs) == pytest.approx(ast.literal_eval(result))
+
+
+def test_redshift_bias_by_hand():
+    from astropt_hf.metrics import compute_redshift_bias
+
+    true = [0.0, 0.1, 0.3, 1.0]
+    pred = [0.1, 0.1, 0.17, 0.8]
+    # dz/(1+z): 0.1/1 = 0.1, 0, -0.13/1.3 = -0.1, -0.2/2 = -0.1
+    result = compute_redshift_bias(pred, true, edges=[0.0, 0.2, 1.0])
+    assert result["overall"] == {"n": 4, "mean": pytest.approx(-0.025), "median": pytest.approx(-0.05)}
+    low, high = result["bins"]
+    assert (low["z_lo"], low["z_hi"], low["n"]) == (0.0, 0.2, 2)
+    assert low["mean"] == pytest.approx(0.05) and low["median"] == pytest.approx(0.05)
+    assert high["n"] == 2 and high["mean"] == pytest.approx(-0.1) and high["median"] == pytest.approx(-0.1)
+    # the last bin holds its upper edge; a bin without galaxies says so
+    empty = compute_redshift_bias(pred, true, edges=[0.0, 0.5, 0.9, 1.0])["bins"]
+    assert [b["n"] for b in empty] == [3, 0, 1] and np.isnan(empty[1]["median"])
+
+
+def test_redshift_bias_bins_merge_sparse_tails():
+    from astropt_hf.metrics import bias_bin_edges, compute_redshift_bias
+
+    rng = np.random.default_rng(0)
+    # 100 galaxies in each of 0-0.1, 0.1-0.2 and 0.2-0.3, 12 in 0.3-0.4 and 8 in 0.4-0.5: the two sparse
+    # tail bins become one 0.3-0.5 bin of 20
+    true = np.concatenate([rng.uniform(lo, lo + 0.1, n) for lo, n in ((0.0, 100), (0.1, 100), (0.2, 100),
+                                                                      (0.3, 12), (0.4, 8))])  # fmt: skip
+    true[-1] = 0.5
+    np.testing.assert_allclose(bias_bin_edges(true, width=0.1, min_count=20), [0.0, 0.1, 0.2, 0.3, 0.5])
+    bins = compute_redshift_bias(true, true)["bins"]
+    assert [b["n"] for b in bins] == [100, 100, 100, 20] and all(b["median"] == 0 for b in bins)
+    # a sparse bin in the middle joins its smaller neighbour
+    middle = np.concatenate([np.full(30, 0.05), np.full(5, 0.15), np.full(25, 0.25), np.full(40, 0.35)])
+    np.testing.assert_allclose(bias_bin_edges(middle, width=0.1, min_count=20), [0.0, 0.1, 0.3, 0.4])
+    # fewer values than min_count: one bin
+    assert len(bias_bin_edges([0.1, 0.2, 0.35], min_count=20)) == 2
+    with pytest.raises(ValueError, match="increasing"):
+        compute_redshift_bias(true, true, edges=[0.3, 0.1])

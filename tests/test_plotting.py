@@ -121,6 +121,21 @@ def test_fine_tuned_pred_vs_true_title_names_target_and_model(tmp_path, drawn):
     assert any("σ_NMAD = " in text for text in _texts(drawn[-1]))
 
 
+def test_pred_vs_true_bias_panel_shows_the_binned_medians_on_the_same_z_axis(tmp_path, drawn):
+    from astropt_hf.metrics import compute_redshift_bias
+
+    true = np.random.default_rng(0).uniform(0.02, 0.45, 400)
+    pred = 0.15 + 0.8 * (true - 0.15)  # regressed towards the mean
+    bias = compute_redshift_bias(pred, true)
+    plot_pred_vs_true(pred, true, "redshift", tmp_path / "z.png", photo_z=True, bias=bias)
+    upper, lower = (ax for ax in drawn[-1].axes if ax.get_label() != "<colorbar>")
+    assert lower.get_ylabel() == "Δz / (1 + z)" and lower.get_xlabel() == "true redshift z"
+    assert lower.get_xlim() == pytest.approx(upper.get_xlim())
+    medians = next(c for c in lower.containers if c.get_label() == "median per bin").lines[0]
+    np.testing.assert_allclose(np.asarray(medians.get_ydata(), dtype=float), [b["median"] for b in bias["bins"]])
+    assert bias["bins"][0]["median"] > 0 > bias["bins"][-1]["median"]
+
+
 def test_galaxy_grid_labels_rows_names_the_stretch_and_keeps_ids(tmp_path, drawn):
     images = np.random.default_rng(0).normal(size=(3, 3, 16, 16))
     ids = [f"synthetic-s0-validation-{i:07d}" for i in range(3)]

@@ -1,5 +1,6 @@
-"""The data side of fine-tuning: target standardisation, the task a column implies, and the collator that
-turns rows into (pixel_values, labels) with optional dihedral augmentation."""
+"""The data side of fine-tuning: target transformation and standardisation, the task a column implies,
+per-galaxy loss weights, and the collator that turns rows into (pixel_values, labels[, sample_weights]) with
+optional dihedral augmentation."""
 
 from __future__ import annotations
 
@@ -14,30 +15,103 @@ import torch
 logger = logging.getLogger(__name__)
 
 AUGMENTATIONS = ("none", "dihedral")
+TARGET_TRANSFORMS = ("none", "log1p")
+SAMPLE_WEIGHTINGS = ("none", "inverse_density")
+
+
+def transform_target(values: Any, transform: str) -> np.ndarray:
+    """The target as the head learns it: unchanged ("none") or log(1 + y) ("log1p", for y > -1)."""
+    array = np.asarray(values, dtype=np.float64)
+    if transform == "none":
+        return array
+    if transform == "log1p":
+        if np.any(array[np.isfinite(array)] <= -1):
+            raise ValueError("target_transform='log1p' needs every target value above -1")
+        return np.log1p(array)
+    raise ValueError(f"target_transform={transform!r} is not valid; expected one of {list(TARGET_TRANSFORMS)}")
+
+
+def untransform_target(values: Any, transform: str) -> np.ndarray:
+    """Inverse of `transform_target`: the head's output back in the target's own units."""
+    array = np.asarray(values, dtype=np.float64)
+    if transform == "none":
+        return array
+    if transform == "log1p":
+        return np.expm1(array)
+    raise ValueError(f"target_transform={transform!r} is not valid; expected one of {list(TARGET_TRANSFORMS)}")
 
 
 @dataclass(frozen=True)
 class RegressionTarget:
-    """Standardisation of a continuous target: the model trains on (y - mean) / std."""
+    """How a continuous target is learnt: the model trains on (t(y) - mean) / std, with t the `transform`
+    ("none" or "log1p") and mean, std those of t(y) over the training rows."""
 
     name: str
     mean: float
     std: float
+    transform: str = "none"
 
     @classmethod
-    def fit(cls, name: str, values: Any) -> RegressionTarget:
+    def fit(cls, name: str, values: Any, transform: str = "none") -> RegressionTarget:
         array = np.asarray(values, dtype=np.float64)
-        array = array[np.isfinite(array)]
+        array = transform_target(array[np.isfinite(array)], transform)
         if array.size < 2:
             raise ValueError(f"target {name!r}: need at least 2 finite training values; got {array.size}")
         std = float(array.std())
-        return cls(name=name, mean=float(array.mean()), std=std if std > 0 else 1.0)
+        return cls(name=name, mean=float(array.mean()), std=std if std > 0 else 1.0, transform=transform)
 
     def standardise(self, values: Any) -> np.ndarray:
-        return (np.asarray(values, dtype=np.float64) - self.mean) / self.std
+        return (transform_target(values, self.transform) - self.mean) / self.std
 
     def restore(self, values: Any) -> np.ndarray:
+        """Standardised head outputs back in the target's own units."""
+        return untransform_target(self.unstandardise(values), self.transform)
+
+    def unstandardise(self, values: Any) -> np.ndarray:
+        """Standardised head outputs in the transformed units (what a saved head outputs)."""
         return np.asarray(values, dtype=np.float64) * self.std + self.mean
+
+
+@dataclass(frozen=True)
+class InverseDensityWeights:
+    """Per-galaxy loss weights inverse to the training targets' histogram density.
+
+    A regression trained on a peaked distribution pulls the rare ends towards the peak (the loss is
+    dominated by the common values); weighting each galaxy by 1 / (number of training galaxies in its
+    bin) gives every occupied bin the same total weight. Weights are normalised to mean 1 over the
+    training rows, so the learning rate keeps its meaning, and capped at `max_weight` (then normalised
+    again) so that a bin of one or two galaxies cannot dominate a batch.
+    """
+
+    edges: tuple[float, ...]
+    bin_weights: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, values: Any, bins: int = 20, max_weight: float = 10.0) -> InverseDensityWeights:
+        array = np.asarray(values, dtype=np.float64)
+        array = array[np.isfinite(array)]
+        if array.size < 2:
+            raise ValueError(f"inverse-density weights need at least 2 finite values; got {array.size}")
+        if max_weight < 1:
+            raise ValueError(f"max_weight must be at least 1 (the mean weight); got {max_weight}")
+        counts, edges = np.histogram(array, bins=bins)
+        inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+        capped = np.zeros(counts.size, dtype=bool)
+        while True:  # scale the uncapped bins so the mean is 1; cap the bins that pass max_weight, repeat
+            free = ~capped & (counts > 0)
+            scale = (array.size - max_weight * counts[capped].sum()) / np.sum(inverse[free] * counts[free])
+            over = free & (scale * inverse > max_weight)
+            if not over.any():
+                break
+            capped |= over
+        weights = np.where(capped, max_weight, scale * inverse)
+        return cls(edges=tuple(float(e) for e in edges), bin_weights=tuple(float(w) for w in weights))
+
+    def __call__(self, values: Any) -> np.ndarray:
+        """Weight of each value (values outside the fitted range take the weight of the nearest end bin)."""
+        array = np.asarray(values, dtype=np.float64)
+        index = np.clip(np.searchsorted(self.edges, array, side="right") - 1, 0, len(self.bin_weights) - 1)
+        return np.asarray(self.bin_weights)[index]
 
 
 def infer_target_task(dataset, target: str) -> str:
@@ -58,7 +132,8 @@ class LabelCollator:
     """Rows -> {"pixel_values", "labels"}: images through the data layer's `GalaxyCollator`, labels encoded.
 
     Regression labels are standardised floats (B,); classification labels are class indices (B,). An
-    image the data layer cannot read is skipped together with its label. `augment="dihedral"` turns
+    image the data layer cannot read is skipped together with its label. With `sample_weights` (training
+    only) the batch also holds each galaxy's loss weight, (B,), looked up from its target value. `augment="dihedral"` turns
     each image by a random multiple of 90 degrees and mirrors it half of the time (training only).
     """
 
@@ -70,6 +145,7 @@ class LabelCollator:
         regression: RegressionTarget | None = None,
         label2id: dict[str, int] | None = None,
         augment: str = "none",
+        sample_weights: InverseDensityWeights | None = None,
     ):
         from astropt_hf.data import GalaxyCollator
 
@@ -80,6 +156,7 @@ class LabelCollator:
         self.regression = regression
         self.label2id = label2id
         self.augment = augment
+        self.sample_weights = sample_weights
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.images(rows)
@@ -91,7 +168,10 @@ class LabelCollator:
             labels = torch.as_tensor(self.regression.standardise(values), dtype=torch.float32)
         else:
             labels = torch.as_tensor([self.label2id[label_key(v)] for v in values], dtype=torch.long)
-        return {"pixel_values": batch["pixel_values"], "labels": labels}
+        encoded = {"pixel_values": batch["pixel_values"], "labels": labels}
+        if self.sample_weights is not None:
+            encoded["sample_weights"] = torch.as_tensor(self.sample_weights(values), dtype=torch.float32)
+        return encoded
 
 
 def random_dihedral(pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -131,5 +211,6 @@ def drop_missing(dataset, target: str, task: str, what: str):
     return dataset
 
 
-__all__ = ["AUGMENTATIONS", "LabelCollator", "RegressionTarget", "drop_missing", "infer_target_task", "label_key",
-           "random_dihedral"]
+__all__ = ["AUGMENTATIONS", "SAMPLE_WEIGHTINGS", "TARGET_TRANSFORMS", "InverseDensityWeights", "LabelCollator",
+           "RegressionTarget", "drop_missing", "infer_target_task", "label_key", "random_dihedral", "transform_target",
+           "untransform_target"]

@@ -17,7 +17,13 @@ a classification. Regression targets are standardised for training (mean and std
 rows), and the saved head is rescaled so the checkpoint predicts the target in its own units; the
 statistics are kept in ``config.regression_target`` and the model card. Metrics come from the metric
 modules shipped in `astropt_hf.metrics` (R², MAE, and σ_NMAD / outlier fraction for redshifts;
-accuracy and F1 for labels), always in the target's own units.
+accuracy and F1 for labels), always in the target's own units; for redshifts also the bias Δz/(1+z) in
+bins of true z (``redshift_bias`` in the results, a lower panel in the figure).
+
+Against regression to the mean at the ends of a peaked target distribution, a regression can learn
+log(1 + y) (``target_transform="log1p"``; the saved head then outputs log(1 + y)) or weight each galaxy's
+loss by the inverse density of its target (``sample_weighting="inverse_density"``). Training prints one
+progress bar; the Trainer's log entries go to ``trainer_log.jsonl``.
 
 The output folder loads with ``AutoModelForImageClassification.from_pretrained(dir,
 trust_remote_code=True)`` and ``AutoImageProcessor``, and holds ``README.md`` (model card from
@@ -28,16 +34,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from astropt_hf.command_line import NOT_A_FLAG, option
 from astropt_hf.downstream.finetune_data import (
     AUGMENTATIONS,
+    SAMPLE_WEIGHTINGS,
+    TARGET_TRANSFORMS,
+    InverseDensityWeights,
     LabelCollator,
     RegressionTarget,
     drop_missing,
@@ -46,6 +57,13 @@ from astropt_hf.downstream.finetune_data import (
     random_dihedral,
 )
 from astropt_hf.downstream.finetune_heads import bake_standardisation, init_head_from_probe
+from astropt_hf.downstream.finetune_trainer import (
+    LOG_FILE,
+    finetune_trainer_class,
+    trainer_compute_metrics,
+    training_arguments,
+    use_progress_bar,
+)
 from astropt_hf.load_reports import plain_load_reports
 from astropt_hf.model_cards.finetuned import render_finetuned_card
 
@@ -58,16 +76,8 @@ TASKS = ("regression", "classification")
 DEFAULT_LEARNING_RATES = {"frozen": 3e-3, "full": 3e-4, "lora": 1e-3}
 LORA_TARGET_MODULES = ("qkv", "out_proj", "fc1", "fc2")
 
-__all__ = [
-    "MODES",
-    "FinetuneArguments",
-    "FinetuneResult",
-    "LabelCollator",
-    "random_dihedral",
-    "RegressionTarget",
-    "finetune",
-    "infer_target_task",
-]
+__all__ = ["MODES", "FinetuneArguments", "FinetuneResult", "LabelCollator", "random_dihedral", "RegressionTarget",
+           "finetune", "infer_target_task"]
 
 
 @dataclass
@@ -75,7 +85,10 @@ class FinetuneResult:
     """What `finetune` produced: the saved folder, the task set-up and the final evaluation.
 
     `eval_predictions` are the evaluation rows' predictions (target units for regressions, class
-    indices into `id2label` for classifications), as the saved checkpoint reproduces them.
+    indices into `id2label` for classifications), as the saved checkpoint reproduces them (after
+    ``expm1`` with ``target_transform="log1p"``: the saved head outputs log(1 + y)). `eval_targets` are
+    the rows' true values in the same units (regressions only). `train_seconds` is the Trainer's loop
+    (with its evaluations); `setup_seconds` loading the model and, for a probe head, embedding the training rows.
     """
 
     output_dir: Path
@@ -90,16 +103,24 @@ class FinetuneResult:
     learning_rate: float
     head_init: str = "probe"
     augment: str = "none"
-    regression_target: dict[str, float] | None = None
+    target_transform: str = "none"
+    sample_weighting: str = "none"
+    regression_target: dict[str, Any] | None = None
+    # photo-z: mean and median Δz/(1+z) overall and in bins of true z (astropt_hf.metrics.compute_redshift_bias)
+    redshift_bias: dict[str, Any] | None = None
     id2label: dict[int, str] | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
     pdf: dict[str, Any] | None = None  # PDF head: calibration and scores of the test PDFs (pdf_finetune)
+    setup_seconds: float = 0.0
+    torch_threads: int = 0
     eval_predictions: np.ndarray | None = field(default=None, repr=False)
+    eval_targets: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["output_dir"] = str(self.output_dir)
         data.pop("eval_predictions")
+        data.pop("eval_targets")
         return data
 
 
@@ -129,48 +150,6 @@ def _apply_mode(model, mode: str, lora_r: int, lora_alpha: int, lora_dropout: fl
 def _count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
-
-
-def _compute_metrics_fn(task: str, regression: RegressionTarget | None, photo_z: bool):
-    """Trainer `compute_metrics` through the shipped metric modules, in the target's own units."""
-    from transformers import EvalPrediction
-
-    from astropt_hf.metrics import make_trainer_compute_metrics
-
-    inner = make_trainer_compute_metrics(task, photo_z=photo_z)
-    if regression is None:
-        return inner
-
-    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        predictions = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        restored = EvalPrediction(
-            predictions=regression.restore(np.asarray(predictions).reshape(-1)),
-            label_ids=regression.restore(np.asarray(prediction.label_ids).reshape(-1)),
-        )
-        return inner(restored)
-
-    return compute_metrics
-
-
-def _trainer_class():
-    """`Trainer` whose training batches go through their own collator (e.g. one that augments)."""
-    from transformers import Trainer
-
-    class _FinetuneTrainer(Trainer):
-        def __init__(self, *args, train_collator=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.train_collator = train_collator
-
-        def get_train_dataloader(self):
-            if self.train_collator is None:
-                return super().get_train_dataloader()
-            evaluation_collator, self.data_collator = self.data_collator, self.train_collator
-            try:
-                return super().get_train_dataloader()
-            finally:
-                self.data_collator = evaluation_collator
-
-    return _FinetuneTrainer
 
 
 @dataclass
@@ -223,6 +202,13 @@ class FinetuneArguments:
         None, "PDF bins: a count over the training targets' range (default 64) or comma-separated edges"
     )
     calibration_split: str = option("validation", "split on which the PDF temperature is fitted ('' for none)")
+    target_transform: Literal["none", "log1p"] = option(
+        "none", "regression: learn log(1 + y) instead of y (predictions are transformed back)"
+    )
+    sample_weighting: Literal["none", "inverse_density"] = option(
+        "none", "regression: weight each galaxy's loss by the inverse of the training targets' histogram density "
+        "(20 bins, mean weight 1, at most 10) so the rare ends of the distribution count as much as its peak"
+    )
     # Set by code, not on the command line:
     # σ_NMAD and the outlier fraction in the metrics (default: when the target looks like a redshift)
     photo_z: bool | None = field(default=None, metadata=NOT_A_FLAG)
@@ -251,6 +237,7 @@ class _Labels:
     id2label: dict[int, str] | None = None
     pdf_head: str | None = None  # the config's head_type for a PDF head (labels then stay in their units)
     pdf_overrides: dict[str, Any] = field(default_factory=dict)
+    sample_weights: InverseDensityWeights | None = None  # training loss weights of a regression
 
     @property
     def label2id(self) -> dict[str, int] | None:
@@ -286,7 +273,19 @@ def _check_options(options: FinetuneArguments, train_dataset, eval_dataset) -> s
         )
     if options.max_steps < 1:
         raise ValueError(f"max_steps must be >= 1; got {options.max_steps}")
+    _check_regression_options(options, task)
     return task
+
+
+def _check_regression_options(options: FinetuneArguments, task: str) -> None:
+    """The target transformation and loss weighting act on the linear head's squared-error loss only."""
+    for name, value, choices in (("target_transform", options.target_transform, TARGET_TRANSFORMS),
+                                 ("sample_weighting", options.sample_weighting, SAMPLE_WEIGHTINGS)):  # fmt: skip
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is not valid; expected one of {list(choices)}")
+        if value != "none" and (task != "regression" or options.head != "linear"):
+            raise ValueError(f"{name}={value!r} needs a regression with --head linear; got task={task!r}, "
+                             f"head={options.head!r}")  # fmt: skip
 
 
 def _encode_labels(train_dataset, eval_dataset, target: str, task: str, options: FinetuneArguments) -> _Labels:
@@ -298,7 +297,10 @@ def _encode_labels(train_dataset, eval_dataset, target: str, task: str, options:
         return _Labels(task, regression=RegressionTarget(target, 0.0, 1.0), pdf_head=pdf_head,
                        pdf_overrides=overrides)
     if task == "regression":
-        return _Labels(task, regression=RegressionTarget.fit(target, train_dataset[target]))
+        regression = RegressionTarget.fit(target, train_dataset[target], options.target_transform)
+        weights = (InverseDensityWeights.fit(train_dataset[target]) if options.sample_weighting == "inverse_density"
+                   else None)  # fmt: skip
+        return _Labels(task, regression=regression, sample_weights=weights)
     classes = sorted({label_key(v) for split in (train_dataset, eval_dataset) for v in split[target]})
     if len(classes) < 2:
         raise ValueError(f"classification of {target!r} needs at least 2 classes; got {classes}")
@@ -324,56 +326,26 @@ def _load_model(options: FinetuneArguments, labels: _Labels, train_dataset, imag
     return model, processor
 
 
-def _training_arguments(options: FinetuneArguments, output_dir: Path):
-    from transformers import TrainingArguments
-
-    return TrainingArguments(
-        output_dir=str(output_dir / "trainer_state"),
-        save_strategy="no",
-        eval_strategy="steps",
-        report_to=options.report_to,
-        remove_unused_columns=False,  # the collator needs the raw image and target columns
-        label_names=["labels"],
-        lr_scheduler_type="cosine",
-        max_steps=options.max_steps,
-        per_device_train_batch_size=options.batch_size,
-        per_device_eval_batch_size=max(options.batch_size, 64),
-        learning_rate=options.resolved_learning_rate(),
-        weight_decay=options.weight_decay,
-        warmup_steps=int(round(options.warmup_ratio * options.max_steps)),
-        eval_steps=options.eval_steps or max(1, options.max_steps // 5),
-        logging_steps=options.logging_steps,
-        seed=options.seed,
-        bf16=options.bf16,
-        dataloader_num_workers=options.num_workers,
-    )
-
-
 def _build_trainer(options: FinetuneArguments, model, processor, labels: _Labels, datasets: tuple,
                    image_column: str, photo_z: bool, output_dir: Path):
     collator = LabelCollator(processor, image_column, options.target, labels.regression, labels.label2id)
     train_collator = (
         LabelCollator(processor, image_column, options.target, labels.regression, labels.label2id,
-                      augment=options.augment)
-        if options.augment != "none" else None
+                      augment=options.augment, sample_weights=labels.sample_weights)
+        if options.augment != "none" or labels.sample_weights is not None else None
     )  # fmt: skip
-    return _trainer_class()(
+    trainer = finetune_trainer_class()(
         model=model,
-        args=_training_arguments(options, output_dir),
+        args=training_arguments(options, output_dir),
         train_dataset=datasets[0],
         eval_dataset=datasets[1],
         data_collator=collator,
         train_collator=train_collator,
-        compute_metrics=_metrics_for(labels, model.config, photo_z),
+        compute_metrics=trainer_compute_metrics(labels.task, labels.regression, model.config, photo_z,
+                                                pdf=bool(labels.pdf_head)),
     )
-
-
-def _metrics_for(labels: _Labels, config, photo_z: bool):
-    if labels.pdf_head:
-        from astropt_hf.downstream import pdf_finetune
-
-        return pdf_finetune.pdf_compute_metrics(config, photo_z)
-    return _compute_metrics_fn(labels.task, labels.regression, photo_z and labels.task == "regression")
+    use_progress_bar(trainer, output_dir / LOG_FILE)
+    return trainer
 
 
 def _save_plain_model(trainer, processor, options: FinetuneArguments, labels: _Labels, output_dir: Path):
@@ -386,7 +358,15 @@ def _save_plain_model(trainer, processor, options: FinetuneArguments, labels: _L
         model.config.regression_target = asdict(labels.regression)
     for parameter in model.parameters():
         parameter.requires_grad_(True)  # a frozen backbone is a training choice, not part of the checkpoint
-    model.save_pretrained(output_dir)
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # one file: a "Writing model shards" bar says nothing
+    try:
+        model.save_pretrained(output_dir)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
     processor.save_pretrained(output_dir)
     return model
 
@@ -416,6 +396,7 @@ def finetune(options: FinetuneArguments, train_dataset, eval_dataset, image_colu
     test_rows = eval_dataset  # with every column: the PDF table carries the ids
     train_dataset = drop_missing(train_dataset.select_columns([image_column, target]), target, task, "train")
     eval_dataset = drop_missing(eval_dataset.select_columns([image_column, target]), target, task, "eval")
+    started = time.perf_counter()
     labels = _encode_labels(train_dataset, eval_dataset, target, task, options)
     model, processor = _load_model(options, labels, train_dataset, image_column)
     trainable, total = _count_parameters(model)
@@ -423,20 +404,13 @@ def finetune(options: FinetuneArguments, train_dataset, eval_dataset, image_colu
 
     trainer = _build_trainer(options, model, processor, labels, (train_dataset, eval_dataset), image_column,
                              photo_z, output_dir)  # fmt: skip
+    setup_seconds = time.perf_counter() - started
+    logger.info("training on %d CPU thread(s) (OMP_WAIT_POLICY=%s); log: %s", torch.get_num_threads(),
+                os.environ.get("OMP_WAIT_POLICY", "default"), output_dir / LOG_FILE)  # fmt: skip
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
-    final = trainer.predict(eval_dataset, metric_key_prefix="eval")
-    metrics = {key: float(value) for key, value in final.metrics.items() if isinstance(value, (int, float))}
-    raw = np.asarray(final.predictions[0] if isinstance(final.predictions, tuple) else final.predictions)
-    if labels.pdf_head:
-        from astropt_hf.downstream import pdf_finetune
-
-        eval_predictions = pdf_finetune.pdf_point_predictions(raw, trainer.model.config)
-    elif labels.regression is not None:
-        eval_predictions = labels.regression.restore(raw.reshape(-1))
-    else:
-        eval_predictions = raw.argmax(axis=-1)
+    metrics, eval_predictions, eval_targets = _final_evaluation(trainer, eval_dataset, labels)
     model = _save_plain_model(trainer, processor, options, labels, output_dir)
     pdf_scores = None
     if labels.pdf_head:
@@ -444,22 +418,44 @@ def finetune(options: FinetuneArguments, train_dataset, eval_dataset, image_colu
 
         pdf_scores = pdf_finetune.write_pdf_outputs(model, processor, test_rows, calibration_dataset, target,
                                                     output_dir, image_column, photo_z, max(options.batch_size, 64))
+    redshift_bias = None
+    if photo_z and labels.regression is not None:
+        from astropt_hf.metrics import compute_redshift_bias
+
+        redshift_bias = compute_redshift_bias(eval_predictions, eval_targets)
 
     result = FinetuneResult(
         output_dir=output_dir, target=target, task=task, mode=options.mode, metrics=metrics,
         num_trainable_parameters=trainable, num_parameters=total, train_seconds=train_seconds,
         max_steps=options.max_steps, learning_rate=options.resolved_learning_rate(),
         head_init=options.resolved_head_init(), augment=options.augment,
+        target_transform=options.target_transform, sample_weighting=options.sample_weighting,
         regression_target=asdict(labels.regression) if labels.regression is not None and not labels.pdf_head
-        else None,
+        else None, redshift_bias=redshift_bias,
         id2label=labels.id2label, log_history=list(trainer.state.log_history), eval_predictions=eval_predictions,
-        pdf=pdf_scores,
+        eval_targets=eval_targets, pdf=pdf_scores, setup_seconds=setup_seconds, torch_threads=torch.get_num_threads(),
     )  # fmt: skip
-    _write_outputs(result, options, model.config, final.label_ids, labels, photo_z, dataset_description)
+    _write_outputs(result, options, model.config, labels, photo_z, dataset_description)
     return result
 
 
-def _write_outputs(result: FinetuneResult, options: FinetuneArguments, config, label_ids, labels: _Labels,
+def _final_evaluation(trainer, eval_dataset, labels: _Labels):
+    """Metrics, predictions and true values (target units; class indices for a classification) of the
+    evaluation rows."""
+    final = trainer.predict(eval_dataset, metric_key_prefix="eval")
+    metrics = {key: float(value) for key, value in final.metrics.items() if isinstance(value, (int, float))}
+    raw = np.asarray(final.predictions[0] if isinstance(final.predictions, tuple) else final.predictions)
+    if labels.regression is None:
+        return metrics, raw.argmax(axis=-1), None
+    targets = labels.regression.restore(np.asarray(final.label_ids).reshape(-1))
+    if labels.pdf_head:
+        from astropt_hf.downstream import pdf_finetune
+
+        return metrics, pdf_finetune.pdf_point_predictions(raw, trainer.model.config), targets
+    return metrics, labels.regression.restore(raw.reshape(-1)), targets
+
+
+def _write_outputs(result: FinetuneResult, options: FinetuneArguments, config, labels: _Labels,
                    photo_z: bool, dataset_description: str) -> None:
     """finetune_results.json, the predicted-vs-true figure of a regression and the model card."""
     output_dir = result.output_dir
@@ -467,9 +463,9 @@ def _write_outputs(result: FinetuneResult, options: FinetuneArguments, config, l
     if labels.regression is not None:
         from astropt_hf.plotting import plot_pred_vs_true
 
-        truth = labels.regression.restore(np.asarray(label_ids).reshape(-1))
-        plot_pred_vs_true(result.eval_predictions, truth, result.target, output_dir / "pred_vs_true.png",
-                          photo_z=photo_z, model_description=f"fine-tuned astroPT ({options.mode}, test split)")
+        plot_pred_vs_true(result.eval_predictions, result.eval_targets, result.target, output_dir / "pred_vs_true.png",
+                          photo_z=photo_z, model_description=f"fine-tuned astroPT ({options.mode}, test split)",
+                          bias=result.redshift_bias)  # fmt: skip
     card = render_finetuned_card(result, str(options.model), config, dataset_description)
     (output_dir / "README.md").write_text(card)
     _remove_trainer_scratch(output_dir)

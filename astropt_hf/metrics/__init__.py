@@ -11,6 +11,7 @@ evaluate copies each script, with the shared file it imports, into its module ca
     r2.compute(predictions=[...], references=[...])
     compute_regression_metrics(pred, true, photo_z=True)
     # {"r2": ..., "mae": ..., "sigma_nmad": ..., "outlier_fraction": ...}
+    compute_redshift_bias(pred, true)   # mean / median dz/(1+z), overall and in bins of true z
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .redshift_bias import bias_bin_edges, compute_redshift_bias, normalised_redshift_error
+
 METRICS_DIR = Path(__file__).resolve().parent
 MODULES_DIR = METRICS_DIR / "modules"
 AVAILABLE_METRICS = ("r2", "mae", "sigma_nmad", "outlier_fraction", "accuracy", "f1")
@@ -32,12 +35,15 @@ __all__ = [
     "AVAILABLE_METRICS",
     "METRICS_DIR",
     "MODULES_DIR",
+    "bias_bin_edges",
     "compute_classification_metrics",
+    "compute_redshift_bias",
     "compute_regression_metrics",
     "encode_labels",
     "load_metric",
     "make_trainer_compute_metrics",
     "metric_path",
+    "normalised_redshift_error",
 ]
 
 

@@ -44,16 +44,47 @@ def _output_and_usage(result: FinetuneResult) -> tuple[str, str]:
         return output_note, usage
     if result.task == "regression":
         stats = result.regression_target or {}
+        logarithmic = stats.get("transform") == "log1p"
+        learnt = f"log(1 + {result.target})" if logarithmic else f"`{result.target}` in its own units"
         output_note = (
-            f"The head outputs `{result.target}` in its own units. Training used standardised targets "
+            f"The head outputs {learnt}. Training used standardised "
+            f"{'values of log(1 + ' + result.target + ')' if logarithmic else 'targets'} "
             f"(mean {stats.get('mean', float('nan')):.6g}, std {stats.get('std', float('nan')):.6g} over the "
             "training rows, also stored as `config.regression_target`); the head was rescaled before saving, "
             "so `eval loss` below is the MSE in standardised units and the other metrics are in the target's units."
         )
+        if logarithmic:
+            output_note += f" `config.regression_target.transform` is `\"log1p\"`: apply `expm1` to get `{result.target}`."
+            return output_note, "prediction = model(pixel_values=pixel_values).logits[:, 0].expm1()"
         return output_note, "prediction = model(pixel_values=pixel_values).logits[:, 0]"
     labels = ", ".join(f"{index}: `{label}`" for index, label in (result.id2label or {}).items())
     usage = "labels = [model.config.id2label[i] for i in model(pixel_values=pixel_values).logits.argmax(-1).tolist()]"
     return f"Classes (`config.id2label`): {labels}.", usage
+
+
+def _bias_section(result: FinetuneResult) -> str:
+    """The redshift bias in bins of true z (empty for other targets)."""
+    bias = result.redshift_bias
+    if not bias:
+        return ""
+    overall = bias["overall"]
+    lines = [
+        "Bias Δz / (1 + z) of the predictions (Δz = predicted − true), overall and in bins of true redshift: "
+        "a model that regresses towards the training set's mean over-predicts the low-z end and under-predicts "
+        "the high-z tail, which σ_NMAD does not show.",
+        "",
+        "| true z | galaxies | mean Δz/(1+z) | median Δz/(1+z) |",
+        "| --- | ---: | ---: | ---: |",
+        f"| all | {overall['n']} | {overall['mean']:+.4f} | {overall['median']:+.4f} |",
+    ]
+    lines += [f"| {b['z_lo']:.2f}–{b['z_hi']:.2f} | {b['n']} | {b['mean']:+.4f} | {b['median']:+.4f} |"
+              for b in bias["bins"] if b["n"] > 0]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+_TRANSFORMS = {"none": "none", "log1p": "log(1 + y), transformed back for the metrics"}
+_WEIGHTINGS = {"none": "none (every galaxy counts the same)",
+               "inverse_density": "inverse of the training targets' histogram density (mean 1, at most 10)"}
 
 
 def render_finetuned_card(result: FinetuneResult, base_model: str, config, dataset_description: str = "") -> str:
@@ -71,6 +102,9 @@ def render_finetuned_card(result: FinetuneResult, base_model: str, config, datas
         "learning_rate": f"{result.learning_rate:g}",
         "head_init": "the linear probe of the training embeddings" if result.head_init == "probe" else "random",
         "augment": "random 90-degree turns and mirror images" if result.augment == "dihedral" else "none",
+        "target_transform": _TRANSFORMS.get(result.target_transform, result.target_transform),
+        "sample_weighting": _WEIGHTINGS.get(result.sample_weighting, result.sample_weighting),
+        "bias_section": _bias_section(result),
         "trainable_parameters": f"{result.num_trainable_parameters:,}",
         "num_parameters": f"{result.num_parameters:,}",
         "train_minutes": f"{result.train_seconds / 60:.1f}",

@@ -182,6 +182,7 @@ def plot_pred_vs_true(
     photo_z: bool = False,
     model_description: str | None = None,
     title: str | None = None,
+    bias: Mapping[str, Any] | bool | None = None,
 ) -> Path:
     """Hexbin of predicted against true values with the 1:1 line and the named metrics in a corner.
 
@@ -189,6 +190,10 @@ def plot_pred_vs_true(
     Axes carry the column's label and unit (`astropt_hf.data.catalogue_units`). The title is `title`
     if given, else the column's name followed by `model_description` (e.g. "fine-tuned astroPT (LoRA)":
     "redshift z — fine-tuned astroPT (LoRA)").
+
+    `bias` (redshifts): a lower panel of Δz / (1 + z) against true z for every galaxy, with the binned
+    medians and means of `astropt_hf.metrics.compute_redshift_bias` (pass its result, or True to compute
+    it here), on the upper panel's x axis.
     """
     pred, true = _regression_pair(pred, true, target_name)
     if metrics is None:
@@ -199,9 +204,53 @@ def plot_pred_vs_true(
         title = column_label(target_name, unit=False)
         if model_description:
             title = f"{title} — {model_description}"
-    fig = Figure(figsize=(5.2, 4.6))
-    _draw_pred_vs_true(fig.add_subplot(), pred, true, target_name, metrics, title=title)
+    if not bias:
+        fig = Figure(figsize=(5.2, 4.6))
+        _draw_pred_vs_true(fig.add_subplot(), pred, true, target_name, metrics, title=title)
+        return save_figure(fig, path)
+    if not isinstance(bias, Mapping):
+        from astropt_hf.metrics import compute_redshift_bias
+
+        bias = compute_redshift_bias(pred, true)
+    fig = Figure(figsize=(5.2, 6.6))
+    grid = fig.add_gridspec(2, 1, height_ratios=(3.4, 1.5), hspace=0.08)
+    top = fig.add_subplot(grid[0])
+    _draw_pred_vs_true(top, pred, true, target_name, metrics, title=title)
+    top.tick_params(labelbottom=False)
+    top.set_xlabel("")
+    bottom = fig.add_subplot(grid[1])
+    _draw_bias_panel(bottom, pred, true, target_name, bias, top.get_xlim())
+    top.apply_aspect()  # the square upper panel is narrower than its slot: give the lower one its width
+    upper, lower = top.get_position(), bottom.get_position()
+    bottom.set_position([upper.x0, lower.y0, upper.width, lower.height])
     return save_figure(fig, path)
+
+
+def _draw_bias_panel(ax, pred: np.ndarray, true: np.ndarray, target: str, bias: Mapping[str, Any],
+                     xlim: tuple[float, float]) -> None:
+    """Δz / (1 + z) of each galaxy against true z, with the binned medians and means and a zero line."""
+    from astropt_hf.metrics import normalised_redshift_error
+
+    errors = normalised_redshift_error(pred, true)
+    ax.scatter(true, errors, s=3, color="0.6", alpha=0.5, linewidths=0, label="galaxies", rasterized=True)
+    ax.axhline(0.0, color="red", linewidth=1.0, linestyle="--")
+    bins = [b for b in bias.get("bins", []) if b["n"] > 0]
+    centres = np.asarray([(b["z_lo"] + b["z_hi"]) / 2 for b in bins])
+    half_widths = np.asarray([(b["z_hi"] - b["z_lo"]) / 2 for b in bins])
+    ax.errorbar(centres, [b["median"] for b in bins], xerr=half_widths, fmt="o", color="black", markersize=4,
+                capsize=0, linewidth=1.2, label="median per bin")  # fmt: skip
+    ax.plot(centres, [b["mean"] for b in bins], "s", markerfacecolor="none", markeredgecolor="tab:blue",
+            markersize=5, label="mean per bin")  # fmt: skip
+    for centre, entry in zip(centres, bins):
+        ax.text(centre, 0.96, f"n={entry['n']}", transform=ax.get_xaxis_transform(), ha="center", va="top",
+                fontsize=6, color="0.3")  # fmt: skip
+    spread = np.percentile(np.abs(errors), 99) if errors.size else 0.1
+    limit = max(spread, *(abs(b["median"]) for b in bins), *(abs(b["mean"]) for b in bins), 1e-3) * 1.15
+    ax.set_xlim(xlim)
+    ax.set_ylim(-limit, limit)
+    ax.set_xlabel(f"true {column_label(target)}")
+    ax.set_ylabel("Δz / (1 + z)")
+    ax.legend(fontsize=6, frameon=False, loc="lower left", ncol=3)
 
 
 def _grid_panels(entries: Mapping[str, Any], photo_z_targets: Sequence[str], with_metrics: bool = True) -> list:
