@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..data.catalogue_units import column_label
 from .style import METRIC_LABELS, save_figure
 
 __all__ = ["plot_checkpoint_probes"]
@@ -54,7 +55,7 @@ def plot_checkpoint_probes(
         ax.set_xscale("log")
         ax.set_xlabel("tokens seen (patches)" if x_is_tokens else "optimizer step")
         ax.set_ylabel(f"{label} (probe)", color="C0")
-        ax.set_title(target)
+        ax.set_title(column_label(target, unit=False))
         ax.grid(alpha=0.3, which="both")
         handles, names = ax.get_legend_handles_labels()
         if val_loss is not None and val_loss[0].size and val_loss[2] == x_is_tokens:
