@@ -8,14 +8,13 @@ reproduced here step by step; our side gets the image file and the plain flux an
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fresh_process import run_without_astropt_hf
 from PIL import Image
 from test_conversion_parity import (
     load_script,
@@ -220,13 +219,7 @@ def test_registry_and_weights_must_agree(tmp_path):
 
 LOADER = textwrap.dedent(
     """
-    import builtins, json, sys
-    real_import = builtins.__import__
-    def guarded_import(name, *args, **kwargs):
-        if name == "astropt_hf" or name.startswith("astropt_hf."):
-            raise ImportError("astropt_hf is not installed here")
-        return real_import(name, *args, **kwargs)
-    builtins.__import__ = guarded_import
+    import json, sys
     import numpy as np, torch
     from PIL import Image
     from transformers import AutoModelForPreTraining, AutoProcessor
@@ -252,10 +245,8 @@ def test_converted_checkpoint_loads_in_a_fresh_process_without_astropt_hf(tmp_pa
     png = write_galaxy_png(tmp_path / "galaxy.png", IMAGE_SIZE, seed=8)
     flux, wavelengths = galaxy_spectrum(90, seed=4)
     np.savez(tmp_path / "spectrum.npz", flux=flux, wavelengths=wavelengths)
-    (tmp_path / "load.py").write_text(LOADER)
-    completed = subprocess.run(
-        [sys.executable, str(tmp_path / "load.py"), str(tmp_path / "out"), str(png), str(tmp_path / "spectrum.npz"),
-         str(tmp_path / "result.json")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    completed = run_without_astropt_hf(LOADER, tmp_path, tmp_path / "out", png, tmp_path / "spectrum.npz",
+                                       tmp_path / "result.json")
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["classes"] == ["AstroPTProcessor", "AstroPTForPreTraining"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fresh_process import run_without_astropt_hf
 
 from astropt_hf import AstroPTImageProcessor, AstroPTSpectrumFeatureExtractor
 from astropt_hf.data import GalaxyCollator, load_galaxy_dataset, load_synthetic_galaxies, make_galaxy_row
@@ -127,13 +128,7 @@ def test_multimodal_preset_logs_both_losses_and_draws_spectra(multimodal_run):
 
 LOADER = textwrap.dedent(
     """
-    import builtins, json, sys
-    real_import = builtins.__import__
-    def guarded_import(name, *args, **kwargs):
-        if name == "astropt_hf" or name.startswith("astropt_hf."):
-            raise ImportError("astropt_hf is not installed here")
-        return real_import(name, *args, **kwargs)
-    builtins.__import__ = guarded_import
+    import json, sys
     import numpy as np, torch
     from transformers import AutoModelForPreTraining, AutoProcessor
     checkpoint, data_path, out_path = sys.argv[1:4]
@@ -162,10 +157,7 @@ def test_final_processor_loads_with_auto_processor_in_a_fresh_process(multimodal
     np.savez(tmp_path / "data.npz", images=np.stack([r["image"] for r in rows]),
              flux=np.stack([r["spectrum"] for r in rows]), wavelengths=rows[0]["spectrum_wavelength"],
              ivar=np.stack([r["spectrum_ivar"] for r in rows]))
-    (tmp_path / "load.py").write_text(LOADER)
-    completed = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(multimodal_run),
-                                str(tmp_path / "data.npz"), str(tmp_path / "out.json")], cwd=tmp_path,
-                               capture_output=True, text=True, timeout=300)
+    completed = run_without_astropt_hf(LOADER, tmp_path, multimodal_run, tmp_path / "data.npz", tmp_path / "out.json")
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["classes"] == ["AstroPTProcessor", "AstroPTImageProcessor", "AstroPTSpectrumFeatureExtractor"]
