@@ -6,6 +6,8 @@
         --split train --streaming --bf16 --batch_size 512 --output galaxies.parquet     # every GPU takes a share
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/extract_embeddings.py ...
 
+    python scripts/extract_embeddings.py --model runs/astropt-multimodal --inputs spectra --output spectra.parquet
+
 Rerunning the same command resumes: rows already in the output (or in its .parts/ folder) are skipped.
 """
 
@@ -26,6 +28,9 @@ class ExtractArguments:
     model: str = option(help="pretrained astroPT folder or hub id")
     output: str = option(help="Parquet file to write (resumed if it exists)")
     split: SPLITS = option("test", "split to use (default: test)")
+    inputs: Literal["images", "spectra", "images+spectra"] = option(
+        "images", "embed from the images, the spectra (a model with spectra) or both"
+    )
     batch_size: int = option(64)
     bf16: bool = option(False, "bfloat16 autocast for the forward pass")
     layer: int | str | None = option(None, "'last', 'middle' (upstream v2) or a block index (default: the model config's)")
@@ -47,10 +52,17 @@ def main(argv=None) -> int:
     args, data = parse_args(argv)
     from accelerate import Accelerator
 
-    from astropt_hf.downstream.embeddings import ExtractionOptions, extract_embeddings, load_backbone
+    from astropt_hf.downstream.embeddings import (
+        ExtractionOptions,
+        extract_embeddings,
+        load_backbone,
+        load_spectrum_extractor,
+    )
 
     accelerator = Accelerator()
-    model, processor = load_backbone(args.model, accelerator.device, trust_remote_code=not args.no_trust_remote_code)
+    trust = not args.no_trust_remote_code
+    model, processor = load_backbone(args.model, accelerator.device, trust_remote_code=trust)
+    spectrum_extractor = load_spectrum_extractor(model, args.model, args.inputs, trust_remote_code=trust)
     spec = data.spec(args.split, image_size=model.config.image_size)
     source = open_dataset(spec)
     options = ExtractionOptions(
@@ -65,6 +77,8 @@ def main(argv=None) -> int:
         rows_per_chunk=args.rows_per_chunk,
         num_workers=args.num_workers,
         overwrite=args.overwrite,
+        inputs=args.inputs,
+        spectrum_extractor=spectrum_extractor,
         model_name=args.model,
         extra_metadata={"dataset": spec},
     )

@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Linear probes of catalogue columns from astroPT embeddings, against a random-init model and pixel PCA.
+"""Linear probes of catalogue columns from astroPT embeddings, against a random-init model and pixel PCA
+(and, for embeddings made from spectra, PCA of the spectra).
 
     python scripts/linear_probe.py --model runs/astropt-demo --dataset synthetic --split test \\
         --targets redshift,mag_r,g_r,half_light_radius,axis_ratio --output_dir runs/probes
     python scripts/linear_probe.py --model runs/astropt-demo --embeddings emb.parquet --targets redshift ...
     python scripts/linear_probe.py --model runs/astropt-demo --targets redshift,mag_r --output_dir runs/probes \
         --layers all --attentive
+    python scripts/linear_probe.py --model runs/astropt-multimodal --inputs spectra --targets redshift ...
 
 Writes OUTPUT_DIR/probe_results.json ({"targets": {T: {"astropt": {"r2": ...}, "random_init": ...,
-"pixel_pca": ...}}}), probe_bars.png and pred_vs_true_<features>.png. Float columns get k-fold ridge
+"pixel_pca": ..., "spectrum_pca": ...}}}), probe_bars.png and pred_vs_true_<features>.png. Float columns get k-fold ridge
 probes (R², MAE; σ_NMAD and outlier fraction for redshifts), other columns logistic ones (accuracy, F1).
 
 `--layers all` (or e.g. 0,2,4; 0 is the patch embeddings) adds the same probes on every listed layer, all
@@ -37,7 +39,13 @@ class ProbeArguments:
         None, "reuse astroPT embeddings from extract_embeddings.py (matched to the dataset by id)"
     )
     split: Literal["train", "validation", "test", "all"] = option("test", "split to use (default: test)")
-    baselines: str = option("random_init,pixel_pca", "comma-separated: random_init, pixel_pca (empty: none)")
+    inputs: Literal["images", "spectra", "images+spectra"] = option(
+        "images", "embed from the images, the spectra (a model with spectra) or both"
+    )
+    baselines: str | None = option(
+        None, "comma-separated: random_init, pixel_pca, spectrum_pca (empty: none; default: random_init,pixel_pca "
+        "and, with spectra --inputs, spectrum_pca)"
+    )
     n_folds: int = option(5)
     seed: int = option(0)
     robust_normalisation: bool = option(
@@ -72,7 +80,8 @@ def main(argv=None) -> int:
     source = open_dataset(data.spec(args.split, image_size=image_size))
     options = LinearProbeOptions(
         embeddings_path=args.embeddings,
-        baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
+        inputs=args.inputs,
+        baselines=None if args.baselines is None else [b.strip() for b in args.baselines.split(",") if b.strip()],
         batch_size=args.batch_size,
         layer=args.layer,
         pooling=args.pooling,
@@ -86,6 +95,8 @@ def main(argv=None) -> int:
         id_column=source.id_column,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
+    if args.inputs != "images" and (args.layers or args.attentive):
+        raise SystemExit("--layers and --attentive probe image embeddings: use them with --inputs images")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     result = run_linear_probes(args.model, source.dataset, targets, args.output_dir, options)
     print(result.summary_table())
@@ -99,6 +110,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def _baselines(options) -> tuple[str, ...]:
+    from astropt_hf.downstream.linear_probe import default_baselines
+
+    return default_baselines(options.inputs) if options.baselines is None else tuple(options.baselines)
+
+
 def _metric(scores: dict) -> str:
     return "r2" if "r2" in scores else "accuracy"
 
@@ -110,7 +127,7 @@ def run_layer_probes_for(args: ProbeArguments, source, targets: list[str], linea
     options = LayerProbeOptions(
         n_folds=args.n_folds, seed=args.seed, batch_size=args.batch_size, pooling=args.pooling,
         pooling_num_patches=args.pooling_num_patches, bf16=args.bf16, device=linear_options.device,
-        random_init_baseline="random_init" in linear_options.baselines,
+        random_init_baseline="random_init" in _baselines(linear_options),
         robust_normalisation=args.robust_normalisation, target_clip=args.target_clip,
     )  # fmt: skip
     layered = run_layer_probes(args.model, source, targets, args.output_dir, layers=args.layers, options=options)
@@ -124,7 +141,7 @@ def run_attentive_probes_for(args: ProbeArguments, source, targets: list[str], l
 
     options = AttentiveWorkflowOptions(n_folds=args.n_folds, seed=args.seed, batch_size=args.batch_size,
                                        bf16=args.bf16, device=linear_options.device,
-                                       random_init_baseline="random_init" in linear_options.baselines)  # fmt: skip
+                                       random_init_baseline="random_init" in _baselines(linear_options))  # fmt: skip
     return run_attentive_probes(args.model, source, targets, args.output_dir, options=options)
 
 

@@ -16,8 +16,9 @@ from .sources import is_streaming_dataset
 
 ID_KEY = "__astropt_id__"  # the row's id as a string, added to each example
 ROW_KEY = "__astropt_row__"  # the row's position in the dataset
+SPECTRUM_KEYS = ("spectrum_values", "spectrum_wavelengths", "spectrum_mask")
 
-__all__ = ["ID_KEY", "ROW_KEY", "EmbeddingCollator", "pixel_batches"]
+__all__ = ["ID_KEY", "ROW_KEY", "SPECTRUM_KEYS", "EmbeddingCollator", "pixel_batches"]
 
 
 class _Rows:
@@ -73,25 +74,40 @@ class EmbeddingCollator:
 
     Images the data layer cannot decode or process are skipped (and counted); `ids`, `rows` and the
     carried catalogue `columns` (raw values, name -> list) describe only the kept images, in order.
+
+    With a `spectrum_extractor` the batch also holds `spectrum_values`, `spectrum_wavelengths` and
+    `spectrum_mask` (B, L), and a row without a usable spectrum (none, or one the extractor rejects) is
+    skipped and counted like an unreadable image: an all-masked spectrum would give an embedding of nothing.
     """
 
-    def __init__(self, processor, image_column: str = "image", carry_columns: Sequence[str] = ()):
+    def __init__(self, processor, image_column: str = "image", carry_columns: Sequence[str] = (),
+                 spectrum_extractor=None):
         from .collate import GalaxyCollator
 
-        self.images = GalaxyCollator(processor, image_column=image_column, id_column=ID_KEY)
+        self.images = GalaxyCollator(processor, image_column=image_column, id_column=ID_KEY,
+                                     spectrum_extractor=spectrum_extractor)
         self.carry_columns = list(carry_columns)
+        self.with_spectra = spectrum_extractor is not None
 
     def __call__(self, examples: list[dict]) -> dict[str, Any]:
         batch = self.images(examples)
         by_id = {example[ID_KEY]: example for example in examples}
-        kept = [by_id[row_id] for row_id in batch["ids"]]
-        return {
-            "pixel_values": batch["pixel_values"],
-            "ids": list(batch["ids"]),
+        keep = list(range(len(batch["ids"])))
+        num_skipped = batch["num_skipped"]
+        if self.with_spectra:
+            keep = [i for i in keep if bool(batch["spectrum_mask"][i].any())]
+            num_skipped += len(batch["ids"]) - len(keep)
+        kept = [by_id[batch["ids"][i]] for i in keep]
+        out = {
+            "pixel_values": batch["pixel_values"][keep],
+            "ids": [batch["ids"][i] for i in keep],
             "rows": [example[ROW_KEY] for example in kept],
             "columns": {name: [example[name] for example in kept] for name in self.carry_columns},
-            "num_skipped": batch["num_skipped"],
+            "num_skipped": num_skipped,
         }
+        if self.with_spectra:
+            out.update({name: batch[name][keep] for name in SPECTRUM_KEYS})
+        return out
 
 
 def pixel_batches(
@@ -106,16 +122,17 @@ def pixel_batches(
     done: set[str] | None = None,
     rank: int = 0,
     world: int = 1,
+    spectrum_extractor=None,
 ):
     """DataLoader of `EmbeddingCollator` batches.
 
     Map-style datasets read the given `indices` (default: all rows). Streaming datasets are split
     between processes with `split_dataset_by_node` and rows whose id is in `done` are dropped before
-    any image is decoded.
+    any image is decoded. With a `spectrum_extractor` the batches carry spectra too (`EmbeddingCollator`).
     """
     from torch.utils.data import DataLoader
 
-    collate = EmbeddingCollator(processor, image_column, carry_columns)
+    collate = EmbeddingCollator(processor, image_column, carry_columns, spectrum_extractor)
     if is_streaming_dataset(dataset):
         from datasets.distributed import split_dataset_by_node
 

@@ -28,7 +28,7 @@ ROW_COLUMN = "row"
 METADATA_KEY = b"astropt_hf.embeddings"  # the Parquet format key: unchanged so older files still read
 PARTS_SUFFIX = ".parts"
 # Settings that make two embeddings incomparable: a rerun that differs in one of them is refused.
-SETTINGS_KEYS = ("model", "layer", "pooling", "pooling_num_patches", "embedding_dim")
+SETTINGS_KEYS = ("model", "layer", "pooling", "pooling_num_patches", "embedding_dim", "inputs")
 
 __all__ = [
     "EMBEDDING_COLUMN",

@@ -8,7 +8,8 @@ Two entry points:
   on map-style datasets or streams.
 
 Images are decoded and processed by the data layer (`astropt_hf.data.GalaxyCollator`); an image it
-cannot read is skipped and counted, never written.
+cannot read is skipped and counted, never written. A model with spectra can be embedded from its images,
+its spectra or both (`inputs`); the spectra are prepared by the spectrum extractor saved with the model.
 
 The file and its resumability (chunks, merge, settings checks) are `astropt_hf.downstream.embedding_store`;
 the DataLoaders that keep rows matched to their ids are `astropt_hf.data.batching`.
@@ -22,13 +23,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from astropt_hf.data import is_streaming_dataset
-from astropt_hf.data.batching import pixel_batches
+from astropt_hf.data.batching import SPECTRUM_KEYS, pixel_batches
 from astropt_hf.downstream.embedding_store import (
     EMBEDDING_COLUMN,
     ROW_COLUMN,
@@ -43,18 +44,26 @@ logger = logging.getLogger(__name__)
 # The store's read side (`read_embeddings`, `EmbeddingTable`) is re-exported: reading back what
 # `extract_embeddings` wrote is part of this module's public interface, and users' scripts import it from here.
 __all__ = [
+    "INPUTS",
     "EmbeddingTable",
     "ExtractionOptions",
     "ExtractionSummary",
     "compute_embeddings",
+    "embed_batch",
     "embed_pixel_batch",
     "extract_embeddings",
     "load_backbone",
+    "load_spectrum_extractor",
     "read_embeddings",
 ]
 
 
 # --------------------------------------------------------------------------- model
+
+Inputs = Literal["images", "spectra", "images+spectra"]
+#: What an embedding can be made from; the embedding pools the patches of the modality it is made from.
+INPUTS: tuple[str, ...] = ("images", "spectra", "images+spectra")
+_POOLED_MODALITY = {"images": "images", "spectra": "spectra", "images+spectra": "both"}
 
 
 def load_backbone(
@@ -77,6 +86,35 @@ def load_backbone(
     if device is not None:
         model.to(device)
     return model.eval(), processor
+
+
+def load_spectrum_extractor(model, model_name_or_path: str | os.PathLike | None = None,
+                            inputs: str = "spectra", trust_remote_code: bool = True):
+    """The spectrum extractor for embedding `model` from `inputs` (None for "images").
+
+    The one saved with the model (its folder's `AstroPTProcessor`) when there is one, else the default
+    extractor, as pretraining builds it. An images-only model given spectra inputs is refused.
+    """
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs={inputs!r} is not valid; expected one of {list(INPUTS)}")
+    if inputs == "images":
+        return None
+    config = _backbone(model).config
+    if not getattr(config, "has_spectra", False):
+        raise ValueError(f"inputs={inputs!r} needs a model that reads spectra; {model_name_or_path or 'this model'} "
+                         f"has modalities {list(config.modalities)} (use inputs='images')")
+    if model_name_or_path is not None:
+        from transformers import AutoProcessor
+
+        try:
+            saved = AutoProcessor.from_pretrained(str(model_name_or_path), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError):  # no processor folder, or only an image processor's config
+            saved = None
+        if getattr(saved, "feature_extractor", None) is not None:
+            return saved.feature_extractor
+    from astropt_hf.feature_extraction_astropt import AstroPTSpectrumFeatureExtractor
+
+    return AstroPTSpectrumFeatureExtractor()
 
 
 def _backbone(model):
@@ -113,6 +151,28 @@ def embed_pixel_batch(
     return embeddings.float().cpu().numpy()
 
 
+@torch.no_grad()
+def embed_batch(model, batch: dict, inputs: str = "images", layer: str | int | None = None,
+                pooling: str | None = None, pooling_num_patches: int | None = None, bf16: bool = False) -> np.ndarray:
+    """One `EmbeddingCollator` batch -> (B, D) float32 embeddings from its images, spectra or both (`inputs`).
+
+    Spectra alone run the spectrum patches only; with both, the spectrum follows the image in one sequence
+    and the embedding is the mean of the two modalities' pooled embeddings (`AstroPTModel.pool`).
+    """
+    if inputs == "images":
+        return embed_pixel_batch(model, batch["pixel_values"], layer, pooling, pooling_num_patches, bf16)
+    backbone = _backbone(model)
+    device = next(backbone.parameters()).device
+    spectra = {name: batch[name].to(device, non_blocking=True) for name in SPECTRUM_KEYS}
+    pixel_values = batch["pixel_values"].to(device, non_blocking=True) if inputs == "images+spectra" else None
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        embeddings = backbone.get_image_embeddings(
+            pixel_values, layer=layer, pooling=pooling, pooling_num_patches=pooling_num_patches,
+            modality=_POOLED_MODALITY[inputs], **spectra,
+        )  # fmt: skip
+    return embeddings.float().cpu().numpy()
+
+
 # --------------------------------------------------------------------------- in memory
 
 
@@ -128,11 +188,15 @@ def compute_embeddings(
     image_column: str = "image",
     num_workers: int = 0,
     progress: bool = True,
+    inputs: Inputs = "images",
+    spectrum_extractor=None,
 ) -> np.ndarray:
     """Embed every row of a map-style `datasets.Dataset`, in order; returns (N, D) float32.
 
-    A row whose image cannot be decoded or processed is logged by the data layer and gets a row of
-    NaN, so the result stays aligned with the dataset (drop those rows before probing).
+    A row whose image cannot be decoded or processed (or, with spectra `inputs`, that has no usable
+    spectrum) is logged by the data layer and gets a row of NaN, so the result stays aligned with the
+    dataset (drop those rows before probing). `spectrum_extractor` prepares the spectra (default:
+    `load_spectrum_extractor(model, inputs=inputs)`, the default extractor).
     """
     from tqdm.auto import tqdm
 
@@ -142,13 +206,14 @@ def compute_embeddings(
         raise ValueError("dataset is empty: nothing to embed")
     width = _backbone(model).config.hidden_size
     result = np.full((len(dataset), width), np.nan, dtype=np.float32)
-    loader = pixel_batches(dataset, processor, image_column, None, batch_size, num_workers)
+    if spectrum_extractor is None:
+        spectrum_extractor = load_spectrum_extractor(model, inputs=inputs)
+    loader = pixel_batches(dataset, processor, image_column, None, batch_size, num_workers,
+                           spectrum_extractor=spectrum_extractor if inputs != "images" else None)
     with tqdm(total=len(dataset), unit="gal", desc="embedding", disable=not progress, smoothing=0.1) as bar:
         for batch in loader:
             if batch["rows"]:
-                result[batch["rows"]] = embed_pixel_batch(
-                    model, batch["pixel_values"], layer, pooling, pooling_num_patches, bf16
-                )
+                result[batch["rows"]] = embed_batch(model, batch, inputs, layer, pooling, pooling_num_patches, bf16)
             bar.update(len(batch["rows"]) + batch["num_skipped"])
     skipped = int(np.isnan(result[:, 0]).sum())
     if skipped:
@@ -176,6 +241,9 @@ class ExtractionOptions:
         overwrite: delete a previous output and its chunks first.
         model_name, extra_metadata: recorded in the file's metadata (e.g. how to reopen the dataset).
         progress: a progress bar on the main process.
+        inputs: embed from "images", "spectra" or "images+spectra" (spectra need a model that reads them;
+            recorded in the file's metadata, so a resume with other inputs is refused).
+        spectrum_extractor: prepares the spectra (None: `load_spectrum_extractor(model, model_name, inputs)`).
     """
 
     batch_size: int = 64
@@ -192,6 +260,8 @@ class ExtractionOptions:
     model_name: str | None = None
     extra_metadata: dict[str, Any] | None = None
     progress: bool = True
+    inputs: Inputs = "images"
+    spectrum_extractor: Any = None
 
 
 @dataclass
@@ -282,6 +352,7 @@ def _file_metadata(config, options: ExtractionOptions) -> dict[str, Any]:
         ),
         "embedding_dim": int(config.hidden_size),
         "bf16": bool(options.bf16),
+        "inputs": options.inputs,
         **(options.extra_metadata or {}),
     }
 
@@ -306,18 +377,20 @@ def _carried_columns(dataset, options: ExtractionOptions) -> list[str]:
     return carry
 
 
-def _remaining_batches(dataset, processor, options: ExtractionOptions, carry, done: set[str], processes: _Processes):
+def _remaining_batches(dataset, processor, options: ExtractionOptions, carry, done: set[str], processes: _Processes,
+                       spectrum_extractor=None):
     """This process's share of the rows not yet embedded: (DataLoader, its row count or None, rows done)."""
     reading = (dataset, processor, options.image_column, options.id_column, options.batch_size, options.num_workers)
     if is_streaming_dataset(dataset):
-        loader = pixel_batches(*reading, carry_columns=carry, done=done, rank=processes.rank, world=processes.world)
+        loader = pixel_batches(*reading, carry_columns=carry, done=done, rank=processes.rank, world=processes.world,
+                               spectrum_extractor=spectrum_extractor)
         return loader, None, len(done)
     ids = _row_ids(dataset, options.id_column)
     remaining = [i for i, row_id in enumerate(ids) if row_id not in done]
     # Contiguous shares: chunks sorted by first row then give the file in dataset order.
     share = -(-len(remaining) // processes.world)
     mine = remaining[processes.rank * share : (processes.rank + 1) * share]
-    loader = pixel_batches(*reading, indices=mine, carry_columns=carry)
+    loader = pixel_batches(*reading, indices=mine, carry_columns=carry, spectrum_extractor=spectrum_extractor)
     return loader, len(mine), len(done.intersection(ids))
 
 
@@ -333,8 +406,8 @@ def _embed_into(model, loader, writer, options: ExtractionOptions, total, proces
         for batch in loader:
             unreadable += batch["num_skipped"]
             if batch["ids"]:
-                embeddings = embed_pixel_batch(
-                    model, batch["pixel_values"], options.layer, options.pooling, options.pooling_num_patches,
+                embeddings = embed_batch(
+                    model, batch, options.inputs, options.layer, options.pooling, options.pooling_num_patches,
                     options.bf16,
                 )  # fmt: skip
                 writer.add(batch, embeddings)
@@ -370,6 +443,9 @@ def extract_embeddings(
     options = options or ExtractionOptions()
     processes = _Processes(accelerator)
     config = _backbone(model).config
+    spectrum_extractor = options.spectrum_extractor
+    if spectrum_extractor is None:  # also checks that the model reads spectra when the inputs have them
+        spectrum_extractor = load_spectrum_extractor(model, options.model_name, options.inputs)
     metadata = _file_metadata(config, options)
     carry = _carried_columns(dataset, options)
     store = EmbeddingStore(output)
@@ -380,7 +456,8 @@ def extract_embeddings(
     # Every process must finish reading before any writes a new chunk, or their views would differ.
     processes.barrier()
 
-    loader, total, num_done = _remaining_batches(dataset, processor, options, carry, done, processes)
+    loader, total, num_done = _remaining_batches(dataset, processor, options, carry, done, processes,
+                                                 spectrum_extractor if options.inputs != "images" else None)
     writer = store.chunk_writer(processes.rank, options.rows_per_chunk, _arrow_types(dataset, carry), metadata)
     embedded, unreadable, seconds = processes.totals(*_embed_into(model, loader, writer, options, total, processes))
     processes.barrier()

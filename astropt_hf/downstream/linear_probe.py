@@ -1,4 +1,4 @@
-"""The linear-probe workflow: astroPT embeddings against two baselines, on the same rows, to JSON and plots.
+"""The linear-probe workflow: astroPT embeddings against baselines, on the same rows, to JSON and plots.
 
 For a model and a dataset with catalogue columns this computes three feature sets for the same rows:
 
@@ -7,6 +7,8 @@ For a model and a dataset with catalogue columns this computes three feature set
   shows what the architecture alone gives (random projections of patches are not nothing);
 * ``pixel_pca``: PCA of the pixels the model is fed (the processor's output), with as many dimensions
   as the embedding;
+* ``spectrum_pca`` (when the embeddings are made from spectra): PCA of the normalised flux the model is
+  fed (the spectrum extractor's output, masked samples zero), with as many dimensions as the embedding;
 
 then probes every target from every feature set with the same cross-validation folds
 (`astropt_hf.downstream.probes.run_probe_suite`) and writes ``probe_results.json``, a grouped bar chart and
@@ -28,17 +30,25 @@ import torch
 
 from astropt_hf.data.batching import pixel_batches
 from astropt_hf.downstream.embedding_store import read_embeddings
-from astropt_hf.downstream.embeddings import compute_embeddings, load_backbone
+from astropt_hf.downstream.embeddings import (
+    INPUTS,
+    Inputs,
+    compute_embeddings,
+    load_backbone,
+    load_spectrum_extractor,
+)
 
 logger = logging.getLogger(__name__)
 
-FEATURE_SETS = ("astropt", "random_init", "pixel_pca")
+FEATURE_SETS = ("astropt", "random_init", "pixel_pca", "spectrum_pca")
 
 __all__ = [
     "FEATURE_SETS",
     "LinearProbeOptions",
     "ProbeWorkflowResult",
     "collect_pixels",
+    "collect_spectra",
+    "default_baselines",
     "probe_trained_run",
     "random_init_like",
     "run_linear_probes",
@@ -89,6 +99,30 @@ def collect_pixels(dataset, processor, image_column: str = "image", batch_size: 
     return result
 
 
+def collect_spectra(dataset, processor, spectrum_extractor, image_column: str = "image",
+                    batch_size: int = 256) -> np.ndarray:
+    """The spectrum extractor's normalised flux for every row (masked samples zero), zero-padded to the
+    longest spectrum: (N, L) float32. Rows without a usable spectrum or image are NaN, so rows stay aligned."""
+    rows, spectra = [], []
+    for batch in pixel_batches(dataset, processor, image_column, None, batch_size, num_workers=0,
+                               spectrum_extractor=spectrum_extractor):
+        values = batch["spectrum_values"] * batch["spectrum_mask"]
+        rows.extend(batch["rows"])
+        spectra.extend(values.numpy())
+    if not spectra:
+        raise ValueError("no row of the dataset has a usable spectrum")
+    result = np.full((len(dataset), max(len(s) for s in spectra)), np.nan, dtype=np.float32)
+    for row, spectrum in zip(rows, spectra):
+        result[row] = 0.0
+        result[row, : len(spectrum)] = spectrum
+    return result
+
+
+def default_baselines(inputs: str) -> tuple[str, ...]:
+    """random_init and pixel_pca, and spectrum_pca when the embeddings are made from spectra."""
+    return ("random_init", "pixel_pca") + (("spectrum_pca",) if "spectra" in inputs else ())
+
+
 def _aligned_embeddings(path: str | os.PathLike, dataset, id_column: str | None) -> np.ndarray:
     """Embeddings from Parquet reordered to the dataset's rows (matched by id); every row must be there."""
     table = read_embeddings(path, columns=[])
@@ -109,7 +143,8 @@ class LinearProbeOptions:
 
     Attributes:
         embeddings_path: reuse astroPT embeddings extracted by `extract_embeddings` (matched by id).
-        baselines: any of "random_init", "pixel_pca".
+        inputs: embed from "images", "spectra" or "images+spectra" (spectra need a model that reads them).
+        baselines: any of "random_init", "pixel_pca", "spectrum_pca" (None: `default_baselines(inputs)`).
         batch_size, layer, pooling, pooling_num_patches, bf16: embedding choices, also used for the
             random model.
         n_folds, seed: the cross-validation folds, shared by every feature set.
@@ -120,7 +155,8 @@ class LinearProbeOptions:
     """
 
     embeddings_path: str | os.PathLike | None = None
-    baselines: Sequence[str] = ("random_init", "pixel_pca")
+    inputs: Inputs = "images"
+    baselines: Sequence[str] | None = None
     batch_size: int = 64
     layer: str | int | None = None
     pooling: str | None = None
@@ -155,7 +191,10 @@ def run_linear_probes(
     from astropt_hf.downstream.probes import run_probe_suite
 
     options = options or LinearProbeOptions()
-    unknown = [b for b in options.baselines if b not in FEATURE_SETS[1:]]
+    if options.inputs not in INPUTS:
+        raise ValueError(f"inputs={options.inputs!r} is not valid; expected one of {list(INPUTS)}")
+    baselines = default_baselines(options.inputs) if options.baselines is None else tuple(options.baselines)
+    unknown = [b for b in baselines if b not in FEATURE_SETS[1:]]
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; expected any of {list(FEATURE_SETS[1:])}")
     missing = [t for t in targets if t not in dataset.column_names]
@@ -165,9 +204,9 @@ def run_linear_probes(
     output_dir.mkdir(parents=True, exist_ok=True)
 
     model, processor = load_backbone(model_name_or_path, device=options.device)
-    features, pixels = _model_features(model, processor, dataset, model_name_or_path, options)
+    features, raw = _model_features(model, processor, dataset, model_name_or_path, options, baselines)
     target_values = {name: np.asarray(dataset[name]) for name in targets}
-    features, target_values, num_rows = _readable_features(features, pixels, target_values, options.seed)
+    features, target_values, num_rows = _readable_features(features, raw, target_values, options.seed)
     suite = run_probe_suite(
         features, target_values, n_folds=options.n_folds, seed=options.seed,
         robust_normalisation=options.robust_normalisation, target_clip=options.target_clip,
@@ -180,17 +219,28 @@ def run_linear_probes(
             "pooling": options.pooling or model.config.pooling,
             "pooling_num_patches": options.pooling_num_patches or model.config.pooling_num_patches,
             "embeddings_file": str(options.embeddings_path) if options.embeddings_path is not None else None,
+            "inputs": options.inputs,
             "pixel_pca_input": "processor pixel values (what the model is fed)",
+            **({"spectrum_pca_input": "spectrum extractor's normalised flux (what the model is fed)"}
+               if "spectrum_pca" in baselines else {}),
         }
     )
     return _write_outputs(suite, list(features), output_dir, options.n_folds, len(dataset))
 
 
-def _model_features(model, processor, dataset, model_name_or_path, options: LinearProbeOptions):
-    """The astroPT (and random-init) embeddings, and the pixels when the PCA baseline is asked for."""
+def _model_features(model, processor, dataset, model_name_or_path, options: LinearProbeOptions, baselines):
+    """The astroPT (and random-init) embeddings, and the raw inputs the PCA baselines asked for need
+    ({"pixel_pca": pixels, "spectrum_pca": spectra})."""
+    if options.inputs != "images":
+        extractor = load_spectrum_extractor(model, model_name_or_path, options.inputs)
+    elif "spectrum_pca" in baselines:  # the spectra of an images-only model's data: the default extractor
+        extractor = _default_extractor()
+    else:
+        extractor = None
     embed = dict(batch_size=options.batch_size, layer=options.layer, pooling=options.pooling,
                  pooling_num_patches=options.pooling_num_patches, bf16=options.bf16,
-                 image_column=options.image_column, progress=options.progress)  # fmt: skip
+                 image_column=options.image_column, progress=options.progress, inputs=options.inputs,
+                 spectrum_extractor=extractor)  # fmt: skip
     features: dict[str, np.ndarray] = {}
     if options.embeddings_path is not None:
         features["astropt"] = _aligned_embeddings(options.embeddings_path, dataset, options.id_column)
@@ -201,30 +251,38 @@ def _model_features(model, processor, dataset, model_name_or_path, options: Line
             )
     else:
         features["astropt"] = compute_embeddings(model, dataset, processor, **embed)
-    if "random_init" in options.baselines:
+    if "random_init" in baselines:
         features["random_init"] = compute_embeddings(random_init_like(model, options.seed), dataset, processor, **embed)
-    pixels = collect_pixels(dataset, processor, options.image_column) if "pixel_pca" in options.baselines else None
-    return features, pixels
+    raw = {}
+    if "pixel_pca" in baselines:
+        raw["pixel_pca"] = collect_pixels(dataset, processor, options.image_column)
+    if "spectrum_pca" in baselines:
+        raw["spectrum_pca"] = collect_spectra(dataset, processor, extractor, options.image_column)
+    return features, raw
 
 
-def _readable_features(features: dict[str, np.ndarray], pixels, target_values: dict[str, np.ndarray], seed: int):
-    """Drop rows whose image could not be read from every feature set and target; add the pixel PCA.
+def _default_extractor():
+    from astropt_hf.feature_extraction_astropt import AstroPTSpectrumFeatureExtractor
+
+    return AstroPTSpectrumFeatureExtractor()
+
+
+def _readable_features(features: dict[str, np.ndarray], raw: dict[str, np.ndarray],
+                       target_values: dict[str, np.ndarray], seed: int):
+    """Drop rows whose image (or spectrum) could not be read from every feature set and target; add the PCA
+    baselines of the raw inputs in `raw` (name -> (N, F)).
 
     Returns (features, target values, number of rows kept).
     """
-    readable = np.all([np.isfinite(f).all(axis=1) for f in features.values()], axis=0)
-    if pixels is not None:
-        readable &= np.isfinite(pixels).all(axis=1)
+    readable = np.all([np.isfinite(f).all(axis=1) for f in [*features.values(), *raw.values()]], axis=0)
     if not readable.all():
-        logger.warning("probing without %d rows whose image could not be read", int((~readable).sum()))
+        logger.warning("probing without %d rows whose inputs could not be read", int((~readable).sum()))
         features = {name: f[readable] for name, f in features.items()}
         target_values = {name: values[readable] for name, values in target_values.items()}
-    if pixels is not None:
-        from astropt_hf.downstream.probes import pixel_pca_features
+    from astropt_hf.downstream.probes import pixel_pca_features
 
-        features["pixel_pca"] = pixel_pca_features(
-            pixels[readable], n_components=features["astropt"].shape[1], seed=seed
-        )
+    for name, values in raw.items():  # PCA of flat vectors: pixels or normalised flux alike
+        features[name] = pixel_pca_features(values[readable], n_components=features["astropt"].shape[1], seed=seed)
     return features, target_values, int(readable.sum())
 
 
