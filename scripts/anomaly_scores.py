@@ -21,10 +21,11 @@ import logging
 import os
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning
 
-SPLITS = ["train", "validation", "test", "all"]
+SPLITS = Literal["train", "validation", "test", "all"]
 
 
 @dataclass
@@ -33,12 +34,12 @@ class AnomalyScoreArguments:
     output: str = field(metadata={"help": "Parquet file to write the scores to"})
     dataset: str = field(default="synthetic", metadata={
         "help": "'synthetic', an image folder, parquet/arrow file(s), a save_to_disk folder or a hub id"})
-    split: str = field(default="test", metadata={"help": "split to score", "choices": SPLITS})
+    split: SPLITS = field(default="test", metadata={"help": "split to score"})
     reference: str | None = field(default=None, metadata={
         "help": "dataset to measure strangeness against (default: the scored catalogue itself); its image and "
                 "id columns are auto-detected"})
-    reference_split: str | None = field(default=None, metadata={
-        "help": "split of the reference (default: --split)", "choices": SPLITS})
+    reference_split: SPLITS | None = field(default=None, metadata={
+        "help": "split of the reference (default: --split)"})
     streaming: bool = field(default=False, metadata={"help": "read the datasets lazily (IterableDataset)"})
     image_column: str | None = field(default=None, metadata={"help": "image column (auto-detected when omitted)"})
     id_column: str | None = field(default=None, metadata={"help": "id column (auto-detected when omitted)"})
@@ -54,8 +55,7 @@ class AnomalyScoreArguments:
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
     worst_patches: int = field(default=3, metadata={"help": "patches averaged in surprise_worst"})
     neighbours: int = field(default=10, metadata={"help": "k of the k-NN embedding distance"})
-    outlier: str = field(default="knn", metadata={"help": "embedding outlier score",
-                                                  "choices": ["knn", "isolation_forest"]})
+    outlier: Literal["knn", "isolation_forest"] = field(default="knn", metadata={"help": "embedding outlier score"})
     max_reference: int = field(default=20000, metadata={"help": "at most this many reference images are fitted"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     seed: int = field(default=0, metadata={"help": "seed of the reference subset and the isolation forest"})
@@ -63,10 +63,9 @@ class AnomalyScoreArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> AnomalyScoreArguments:
-    from transformers import HfArgumentParser
+    from astropt_hf.command_line import ArgumentParser
 
-    parser = HfArgumentParser(AnomalyScoreArguments, allow_abbrev=False, description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = ArgumentParser(AnomalyScoreArguments, description=__doc__.split("\n\n")[0]).parse(argv)
     return args
 
 

@@ -17,10 +17,11 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning
 
-SPLITS = ["train", "validation", "test"]
+SPLITS = Literal["train", "validation", "test"]
 
 
 @dataclass
@@ -28,9 +29,8 @@ class EvaluateAnomaliesArguments:
     model: str = field(metadata={"help": "pretraining checkpoint folder or hub id (needs the next-patch head)"})
     output_dir: str = field(metadata={"help": "folder for the JSON, markdown table and bar chart"})
     dataset: str = field(default="synthetic", metadata={"help": "dataset of (C, H, W) flux images"})
-    split: str = field(default="test", metadata={"help": "split damaged and scored", "choices": SPLITS})
-    reference_split: str = field(default="validation", metadata={"help": "clean split fitted as the reference",
-                                                                 "choices": SPLITS})
+    split: SPLITS = field(default="test", metadata={"help": "split damaged and scored"})
+    reference_split: SPLITS = field(default="validation", metadata={"help": "clean split fitted as the reference"})
     image_column: str | None = field(default=None, metadata={"help": "image column (auto-detected when omitted)"})
     data_cache_dir: str | None = field(default=None, metadata={"help": "cache for the synthetic set"})
     synthetic_num_train: int = field(default=3000, metadata={"help": "synthetic set: train size"})
@@ -52,10 +52,9 @@ class EvaluateAnomaliesArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluateAnomaliesArguments:
-    from transformers import HfArgumentParser
+    from astropt_hf.command_line import ArgumentParser
 
-    parser = HfArgumentParser(EvaluateAnomaliesArguments, allow_abbrev=False, description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = ArgumentParser(EvaluateAnomaliesArguments, description=__doc__.split("\n\n")[0]).parse(argv)
     return args
 
 
