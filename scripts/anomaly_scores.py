@@ -16,6 +16,7 @@ isolation-forest score of the embedding), each part's p-value against the refere
 where each one surprised the model.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,24 +33,12 @@ SPLITS = Literal["train", "validation", "test", "all"]
 class AnomalyScoreArguments:
     model: str = field(metadata={"help": "pretraining checkpoint folder or hub id (needs the next-patch head)"})
     output: str = field(metadata={"help": "Parquet file to write the scores to"})
-    dataset: str = field(default="synthetic", metadata={
-        "help": "'synthetic', an image folder, parquet/arrow file(s), a save_to_disk folder or a hub id"})
     split: SPLITS = field(default="test", metadata={"help": "split to score"})
     reference: str | None = field(default=None, metadata={
         "help": "dataset to measure strangeness against (default: the scored catalogue itself); its image and "
                 "id columns are auto-detected"})
     reference_split: SPLITS | None = field(default=None, metadata={
         "help": "split of the reference (default: --split)"})
-    streaming: bool = field(default=False, metadata={"help": "read the datasets lazily (IterableDataset)"})
-    image_column: str | None = field(default=None, metadata={"help": "image column (auto-detected when omitted)"})
-    id_column: str | None = field(default=None, metadata={"help": "id column (auto-detected when omitted)"})
-    data_cache_dir: str | None = field(default=None, metadata={"help": "cache for the synthetic set / downloads"})
-    synthetic_num_train: int = field(default=3000, metadata={"help": "synthetic set: train size"})
-    synthetic_num_validation: int = field(default=256, metadata={"help": "synthetic set: validation size"})
-    synthetic_num_test: int = field(default=512, metadata={"help": "synthetic set: test size"})
-    synthetic_seed: int = field(default=0, metadata={"help": "synthetic set: seed"})
-    synthetic_image_size: int | None = field(default=None, metadata={
-        "help": "synthetic stamp size in pixels (default: the model's image_size)"})
     top_k: int = field(default=16, metadata={"help": "strangest galaxies kept for --grid"})
     grid: str | None = field(default=None, metadata={"help": "PNG of the top-k strangest galaxies"})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
@@ -62,23 +51,12 @@ class AnomalyScoreArguments:
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
 
 
-def parse_args(argv: list[str] | None = None) -> AnomalyScoreArguments:
+def parse_args(argv: list[str] | None = None):
+    """(AnomalyScoreArguments, DataArguments: the scored catalogue)."""
     from astropt_hf.command_line import ArgumentParser
+    from astropt_hf.data.arguments import DataArguments
 
-    (args,) = ArgumentParser(AnomalyScoreArguments, description=__doc__.split("\n\n")[0]).parse(argv)
-    return args
-
-
-def dataset_spec(args: AnomalyScoreArguments, dataset: str, split: str, image_size: int, columns: bool) -> dict:
-    """The `astropt_hf.data.arguments.open_dataset` spec of `dataset`; `columns` passes the column options."""
-    spec = {"dataset": dataset, "split": split, "streaming": args.streaming,
-            "image_column": args.image_column if columns else None, "id_column": args.id_column if columns else None,
-            "data_cache_dir": args.data_cache_dir}  # fmt: skip
-    if dataset.strip().lower() == "synthetic":
-        spec["synthetic"] = {"num_train": args.synthetic_num_train, "num_validation": args.synthetic_num_validation,
-                             "num_test": args.synthetic_num_test, "seed": args.synthetic_seed,
-                             "image_size": int(args.synthetic_image_size or image_size)}  # fmt: skip
-    return spec
+    return ArgumentParser((AnomalyScoreArguments, DataArguments), description=__doc__.split("\n\n")[0]).parse(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from astropt_hf.downstream import anomaly
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    args = parse_args(argv)
+    args, data = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = anomaly.load_pretraining_model(args.model, device)
     options = anomaly.AnomalyOptions(
@@ -97,11 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )  # fmt: skip
     size = model.config.image_size
-    target_spec = dataset_spec(args, args.dataset, args.split, size, columns=True)
-    if args.reference is None:
-        reference_spec = dataset_spec(args, args.dataset, args.reference_split or args.split, size, columns=True)
-    else:
-        reference_spec = dataset_spec(args, args.reference, args.reference_split or args.split, size, columns=False)
+    target_spec = data.spec(args.split, image_size=size)
+    if args.reference is not None:  # another dataset: its columns are detected, not the catalogue's
+        data = dataclasses.replace(data, dataset=args.reference, image_column=None, id_column=None)
+    reference_spec = data.spec(args.reference_split or args.split, image_size=size)
     target = open_dataset(target_spec)
     reference = anomaly.fit_reference(model, processor, open_dataset(reference_spec), options)
     columns, strangest = anomaly.score_catalogue(model, processor, target, reference, options)

@@ -13,6 +13,7 @@ with heat maps of where the model was surprised). Images must be (C, H, W) array
 set's nanomaggies: the artefacts are scaled to each stamp's sky noise.
 """
 
+import dataclasses
 import logging
 import os
 import sys
@@ -28,17 +29,8 @@ SPLITS = Literal["train", "validation", "test"]
 class EvaluateAnomaliesArguments:
     model: str = field(metadata={"help": "pretraining checkpoint folder or hub id (needs the next-patch head)"})
     output_dir: str = field(metadata={"help": "folder for the JSON, markdown table and bar chart"})
-    dataset: str = field(default="synthetic", metadata={"help": "dataset of (C, H, W) flux images"})
     split: SPLITS = field(default="test", metadata={"help": "split damaged and scored"})
     reference_split: SPLITS = field(default="validation", metadata={"help": "clean split fitted as the reference"})
-    image_column: str | None = field(default=None, metadata={"help": "image column (auto-detected when omitted)"})
-    data_cache_dir: str | None = field(default=None, metadata={"help": "cache for the synthetic set"})
-    synthetic_num_train: int = field(default=3000, metadata={"help": "synthetic set: train size"})
-    synthetic_num_validation: int = field(default=256, metadata={"help": "synthetic set: validation size"})
-    synthetic_num_test: int = field(default=512, metadata={"help": "synthetic set: test size"})
-    synthetic_seed: int = field(default=0, metadata={"help": "synthetic set: seed"})
-    synthetic_image_size: int | None = field(default=None, metadata={
-        "help": "synthetic stamp size in pixels (default: the model's image_size)"})
     max_images: int | None = field(default=None, metadata={"help": "use at most this many catalogue images"})
     fraction: float = field(default=0.1, metadata={"help": "fraction of the catalogue damaged per kind"})
     kinds: str | None = field(default=None, metadata={"help": "comma-separated artefact kinds (default: all)"})
@@ -51,31 +43,28 @@ class EvaluateAnomaliesArguments:
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
 
 
-def parse_args(argv: list[str] | None = None) -> EvaluateAnomaliesArguments:
+def parse_args(argv: list[str] | None = None):
+    """(EvaluateAnomaliesArguments, DataArguments: the dataset of (C, H, W) flux images)."""
     from astropt_hf.command_line import ArgumentParser
+    from astropt_hf.data.arguments import DataArguments
 
-    (args,) = ArgumentParser(EvaluateAnomaliesArguments, description=__doc__.split("\n\n")[0]).parse(argv)
-    return args
+    return ArgumentParser((EvaluateAnomaliesArguments, DataArguments),
+                          description=__doc__.split("\n\n")[0]).parse(argv)
 
 
-def load_images(args: EvaluateAnomaliesArguments, split: str, image_size: int, limit: int | None = None):
-    """(N, C, H, W) float32 flux images of one split, through `open_dataset`."""
+def load_images(data, split: str, image_size: int, limit: int | None = None):
+    """(N, C, H, W) float32 flux images of one split of `data` (a `DataArguments`), through `open_dataset`."""
     import numpy as np
 
     from astropt_hf.data.arguments import open_dataset
     from astropt_hf.data.decoding import decode_image
 
-    spec = {"dataset": args.dataset, "split": split, "streaming": False, "image_column": args.image_column,
-            "id_column": None, "data_cache_dir": args.data_cache_dir}  # fmt: skip
-    if args.dataset.strip().lower() == "synthetic":
-        spec["synthetic"] = {"num_train": args.synthetic_num_train, "num_validation": args.synthetic_num_validation,
-                             "num_test": args.synthetic_num_test, "seed": args.synthetic_seed,
-                             "image_size": int(args.synthetic_image_size or image_size)}  # fmt: skip
+    spec = dataclasses.replace(data, streaming=False, id_column=None).spec(split, image_size=image_size)
     source = open_dataset(spec)
     count = len(source.dataset) if limit is None else min(limit, len(source.dataset))
     images = np.stack([decode_image(value) for value in source.dataset.select(range(count))[source.image_column]])
     if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"{args.dataset} [{split}]: expected (C, H, W) float flux images; got {images.shape} {images.dtype}")
+        raise ValueError(f"{data.dataset} [{split}]: expected (C, H, W) float flux images; got {images.shape} {images.dtype}")
     return images.astype(np.float32), source.origin
 
 
@@ -91,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    args = parse_args(argv)
+    args, data = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load_pretraining_model(args.model, device)
-    catalogue, origin = load_images(args, args.split, model.config.image_size, args.max_images)
-    reference, reference_origin = load_images(args, args.reference_split, model.config.image_size)
+    catalogue, origin = load_images(data, args.split, model.config.image_size, args.max_images)
+    reference, reference_origin = load_images(data, args.reference_split, model.config.image_size)
     kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else tuple(ARTEFACT_KINDS)
     options = BenchmarkOptions(
         fraction=args.fraction, kinds=kinds, seed=args.seed, pca_components=args.pca_components,
