@@ -85,3 +85,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Property-based tests draw the same examples on every run (a CI failure can then be replayed exactly);
+# HYPOTHESIS_PROFILE=explore draws fresh ones for a fuzzing session. hypothesis comes with the dev extra.
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
