@@ -242,5 +242,10 @@ def run_pretraining_driver(parser: ArgumentParser, argv: Sequence[str] | None, m
     except (ConfigError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    run(options)
+    from astropt_hf.training.collectives import leave_process_group
+
+    try:
+        run(options)
+    finally:
+        leave_process_group()
     return 0

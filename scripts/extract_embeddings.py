@@ -58,6 +58,7 @@ def main(argv=None) -> int:
         load_backbone,
         load_spectrum_extractor,
     )
+    from astropt_hf.training.collectives import leave_process_group
 
     accelerator = Accelerator()
     trust = not args.no_trust_remote_code
@@ -82,7 +83,10 @@ def main(argv=None) -> int:
         model_name=args.model,
         extra_metadata={"dataset": spec},
     )
-    summary = extract_embeddings(model, source.dataset, processor, args.output, options, accelerator=accelerator)
+    try:
+        summary = extract_embeddings(model, source.dataset, processor, args.output, options, accelerator=accelerator)
+    finally:
+        leave_process_group()
     if accelerator.is_main_process:
         print(summary.throughput_line())
     return 0

@@ -26,6 +26,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from astropt_hf.training import ConfigError, parse_pretrain_args, run_pretraining  # noqa: E402
+from astropt_hf.training.collectives import leave_process_group  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"pretrain.py: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        leave_process_group()
     return 1 if summary["status"] == "failed" else 0  # the reason is printed, and in summary.json
 
 

@@ -493,3 +493,21 @@ def test_asinh_on_8bit_images_is_warned_about(tmp_path, caplog):
         warn_if_stretching_display_images(load_galaxy_dataset(str(pngs), split="all"), plain)
         warn_if_stretching_display_images(load_galaxy_dataset(str(fluxes), split="all"), asinh)
         assert caplog.text == ""
+
+
+def test_leave_process_group_tears_down_the_group_and_is_then_a_no_op(tmp_path):
+    """Scripts call it on the way out, so a process that finishes before the others exits cleanly."""
+    import torch.distributed as dist
+
+    from astropt_hf.training.collectives import leave_process_group
+
+    leave_process_group()  # nothing joined yet: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert dist.is_initialized()
+        leave_process_group()
+        assert not dist.is_initialized()
+        leave_process_group()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -36,4 +36,12 @@ def first_failure(accelerator, failure: str | None) -> str | None:
     return f"process {rank}: {description}"
 
 
-__all__ = ["any_process", "first_failure", "sum_over_processes"]
+def leave_process_group() -> None:
+    """Tear down this process's share of the process group before the interpreter exits. Without it the
+    C++ teardown at exit races the group's threads and can abort a process ("terminate called without an
+    active exception"), most often one that finishes while another is still writing. Local: no collective."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+__all__ = ["any_process", "first_failure", "leave_process_group", "sum_over_processes"]
