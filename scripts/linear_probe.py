@@ -62,6 +62,8 @@ class ProbeArguments:
     device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
     layers: str | None = option(None, "also probe every layer ('all') or these (e.g. 0,2,4; 0: patch embeddings)")
     attentive: bool = option(False, "also fit an attentive probe over the patch features of the embedding layer")
+    attentive_max_epochs: int = option(60, "with --attentive: most epochs per fold")
+    attentive_patience: int = option(10, "with --attentive: stop this many epochs after the best held-out loss")
 
 
 def parse_args(argv=None) -> tuple[ProbeArguments, DataArguments]:
@@ -137,10 +139,15 @@ def run_layer_probes_for(args: ProbeArguments, source, targets: list[str], linea
 
 def run_attentive_probes_for(args: ProbeArguments, source, targets: list[str], linear_options) -> dict:
     """The attentive probes, with the linear probes' fold count, seed and device."""
-    from astropt_hf.downstream.attentive_probe import AttentiveWorkflowOptions, run_attentive_probes
+    from astropt_hf.downstream.attentive_probe import (
+        AttentiveProbeOptions,
+        AttentiveWorkflowOptions,
+        run_attentive_probes,
+    )
 
+    probe = AttentiveProbeOptions(max_epochs=args.attentive_max_epochs, patience=args.attentive_patience)
     options = AttentiveWorkflowOptions(n_folds=args.n_folds, seed=args.seed, batch_size=args.batch_size,
-                                       bf16=args.bf16, device=linear_options.device,
+                                       bf16=args.bf16, device=linear_options.device, probe=probe,
                                        random_init_baseline="random_init" in _baselines(linear_options))  # fmt: skip
     return run_attentive_probes(args.model, source, targets, args.output_dir, options=options)
 

@@ -106,7 +106,8 @@ def test_linear_probe_cli_adds_layers_and_attentive_probes_after_the_linear_ones
     script = load_script("linear_probe")
     assert script.main(["--model", str(tiny_model), "--targets", "redshift,mag_r", "--output_dir", str(tmp_path),
                         "--n_folds", "3", "--batch_size", "8", "--device", "cpu", "--baselines", "random_init",
-                        "--layers", "0,2,3", "--attentive", *dataset_flags()]) == 0  # fmt: skip
+                        "--layers", "0,2,3", "--attentive", "--attentive_max_epochs", "4", "--attentive_patience", "2",
+                        *dataset_flags()]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "| target | metric | best layer |" in printed and "| target | metric | attentive | linear |" in printed
     stored = json.loads((tmp_path / "probe_results.json").read_text())
@@ -116,5 +117,6 @@ def test_linear_probe_cli_adds_layers_and_attentive_probes_after_the_linear_ones
         # the linear probes' results survive the layer and attentive probes written after them
         assert set(stored["targets"][target]) == {"astropt", "random_init", "attentive", "attentive_random_init"}
         assert stored["targets"][target]["attentive"]["n_samples"] == 24
+        assert (stored["targets"][target]["attentive"]["max_epochs"], stored["targets"][target]["attentive"]["patience"]) == (4, 2)
         assert stored["targets"][target]["attentive"]["r2"] != stored["targets"][target]["astropt"]["r2"]
     assert (tmp_path / "probe_layers.png").is_file() and (tmp_path / "probe_bars.png").is_file()
