@@ -8,6 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 from downstream_helpers import dataset_flags, load_script, run_script, save_tiny_model, tiny_split
+from launching import free_port
 
 from astropt_hf.downstream.embedding_store import read_embeddings
 from astropt_hf.downstream.embeddings import (
@@ -148,7 +149,7 @@ def test_two_processes_write_one_merged_file(tiny_model, test_split, reference, 
     output = tmp_path / "emb.parquet"
     result = run_script(
         "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "scripts/extract_embeddings.py", "--model", str(tiny_model), "--output", str(output),
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()), "scripts/extract_embeddings.py", "--model", str(tiny_model), "--output", str(output),
         "--batch_size", "4", "--rows_per_chunk", "5", *dataset_flags(),
         env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip

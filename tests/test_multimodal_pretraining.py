@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from fresh_process import run_without_astropt_hf
+from launching import free_port
 
 from astropt_hf import AstroPTImageProcessor, AstroPTSpectrumFeatureExtractor
 from astropt_hf.data import GalaxyCollator, load_galaxy_dataset, load_synthetic_galaxies, make_galaxy_row
@@ -179,12 +179,6 @@ def test_a_model_with_spectra_is_refused_on_data_without_them(synthetic_cache, t
 
 
 # --- two processes --------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_cpu_processes_train_images_and_spectra_and_end_identical(synthetic_cache, tmp_path):
     out = tmp_path / "ddp"

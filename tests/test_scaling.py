@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from launching import free_port
 
 from astropt_hf import ASTROPT_PRESETS, AstroPTConfig, AstroPTForPreTraining
 from astropt_hf.studies.scaling_laws import (
@@ -281,7 +282,7 @@ def test_sweep_under_two_processes(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "scaling_sweep.py"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29561",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         str(script), "--sizes", "1x2x8,2x2x16", "--output_dir", str(tmp_path / "out"),
         *tiny_sweep_argv(tmp_path / "cache", max_steps=4),
     ]  # fmt: skip
