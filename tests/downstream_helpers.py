@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 16
@@ -76,6 +79,29 @@ def run_script(*args: str, timeout: int = 240, env: dict | None = None) -> subpr
 
 
 PYTHON = sys.executable
+
+REMOTE_CLASSIFIER = (
+    "import json, sys, numpy as np, torch\n"
+    "from transformers import AutoImageProcessor, AutoModelForImageClassification\n"
+    "folder, images = sys.argv[1], np.load(sys.argv[2])\n"
+    "model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()\n"
+    "processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)\n"
+    "assert 'astropt_hf' not in sys.modules, 'loaded the installed package instead of remote code'\n"
+    "with torch.no_grad():\n"
+    "    logits = model(pixel_values=processor(list(images), return_tensors='pt')['pixel_values']).logits\n"
+    "print(json.dumps({'logits': logits.tolist(), 'head_type': getattr(model.config, 'head_type', None),\n"
+    "                  'pdf_bins': getattr(model.config, 'pdf_bins', None)}))\n"
+)
+
+
+def reload_classifier_as_remote_code(folder: Path, images: np.ndarray, scratch: Path) -> dict:
+    """Run `images` through the fine-tuned checkpoint in `folder`, loaded as remote code in a fresh process
+    (no astropt_hf import, so the Auto classes come from the files next to the weights): its logits and
+    the head_type / pdf_bins of the config it loaded."""
+    images_path = scratch / "remote_images.npy"
+    np.save(images_path, images)
+    result = run_script(PYTHON, "-c", REMOTE_CLASSIFIER, str(folder), str(images_path))
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def load_script(name: str):

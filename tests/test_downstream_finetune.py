@@ -8,7 +8,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from downstream_helpers import PYTHON, dataset_flags, load_script, run_script, save_tiny_model, tiny_split
+from downstream_helpers import (
+    dataset_flags,
+    load_script,
+    reload_classifier_as_remote_code,
+    save_tiny_model,
+    tiny_split,
+)
 from safetensors.torch import load_file
 
 from astropt_hf.downstream.finetuning import FinetuneArguments, finetune
@@ -25,23 +31,8 @@ def splits():
 
 
 def _reloaded_predictions(folder, dataset) -> np.ndarray:
-    """Logits of the saved checkpoint on `dataset`, loaded as remote code in a fresh process
-    (no astropt_hf import, so the Auto classes come from the files next to the weights)."""
-    code = (
-        "import json, sys, numpy as np, torch\n"
-        "from transformers import AutoImageProcessor, AutoModelForImageClassification\n"
-        "folder, images = sys.argv[1], np.load(sys.argv[2])\n"
-        "model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()\n"
-        "processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)\n"
-        "assert 'astropt_hf' not in sys.modules, 'loaded the installed package instead of remote code'\n"
-        "with torch.no_grad():\n"
-        "    logits = model(pixel_values=processor(list(images), return_tensors='pt')['pixel_values']).logits\n"
-        "print(json.dumps(logits.tolist()))\n"
-    )
-    images_path = folder / "eval_images.npy"
-    np.save(images_path, np.stack(dataset[:]["image"]))
-    result = run_script(PYTHON, "-c", code, str(folder), str(images_path))
-    return np.asarray(json.loads(result.stdout.strip().splitlines()[-1]))
+    """Logits of the saved checkpoint on `dataset`, loaded as remote code in a fresh process."""
+    return np.asarray(reload_classifier_as_remote_code(folder, np.stack(dataset[:]["image"]), folder)["logits"])
 
 
 def test_full_regression_cli_saves_a_reloadable_checkpoint_in_target_units(tiny_model, splits, tmp_path, capfd):

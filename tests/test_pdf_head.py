@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from downstream_helpers import PYTHON, dataset_flags, load_script, run_script, save_tiny_model, tiny_split
+from downstream_helpers import (
+    dataset_flags,
+    load_script,
+    reload_classifier_as_remote_code,
+    save_tiny_model,
+    tiny_split,
+)
 
 from astropt_hf import AstroPTConfig, AstroPTForImageClassification
 from astropt_hf.downstream.binned_pdf import BinnedPDF
@@ -203,21 +209,10 @@ def test_finetune_cli_with_a_pdf_head_writes_calibrated_predictions(tmp_path, ca
     assert "head_type" in (output / "README.md").read_text()
 
     # the checkpoint's own remote code, in a fresh process without astropt_hf, gives the same PDFs
-    code = (
-        "import json, sys, numpy as np, torch\n"
-        "from transformers import AutoImageProcessor, AutoModelForImageClassification\n"
-        "folder, images = sys.argv[1], np.load(sys.argv[2])\n"
-        "model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()\n"
-        "processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)\n"
-        "assert 'astropt_hf' not in sys.modules\n"
-        "with torch.no_grad():\n"
-        "    logits = model(pixel_values=processor(list(images), return_tensors='pt')['pixel_values']).logits\n"
-        "print(json.dumps({'head': model.config.head_type, 'bins': model.config.pdf_bins, 'logits': logits.tolist()}))\n"
-    )
-    np.save(tmp_path / "images.npy", np.stack(test[:]["image"]))
-    reply = json.loads(run_script(PYTHON, "-c", code, str(output), str(tmp_path / "images.npy")).stdout.splitlines()[-1])
+    reply = reload_classifier_as_remote_code(output, np.stack(test[:]["image"]), tmp_path)
     saved = json.loads((output / "config.json").read_text())
-    assert reply["head"] == "binned_pdf" and reply["bins"] == pytest.approx(saved["pdf_bins"]) and len(reply["bins"]) == 25
+    assert reply["head_type"] == "binned_pdf" and reply["pdf_bins"] == pytest.approx(saved["pdf_bins"])
+    assert len(reply["pdf_bins"]) == 25
     assert saved["pdf_label_smoothing"] == DEFAULT_LABEL_SMOOTHING
     config = AutoModelForImageClassification.from_pretrained(output, trust_remote_code=True).config
     medians = BinnedPDF.from_outputs(np.asarray(reply["logits"]), config).median()
