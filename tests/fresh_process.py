@@ -25,6 +25,22 @@ WITHOUT_ASTROPT_HF = textwrap.dedent(
     """
 )
 
+# The start of a loader script for a checkpoint with spectra: argv is (checkpoint, .npz with images, flux,
+# wavelengths and ivar, output path); it leaves `processor`, its `inputs` and the pretraining `model`.
+LOAD_MULTIMODAL_CHECKPOINT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np, torch
+    from transformers import AutoModel, AutoModelForPreTraining, AutoProcessor
+    checkpoint, data_path, out_path = sys.argv[1:4]
+    data = np.load(data_path)
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    inputs = processor(images=list(data["images"]), spectra=list(data["flux"]), wavelengths=data["wavelengths"],
+                       ivar=list(data["ivar"]))
+    model = AutoModelForPreTraining.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    """
+)
+
 
 def run_without_astropt_hf(body: str, folder: Path, *args, timeout: int = 300) -> subprocess.CompletedProcess:
     """Write `body` (dedented) after the import guard into `folder/loader.py` and run it with `args`;

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fresh_process import run_without_astropt_hf
+from fresh_process import LOAD_MULTIMODAL_CHECKPOINT, run_without_astropt_hf
 
 from astropt_hf import (
     AstroPTConfig,
@@ -419,17 +419,8 @@ def test_parity_with_upstream_multimodal_gpt(tokeniser, length):
 
 
 # --- remote code ------------------------------------------------------------------------------------------
-LOADER = textwrap.dedent(
+LOADER = LOAD_MULTIMODAL_CHECKPOINT + textwrap.dedent(
     """
-    import json, sys
-    import numpy as np, torch
-    from transformers import AutoModel, AutoModelForPreTraining, AutoProcessor
-    checkpoint, data_path, out_path = sys.argv[1:4]
-    data = np.load(data_path)
-    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-    inputs = processor(images=list(data["images"]), spectra=list(data["flux"]), wavelengths=data["wavelengths"],
-                       ivar=list(data["ivar"]))
-    model = AutoModelForPreTraining.from_pretrained(checkpoint, trust_remote_code=True).eval()
     backbone = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
     with torch.no_grad():
         out = model(**inputs)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fresh_process import run_without_astropt_hf
+from fresh_process import LOAD_MULTIMODAL_CHECKPOINT, run_without_astropt_hf
 from launching import free_port
 
 from astropt_hf import AstroPTImageProcessor, AstroPTSpectrumFeatureExtractor
@@ -121,17 +121,8 @@ def test_multimodal_preset_logs_both_losses_and_draws_spectra(multimodal_run):
     assert config["modalities"] == ["images", "spectra"] and config["spectrum_patch_size"] == 64
 
 
-LOADER = textwrap.dedent(
+LOADER = LOAD_MULTIMODAL_CHECKPOINT + textwrap.dedent(
     """
-    import json, sys
-    import numpy as np, torch
-    from transformers import AutoModelForPreTraining, AutoProcessor
-    checkpoint, data_path, out_path = sys.argv[1:4]
-    data = np.load(data_path)
-    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-    inputs = processor(images=list(data["images"]), spectra=list(data["flux"]), wavelengths=data["wavelengths"],
-                       ivar=list(data["ivar"]))
-    model = AutoModelForPreTraining.from_pretrained(checkpoint, trust_remote_code=True).eval()
     with torch.no_grad():
         out = model(**inputs)
     json.dump({
